@@ -126,7 +126,7 @@ def generate(
             on_event(event)
 
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    runner = ModelRunner(model)
+    runner = ModelRunner(model, suppress_token_id=getattr(model.config, "mask_token_id", None))
     eos = find_eos_token_ids(tokenizer, model)
     started = time.perf_counter()
     output: DecodeOutput = DECODERS[decoder].decode(

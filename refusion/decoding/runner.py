@@ -25,6 +25,8 @@ def model_device(model) -> torch.device:
 class ModelRunner:
     model: object
     forward_passes: int = 0
+    suppress_token_id: int | None = None
+    """A token never to be predicted (the mask token: it is an input marker, not text)."""
     device: torch.device = field(init=False)
 
     def __post_init__(self):
@@ -44,7 +46,10 @@ class ModelRunner:
             attention_mask=attention_mask,
         )
         self.forward_passes += 1
-        return output.logits
+        logits = output.logits
+        if self.suppress_token_id is not None:
+            logits[..., self.suppress_token_id] = torch.finfo(logits.dtype).min
+        return logits
 
 
 @dataclass

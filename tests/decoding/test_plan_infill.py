@@ -1,0 +1,207 @@
+"""Plan-and-infill against hand-derived expectations (SPEC "Decoding: plan-and-infill").
+
+Each scenario sets the oracle's confidences so that one branch of the algorithm is taken, and
+checks the exact output, the exact number of forwards, the order of commits and the cache.
+"""
+
+import pytest
+import torch
+
+import refusion
+from tests.decoding.oracle import EOS, MASK, PROMPT, PositionOracle, Tokenizer, cached_entries
+
+HIGH, LOW = 0.9, 0.1
+P = len(PROMPT)
+
+
+def run(oracle, **options):
+    options = {"decoder": "refusion", "trace": True, "return_state": True, **options}
+    return refusion.generate(oracle, Tokenizer(), torch.tensor([PROMPT]), **options)
+
+
+def commits(result):
+    return [(event["phase"], event["positions"]) for event in result.trace if event["event"] == "commit"]
+
+
+def plans(result):
+    return [(event["slots"], event["selected"]) for event in result.trace if event["event"] == "plan"]
+
+
+def test_all_planned_slots_accepted_by_global_verification():
+    draft = [11, 12, 13, 14]
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=[HIGH] * 4)
+    result = run(oracle, max_new_tokens=4, slot_size=2, blocks=1, slot_threshold=0.5, token_threshold=0.5)
+    assert result.tokens == draft
+    assert result.forward_passes == 2  # one plan, one verify
+    assert plans(result) == [([0, 2], [0, 2])]
+    assert commits(result) == [("verify", [0, 1, 2, 3])]
+    # First pass: prompt and masks together, each at its true position.
+    assert oracle.calls[0].input_ids == [PROMPT + [MASK] * 4]
+    assert oracle.calls[0].position_ids == [[0, 1, 2, 3, 4, 5, 6]]
+    # Verify pass sees only the drafts after the prompt's cache (the masks' KV was discarded).
+    assert oracle.calls[1].past_length == P and oracle.calls[1].input_ids == [draft]
+    assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + draft)]
+    assert result.finish_reason == "length"
+
+
+def test_partial_acceptance_commits_whole_leading_slots_then_completes_the_rest():
+    draft = [11, 12, 13, 14]
+    # Token at offset 3 fails verification: the prefix covers slot 0 and the start of slot 1.
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=[HIGH, HIGH, HIGH, LOW])
+    result = run(oracle, max_new_tokens=4, slot_size=2, blocks=1, slot_threshold=0.5, token_threshold=0.5)
+    assert result.tokens == draft
+    # plan+verify (commit slot 0); plan+verify (slot 1 fails again); draft+verify round.
+    assert result.forward_passes == 6
+    assert commits(result) == [("verify", [0, 1]), ("complete", [2, 3])]
+    assert plans(result) == [([0, 2], [0, 2]), ([2], [2])]
+    draft_call, verify_call = oracle.calls[4], oracle.calls[5]
+    assert draft_call.input_ids == [[13, MASK]] and draft_call.position_ids == [[5, 6]]
+    assert verify_call.input_ids == [[13, 14]]
+    assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + draft)]
+
+
+def test_parallel_completion_of_several_slots_in_one_round():
+    draft = [11, 12, 13, 14, 15, 16, 17, 18]
+    # Slot 0 fails at offset 2, slot 1 at offset 5: no whole slot passes global verification.
+    ar = [HIGH, HIGH, LOW, HIGH, HIGH, LOW, HIGH, HIGH]
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 8, ar_conf=ar)
+    result = run(oracle, max_new_tokens=8, slot_size=4, blocks=1, slot_threshold=0.5, token_threshold=0.5)
+    assert result.tokens == draft
+    assert result.forward_passes == 4  # plan, global verify, one parallel draft, one parallel verify
+    draft_call, verify_call = oracle.calls[2], oracle.calls[3]
+    # Each slot keeps its own accepted prefix and masks the rest; both run as one batch on the shared cache.
+    assert draft_call.input_ids == [[11, 12, MASK, MASK], [15, MASK, MASK, MASK]]
+    assert draft_call.past_length == P and verify_call.past_length == P
+    assert verify_call.input_ids == [[11, 12, 13, 14], [15, 16, 17, 18]]
+    assert commits(result) == [("complete", list(range(8)))]
+    assert [e["accepted"] for e in result.trace if e["event"] == "round"] == [[4, 4]]
+    assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + draft)]
+
+
+def test_slot_already_accepted_in_verification_only_needs_its_own_kv():
+    draft = [11, 12, 13, 14, 15, 16, 17, 18]
+    ar = [HIGH, HIGH, LOW, HIGH, HIGH, HIGH, HIGH, HIGH]
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 8, ar_conf=ar)
+    result = run(oracle, max_new_tokens=8, slot_size=4, blocks=1, slot_threshold=0.5, token_threshold=0.5)
+    assert result.forward_passes == 4
+    assert oracle.calls[2].input_ids == [[11, 12, MASK, MASK]]  # only slot 0 drafts
+    assert oracle.calls[3].input_ids == [[11, 12, 13, 14], [15, 16, 17, 18]]  # both verified alone
+    recompute = run(PositionOracle(draft, [HIGH] * 8, ar), max_new_tokens=8, slot_size=4, blocks=1,
+                    slot_threshold=0.5, token_threshold=0.5, kv="recompute")
+    assert recompute.tokens == result.tokens
+    assert recompute.forward_passes == 5  # draft + verify of slot 0 only, then one causal recompute
+    assert cached_entries(recompute.state.cache) == cached_entries(result.state.cache)
+
+
+def test_iterative_completion_gains_one_token_per_round_when_nothing_passes():
+    draft = [11, 12, 13, 14]
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=[HIGH, LOW, LOW, LOW])
+    result = run(oracle, max_new_tokens=4, slot_size=4, blocks=1, slot_threshold=0.5, token_threshold=0.5)
+    assert result.tokens == draft
+    assert result.forward_passes == 2 + 2 * 3  # three rounds of draft + verify
+    assert [e["accepted"] for e in result.trace if e["event"] == "round"] == [[2], [3], [4]]
+
+
+def test_no_slot_above_threshold_selects_the_single_best_in_confidence_order():
+    draft = [11, 12, 13, 14, 15, 16]
+    oracle = PositionOracle(draft, mask_conf=[0.3, HIGH, 0.5, HIGH, 0.4, HIGH], ar_conf=[HIGH] * 6)
+    result = run(oracle, max_new_tokens=6, slot_size=2, blocks=1, slot_threshold=0.6, token_threshold=0.5)
+    assert result.tokens == draft
+    assert plans(result) == [([0, 2, 4], [2]), ([0, 4], [4]), ([0], [0])]
+    assert result.forward_passes == 6
+    # The cache holds slots in the order they were written, each at its true position.
+    order = [(13, 5), (14, 6), (15, 7), (16, 8), (11, 3), (12, 4)]
+    assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT)] + order
+
+
+def test_blocks_are_decoded_one_after_another():
+    draft = [11, 12, 13, 14]
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=[HIGH] * 4)
+    result = run(oracle, max_new_tokens=4, slot_size=2, blocks=2, slot_threshold=0.5, token_threshold=0.5)
+    assert plans(result) == [([0], [0]), ([2], [2])]
+    assert result.forward_passes == 4
+    assert oracle.calls[2].input_ids == [[MASK, MASK]] and oracle.calls[2].position_ids == [[5, 6]]
+
+
+def test_eos_in_global_verification_ends_the_text():
+    draft = [11, 12, 13, EOS, 15, 16]
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 6, ar_conf=[HIGH] * 6)
+    result = run(oracle, max_new_tokens=6, slot_size=2, blocks=1, slot_threshold=0.5, token_threshold=0.5)
+    assert result.tokens == [11, 12, 13, EOS]
+    assert result.finish_reason == "stop"
+    assert result.forward_passes == 2
+    assert commits(result) == [("verify", [0, 1, 2, 3])]
+    assert len(cached_entries(result.state.cache)) == P + 4
+
+
+def test_eos_ahead_of_a_masked_slot_finishes_the_gap_before_it():
+    draft = [11, 12, 13, EOS, 15, 16]
+    oracle = PositionOracle(draft, mask_conf=[0.3, HIGH, HIGH, HIGH, HIGH, HIGH], ar_conf=[HIGH] * 6)
+    result = run(oracle, max_new_tokens=6, slot_size=2, blocks=1, slot_threshold=0.6, token_threshold=0.5)
+    assert plans(result) == [([0, 2, 4], [2, 4]), ([0], [0])]  # slot 4 is dropped, slot 0 still decoded
+    assert result.tokens == [11, 12, 13, EOS]
+    assert result.forward_passes == 4
+
+
+def test_eos_drops_a_slot_that_was_committed_further_ahead_and_its_kv():
+    draft = [11, 12, 13, EOS, 15, 16]
+    oracle = PositionOracle(draft, mask_conf=[0.3, HIGH, 0.5, HIGH, HIGH, HIGH], ar_conf=[HIGH] * 6)
+    result = run(oracle, max_new_tokens=6, slot_size=2, blocks=1, slot_threshold=0.6, token_threshold=0.5)
+    assert plans(result) == [([0, 2, 4], [4]), ([0, 2], [2]), ([0], [0])]
+    assert [e["positions"] for e in result.trace if e["event"] == "drop"] == [[4, 5]]
+    assert result.tokens == [11, 12, 13, EOS]
+    assert result.forward_passes == 6
+    assert cached_entries(result.state.cache)[P:] == [(13, 5), (EOS, 6), (11, 3), (12, 4)]
+
+
+def test_eos_found_during_parallel_completion_truncates_and_drops_later_slots():
+    draft = [11, 12, EOS, 14, 15, 16, 17, 18]
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 8, ar_conf=[HIGH, LOW] + [HIGH] * 6)
+    result = run(oracle, max_new_tokens=8, slot_size=4, blocks=2, slot_threshold=0.5, token_threshold=0.5)
+    # Block 0 only: slot 0 completes with EOS inside; block 1 is never started.
+    assert result.tokens == [11, 12, EOS]
+    assert result.forward_passes == 4
+    assert commits(result) == [("complete", [0, 1, 2])]
+    assert len(cached_entries(result.state.cache)) == P + 3
+
+
+def test_generation_length_is_rounded_up_and_output_cut_to_the_budget():
+    draft = [11, 12, 13, 14]
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=[HIGH] * 4)
+    result = run(oracle, max_new_tokens=3, slot_size=2, blocks=2, slot_threshold=0.5, token_threshold=0.5)
+    assert result.tokens == [11, 12, 13]
+    assert result.settings["generation_length"] == 4
+
+
+def test_autoregressive_decoder_on_the_oracle():
+    draft = [11, 12, EOS, 14]
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=[HIGH] * 4)
+    result = refusion.generate(oracle, Tokenizer(), torch.tensor([PROMPT]), decoder="ar", max_new_tokens=4)
+    assert result.tokens == [11, 12, EOS]
+    assert result.forward_passes == 3
+    assert [c.input_ids for c in oracle.calls] == [[PROMPT], [[11]], [[12]]]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"slot_threshold": 1.5}, "slot-threshold must lie in [0, 1]"),
+        ({"token_threshold": -0.1}, "token-threshold must lie in [0, 1]"),
+        ({"slot_size": 4, "blocks": 3, "max_new_tokens": 8}, "must split into 3 blocks"),
+        ({"decoder": "nope"}, "unknown decoder"),
+        ({"kv": "keep"}, "kv must be"),
+        ({"decoder": "ar", "slot_size": 4}, "does not take slot_size"),
+    ],
+)
+def test_bad_settings_are_refused(options, message):
+    oracle = PositionOracle([11] * 8, [HIGH] * 8, [HIGH] * 8)
+    options = {"max_new_tokens": 8, **options}
+    with pytest.raises(refusion.RefusionError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        refusion.generate(oracle, Tokenizer(), torch.tensor([PROMPT]), **options)
+
+
+def test_model_without_mask_token_is_refused_for_refusion():
+    oracle = PositionOracle([11] * 4, [HIGH] * 4, [HIGH] * 4)
+    oracle.config.mask_token_id = None
+    with pytest.raises(refusion.RefusionError, match="needs a model trained with a <\\|mask\\|> token"):
+        refusion.generate(oracle, Tokenizer(), torch.tensor([PROMPT]), max_new_tokens=4)
