@@ -44,6 +44,9 @@ def add_decoder_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kv", choices=["reuse", "recompute"], default=None,
                        help="after parallel completion, reuse each slot's own KV (default) or recompute it causally")
     group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    group.add_argument("--steps", type=int, default=None, help="mdm: total denoising steps (default max-new-tokens)")
+    group.add_argument("--block-length", type=int, default=None, help="mdm / fast-dllm: tokens per semi-autoregressive block (default 32)")
+    group.add_argument("--threshold", type=float, default=None, help="fast-dllm: unmask every token above this confidence (default 0.9)")
 
 
 def decoder_options(args: argparse.Namespace) -> dict:
@@ -57,6 +60,7 @@ def decoder_options(args: argparse.Namespace) -> dict:
         "temperature": args.temperature,
         "kv": args.kv,
         "seed": args.seed,
+        "steps": args.steps, "block_length": args.block_length, "threshold": args.threshold,
     }
 
 

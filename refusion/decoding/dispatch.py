@@ -2,7 +2,8 @@
 
 Decoders are registered in `DECODERS` as modules exposing `OPTIONS` (their options and defaults)
 and `decode(runner, prompt_ids, *, max_new_tokens, eos_token_ids, temperature, generator, emit,
-[mask_token_id,] **options)`. The tokenizer is only asked for `eos_token_id` and `decode`.
+[mask_token_id,] **options)`, and optionally `validate_options(options, max_new_tokens)` raising
+RefusionError for values that make no sense. The tokenizer is only asked for `eos_token_id` and `decode`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import torch
 
 from ..errors import RefusionError
 from ..model import eos_token_ids as find_eos_token_ids
-from . import autoregressive, plan_infill
+from . import autoregressive, fast_dllm, masked_diffusion, plan_infill
 from .generation import EventCallback, Generation
 from .runner import DecodeOutput, ModelRunner
 
-DECODERS = {"refusion": plan_infill, "ar": autoregressive}
-NEEDS_MASK = {"refusion"}
+DECODERS = {"refusion": plan_infill, "ar": autoregressive, "mdm": masked_diffusion, "fast-dllm": fast_dllm}
+NEEDS_MASK = {"refusion", "mdm", "fast-dllm"}
 
 
 def register_decoder(name: str, module, needs_mask: bool = True) -> None:
@@ -53,6 +54,8 @@ def check_options(decoder: str, options: dict, max_new_tokens: int) -> dict:
                     f"max-new-tokens {max_new_tokens} (rounded up to {length}, a multiple of slot-size {k}) "
                     f"must split into {blocks} blocks of a whole number of {k}-token slots"
                 )
+    if hasattr(DECODERS[decoder], "validate_options"):  # a decoder's checks of its own options
+        DECODERS[decoder].validate_options(resolved, max_new_tokens)
     return resolved
 
 
