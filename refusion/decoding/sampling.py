@@ -14,7 +14,8 @@ def choose(logits: torch.Tensor, temperature: float, generator: torch.Generator 
     if temperature > 0:
         scores = logits.double() / temperature
         uniform = torch.rand(scores.shape, dtype=torch.float64, generator=generator, device="cpu").to(scores.device)
-        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)).clamp_min(1e-300))
+        exponential = (-torch.log(uniform.clamp_min(1e-300))).clamp_min(1e-300)
+        gumbel = -torch.log(exponential)
         tokens = (scores + gumbel).argmax(dim=-1)
     else:
         tokens = logits.argmax(dim=-1)

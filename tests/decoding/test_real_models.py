@@ -1,0 +1,111 @@
+"""Decoders on tiny random Qwen3 and Llama models: exact caches, determinism, AR = transformers."""
+
+import pytest
+import torch
+
+import refusion
+from refusion import kv_cache
+from tests.tiny_models import char_tokenizer, tiny_model
+
+MASK_ID = 127
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return char_tokenizer()
+
+
+def prompt_ids(tokenizer):
+    return refusion.encode_prompt(tokenizer, "Add 2 and 3.")
+
+
+def with_mask(kind):
+    model = tiny_model(kind, vocab_size=128)
+    model.config.mask_token_id = MASK_ID
+    return model
+
+
+# Low thresholds on a random model: several slots per plan, partial acceptance and completion rounds.
+LOOSE = dict(max_new_tokens=32, slot_size=4, blocks=2, slot_threshold=0.012, token_threshold=0.012)
+
+
+def fresh_cache(model, tokens, positions):
+    cache = kv_cache.new_cache()
+    with torch.no_grad():
+        model(input_ids=torch.tensor([tokens]), position_ids=torch.tensor([positions]), past_key_values=cache, use_cache=True)
+    return cache
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "llama"])
+def test_recompute_cache_equals_a_fresh_causal_forward_over_the_decode_order(kind, tokenizer):
+    model = with_mask(kind)
+    result = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv="recompute", trace=True, return_state=True, **LOOSE)
+    events = {event["event"] for event in result.trace}
+    assert {"plan", "commit", "round"} <= events, "the settings must drive parallel completion"
+    state = result.state
+    assert sorted(state.decode_order_positions) == list(range(len(state.decode_order_positions)))
+    assert state.decode_order_positions != sorted(state.decode_order_positions), "slots were committed out of order"
+    expected = fresh_cache(model, state.decode_order_tokens, state.decode_order_positions)
+    for (keys, values), (want_keys, want_values) in zip(kv_cache.layer_tensors(state.cache), kv_cache.layer_tensors(expected)):
+        torch.testing.assert_close(keys, want_keys, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(values, want_values, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "llama"])
+def test_reuse_keeps_one_cache_entry_per_decoded_token_and_exact_prompt_kv(kind, tokenizer):
+    model = with_mask(kind)
+    result = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv="reuse", return_state=True, **LOOSE)
+    state = result.state
+    assert kv_cache.length(state.cache) == len(state.decode_order_tokens)
+    prompt_len = result.prompt_tokens
+    expected = fresh_cache(model, state.decode_order_tokens[:prompt_len], list(range(prompt_len)))
+    for (keys, _), (want, _) in zip(kv_cache.layer_tensors(state.cache), kv_cache.layer_tensors(expected)):
+        torch.testing.assert_close(keys[..., :prompt_len, :], want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "llama"])
+@pytest.mark.parametrize("kv", ["reuse", "recompute"])
+def test_outputs_hold_no_mask_and_greedy_is_deterministic(kind, kv, tokenizer):
+    model = with_mask(kind)
+    first = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv=kv, **LOOSE)
+    second = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv=kv, **LOOSE)
+    assert first.tokens == second.tokens and first.forward_passes == second.forward_passes
+    assert MASK_ID not in first.tokens
+    assert len(first.tokens) == 32
+
+
+def test_sampling_is_reproducible_with_a_seed(tokenizer):
+    model = with_mask("llama")
+    runs = [refusion.generate(model, tokenizer, prompt_ids(tokenizer), temperature=1.0, seed=seed, **LOOSE).tokens
+            for seed in (1, 1, 2)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "llama"])
+def test_ar_equals_transformers_greedy_generate(kind, tokenizer):
+    model = tiny_model(kind, vocab_size=128)
+    ids = prompt_ids(tokenizer)
+    ours = refusion.generate(model, tokenizer, ids, decoder="ar", max_new_tokens=24)
+    theirs = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    assert ours.tokens == theirs[0, ids.shape[1]:].tolist()
+    assert ours.forward_passes == len(ours.tokens)
+
+
+def test_refusion_with_one_token_slots_and_zero_thresholds_is_greedy_ar_after_the_first_token(tokenizer):
+    """k = 1, B = L: each step plans one slot, verification accepts it: the text is the mask head's greedy."""
+    model = with_mask("llama")
+    result = refusion.generate(model, tokenizer, prompt_ids(tokenizer), max_new_tokens=8, slot_size=1, blocks=8,
+                               slot_threshold=0.0, token_threshold=0.0, trace=True)
+    assert result.forward_passes == 16  # plan + verify per token
+    assert [e["positions"] for e in result.trace if e["event"] == "commit"] == [[i] for i in range(8)]
+
+
+def test_gumbel_sampling_follows_the_softmax():
+    from refusion.decoding.sampling import choose
+
+    logits = torch.tensor([[0.0, 1.0, 2.0]]).expand(20000, 3)
+    tokens, probs = choose(logits, 1.0, torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(tokens, minlength=3).float() / len(tokens)
+    torch.testing.assert_close(frequencies, torch.softmax(logits[0], -1), atol=0.015, rtol=0)
+    torch.testing.assert_close(probs, torch.softmax(logits, -1).gather(-1, tokens[:, None])[:, 0])
