@@ -1,13 +1,20 @@
 """Loading a LoRA output directory: a PEFT adapter applied on top of its base model.
 
-The adapter's `base_model_name_or_path` may be a built-in name, a directory or a hub id. The
-tokenizer saved beside the adapter (which knows `<|mask|>`) wins over the base's.
+The adapter's `base_model_name_or_path` may be a built-in name, a directory or a hub id. The mask
+token is added to the base exactly as training added it (same id, same initial rows); the adapter
+then carries the trained LoRA weights and the mask token's trained embedding/output rows.
+`refusion.json` beside the adapter records the objective (`config.refusion_objective`). The
+tokenizer saved beside the adapter wins over the base's.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from .errors import RefusionError
+
+SIDECAR = "refusion.json"
 
 
 def is_adapter_dir(path: Path) -> bool:
@@ -18,13 +25,19 @@ def load_adapter_dir(path: Path, dtype, load_base):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from .model import add_mask_token
+    from .model import add_mask_token, mask_token_id
 
     path = Path(path)
     base_name = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-    model, tokenizer = load_base(base_name, dtype=dtype)
-    if (path / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    add_mask_token(model, tokenizer)
+    model, base_tokenizer = load_base(base_name, dtype=dtype)
+    sidecar = json.loads((path / SIDECAR).read_text()) if (path / SIDECAR).is_file() else {}
+    tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else base_tokenizer
+    trained_mask = sidecar.get("mask_token_id", mask_token_id(model, tokenizer))
+    if trained_mask is not None:
+        added = add_mask_token(model, base_tokenizer)  # the same resize and initial rows as in training
+        if added != trained_mask:
+            raise RefusionError(f"{path}: the adapter was trained with mask id {trained_mask}, but base {base_name!r} gives {added}")
     model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    if sidecar.get("refusion_objective"):
+        model.config.refusion_objective = sidecar["refusion_objective"]
     return model, tokenizer

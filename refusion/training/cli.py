@@ -1,0 +1,83 @@
+"""`refusion train`: the command-line face of `refusion.training.trainer.train`.
+
+Only argument parsing lives here; heavy imports wait until the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import RefusionError
+
+EPILOG = """examples:
+  refusion train --model smollm2-135m-instruct --data train.jsonl --output runs/refusion --max-steps 2000 --lr 1e-4
+  refusion train --model DIR --data a.jsonl b.json --objective mdm --output runs/mdm --epochs 2 --lora-rank 8
+  refusion train ... --resume                      # continue from the last checkpoint in --output
+  accelerate launch --num_processes 2 -m refusion train ...   # data-parallel (add --cpu on CPU)
+"""
+
+
+def parse_slot_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 4,8,16,32, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"slot sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def train_command(args: argparse.Namespace) -> None:
+    """Fine-tune a causal LM into a ReFusion model (or an AR / masked-diffusion baseline)."""
+    from .trainer import TrainConfig, train
+
+    if args.epochs is not None and args.max_steps is not None:
+        raise RefusionError("give either --max-steps or --epochs, not both")
+    for option, value in (("--slot-sizes", args.slot_sizes), ("--mdm-weight", args.mdm_weight)):
+        if value is not None and args.objective != "refusion":
+            raise RefusionError(f"{option} applies to --objective refusion only, not {args.objective}")
+    config = TrainConfig(
+        model=args.model, data=args.data, output=args.output, objective=args.objective, max_steps=args.max_steps,
+        epochs=args.epochs if args.epochs is not None else 1.0, lr=args.lr, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, max_length=args.max_length, lora_rank=args.lora_rank,
+        slot_sizes=args.slot_sizes or (4, 8, 16, 32), mdm_weight=1.0 if args.mdm_weight is None else args.mdm_weight, seed=args.seed, resume=args.resume, save_every=args.save_every,
+        log_every=args.log_every, warmup_ratio=args.warmup_ratio,
+    )
+    summary = train(config)
+    if "final_loss" in summary:
+        print(f"saved to {summary['output']} (final loss {summary['final_loss']}; history in loss.json, loss.png); "
+              f"load it with: refusion generate \"...\" --model {summary['output']}")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="fine-tune a model with the ReFusion objective (or AR / MDM baselines)",
+                                   description=train_command.__doc__, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="base model: directory, built-in name (smollm2-135m-instruct) or hub id")
+    parser.add_argument("--data", required=True, nargs="+", metavar="FILE",
+                        help='JSON or JSONL files of {"query", "response"} or {"messages": [...]} records')
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="where the trained model goes; `refusion generate --model DIR` loads it")
+    parser.add_argument("--objective", choices=["refusion", "ar", "mdm"], default="refusion",
+                        help="refusion: hybrid AR + masked diffusion over slots (default); ar: next-token fine-tuning; "
+                             "mdm: LLaDA-style masked diffusion with bidirectional attention")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--max-steps", type=int, default=None, help="number of optimizer steps")
+    length.add_argument("--epochs", type=float, default=None, help="passes over the data (default 1)")
+    parser.add_argument("--lr", type=float, default=2e-5, help="peak learning rate, cosine schedule (default 2e-5)")
+    parser.add_argument("--warmup-ratio", type=float, default=0.0, help="fraction of steps for linear warm-up (default 0)")
+    parser.add_argument("--batch-size", type=int, default=8, help="examples per device per step (default 8)")
+    parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
+    parser.add_argument("--max-length", type=int, default=4096,
+                        help="skip examples longer than this many tokens, prompt included (default 4096)")
+    parser.add_argument("--lora-rank", type=int, default=None, metavar="R",
+                        help="train a LoRA adapter of rank R on q,k,v,o (plus the mask token's rows) instead of all weights")
+    parser.add_argument("--slot-sizes", type=parse_slot_sizes, default=None, metavar="K,K,...",
+                        help="refusion objective: slot sizes drawn uniformly per example (default 4,8,16,32)")
+    parser.add_argument("--mdm-weight", type=float, default=None, metavar="LAMBDA",
+                        help="refusion objective: loss = L_AR + LAMBDA * L_MDM (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
+    parser.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (default 200)")
+    parser.add_argument("--log-every", type=int, default=10, help="log the loss every N steps (default 10)")
+    parser.set_defaults(func=train_command)

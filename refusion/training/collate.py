@@ -1,0 +1,61 @@
+"""The collator: turns a list of `{"prompt_ids", "response_ids"}` features into one padded batch.
+
+It applies the objective's input construction (random slots, masks, shuffles) to every example
+with its own seeded generator, then right-pads. Knows nothing about models or the Trainer's loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .objectives import IGNORE, build_example
+
+PADDED = {"input_ids": None, "position_ids": 0, "ar_labels": IGNORE, "mdm_labels": IGNORE, "mdm_weights": 0.0}
+
+
+@dataclass
+class ObjectiveCollator:
+    """Build and pad a batch for one objective.
+
+    >>> collate = ObjectiveCollator("ar", pad_id=0)
+    >>> batch = collate([{"prompt_ids": [5, 6], "response_ids": [7, 1]}, {"prompt_ids": [5], "response_ids": [1]}])
+    >>> batch["input_ids"].tolist(), batch["ar_labels"].tolist(), batch["attention_mask"].tolist()
+    ([[5, 6, 7, 1], [5, 1, 0, 0]], [[-100, 7, 1, -100], [1, -100, -100, -100]], [[1, 1, 1, 1], [1, 1, 0, 0]])
+    """
+
+    objective: str
+    pad_id: int
+    mask_id: int | None = None
+    slot_sizes: tuple[int, ...] = (4, 8, 16, 32)
+    seed: int = 0
+    generator: torch.Generator = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.generator = torch.Generator().manual_seed(self.seed)
+        if self.objective != "ar" and self.mask_id is None:
+            raise ValueError(f"the {self.objective} objective needs a mask token id")
+
+    def __call__(self, features: list[dict]) -> dict:
+        built = [
+            build_example(self.objective, torch.as_tensor(f["prompt_ids"], dtype=torch.long),
+                          torch.as_tensor(f["response_ids"], dtype=torch.long),
+                          mask_id=self.mask_id, slot_sizes=self.slot_sizes, generator=self.generator)
+            for f in features
+        ]
+        return pad_batch(built, self.pad_id)
+
+
+def pad_batch(built: list[dict], pad_id: int) -> dict:
+    """Right-pad built examples to one length: tensors [B, S], attention_mask [B, S] (1 = real), response_lengths [B]."""
+    longest = max(b["input_ids"].shape[0] for b in built)
+    batch = {}
+    for name, fill in PADDED.items():
+        fill = pad_id if fill is None else fill
+        rows = [b[name] for b in built]
+        batch[name] = torch.stack([torch.cat([r, r.new_full((longest - r.shape[0],), fill)]) for r in rows])
+    batch["attention_mask"] = torch.stack(
+        [torch.arange(longest) < b["input_ids"].shape[0] for b in built]).long()
+    batch["response_lengths"] = torch.tensor([b["response_length"] for b in built], dtype=torch.float32)
+    return batch

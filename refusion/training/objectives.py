@@ -1,0 +1,157 @@
+"""The training objectives as small tensor functions: build one example's input, then score logits.
+
+`refusion`: the hybrid AR + masked-diffusion objective of SPEC.md "Training objective" (slots,
+clean slots shuffled first with their position ids, masked slots after). `ar`: next-token
+fine-tuning on the response. `mdm`: LLaDA-style token masking with bidirectional attention.
+
+Every builder returns the same fields for one example (all [S] = prompt + response length):
+input_ids, position_ids, ar_labels (next-token targets, IGNORE where none), mdm_labels (unshifted
+targets at mask positions), mdm_weights (1/p at mask positions, else 0), plus response_length.
+Random draws come from the `generator` passed in, in a fixed order documented on each builder.
+Knows nothing about models, padding or the Trainer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+EPS = 1e-3
+OBJECTIVES = ("refusion", "ar", "mdm")
+BIDIRECTIONAL = {"mdm"}
+"""Objectives whose model attends in both directions (the decoders read this from the config)."""
+
+
+def mask_probability(t: torch.Tensor) -> torch.Tensor:
+    """p = (1 - eps) t + eps: never 0, so 1/p stays finite."""
+    return (1 - EPS) * t + EPS
+
+
+def _prompt_part(prompt: torch.Tensor) -> dict:
+    length = prompt.shape[0]
+    return {
+        "input_ids": prompt,
+        "position_ids": torch.arange(length),
+        "ar_labels": torch.full((length,), IGNORE),
+        "mdm_labels": torch.full((length,), IGNORE),
+        "mdm_weights": torch.zeros(length),
+    }
+
+
+def _join(prompt: torch.Tensor, response: dict, response_length: int) -> dict:
+    head = _prompt_part(prompt)
+    built = {name: torch.cat([head[name], response[name]]) for name in head}
+    built["response_length"] = response_length
+    return built
+
+
+def refusion_example(prompt: torch.Tensor, response: torch.Tensor, mask_id: int, slot_sizes: tuple[int, ...],
+                     generator: torch.Generator) -> dict:
+    """SPEC.md "Training objective", steps 1-4, for one example. prompt [P], response [R] (EOS included).
+
+    Draws, in order: the slot-size index (randint), t (rand 1), one coin per slot (rand n), the
+    order of the clean slots (randperm).
+    """
+    length = response.shape[0]
+    k = slot_sizes[int(torch.randint(len(slot_sizes), (1,), generator=generator))]
+    p = mask_probability(torch.rand(1, generator=generator))  # [1]
+    slots = -(-length // k)
+    masked_slot = torch.rand(slots, generator=generator) < p  # [n]
+    clean = torch.nonzero(~masked_slot).flatten()  # [C]
+    masked = torch.nonzero(masked_slot).flatten()  # [M]
+    rank = torch.empty(slots, dtype=torch.long)
+    rank[clean[torch.randperm(clean.shape[0], generator=generator)]] = torch.arange(clean.shape[0])
+    rank[masked] = clean.shape[0] + torch.arange(masked.shape[0])
+
+    slot_of = torch.arange(length) // k  # [R] slot of each response position
+    order = torch.argsort(rank[slot_of], stable=True)  # [R] response position of each input token
+    tokens = response[order]
+    is_masked = masked_slot[slot_of[order]]
+    following = (order + 1).clamp(max=length - 1)
+    has_next = (order + 1 < length) & (slot_of[following] == slot_of[order]) & ~is_masked
+    part = {
+        "input_ids": torch.where(is_masked, mask_id, tokens),
+        "position_ids": prompt.shape[0] + order,
+        "ar_labels": torch.where(has_next, response[following], IGNORE),
+        "mdm_labels": torch.where(is_masked, tokens, IGNORE),
+        "mdm_weights": torch.where(is_masked, 1.0 / p, 0.0),
+    }
+    return _join(prompt, part, length)
+
+
+def ar_example(prompt: torch.Tensor, response: torch.Tensor) -> dict:
+    """Next-token fine-tuning: position j predicts token j+1 when that token is in the response. No draws."""
+    sequence = torch.cat([prompt, response])
+    labels = torch.full_like(sequence, IGNORE)
+    labels[prompt.shape[0] - 1:-1] = response
+    return {
+        "input_ids": sequence,
+        "position_ids": torch.arange(sequence.shape[0]),
+        "ar_labels": labels,
+        "mdm_labels": torch.full_like(sequence, IGNORE),
+        "mdm_weights": torch.zeros(sequence.shape[0]),
+        "response_length": response.shape[0],
+    }
+
+
+def mdm_example(prompt: torch.Tensor, response: torch.Tensor, mask_id: int, generator: torch.Generator) -> dict:
+    """LLaDA's SFT masking: each response token masked with p = (1-eps) t + eps. Draws: t (rand 1), one coin per token."""
+    length = response.shape[0]
+    p = mask_probability(torch.rand(1, generator=generator))
+    is_masked = torch.rand(length, generator=generator) < p  # [R]
+    part = {
+        "input_ids": torch.where(is_masked, mask_id, response),
+        "position_ids": prompt.shape[0] + torch.arange(length),
+        "ar_labels": torch.full((length,), IGNORE),
+        "mdm_labels": torch.where(is_masked, response, IGNORE),
+        "mdm_weights": torch.where(is_masked, 1.0 / p, 0.0),
+    }
+    return _join(prompt, part, length)
+
+
+def build_example(objective: str, prompt: torch.Tensor, response: torch.Tensor, *, mask_id: int | None,
+                  slot_sizes: tuple[int, ...], generator: torch.Generator) -> dict:
+    if objective == "refusion":
+        return refusion_example(prompt, response, mask_id, slot_sizes, generator)
+    if objective == "mdm":
+        return mdm_example(prompt, response, mask_id, generator)
+    if objective == "ar":
+        return ar_example(prompt, response)
+    raise ValueError(f"unknown objective {objective!r}")
+
+
+def ar_term(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """L_AR: mean cross-entropy over every labelled token of the batch; 0 (with a graph) when there is none.
+
+    logits [B, S, V], labels [B, S]; label at j is the target of logits at j (already shifted).
+    """
+    valid = labels != IGNORE
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[valid].float(), labels[valid])
+
+
+def mdm_term(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+             response_lengths: torch.Tensor) -> torch.Tensor:
+    """L_MDM: per example, sum over masked tokens of CE / p over the response length; summed, over batch size.
+
+    logits [B, S, V], labels/weights [B, S] (unshifted), response_lengths [B].
+    """
+    valid = labels != IGNORE
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    per_token = torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)  # [B, S]
+    per_token = per_token.masked_scatter(valid, F.cross_entropy(logits[valid].float(), labels[valid], reduction="none"))
+    per_example = (per_token * weights).sum(dim=1) / response_lengths.clamp(min=1)  # [B]
+    return per_example.sum() / labels.shape[0]
+
+
+def objective_loss(objective: str, logits: torch.Tensor, batch: dict, mdm_weight: float = 1.0) -> torch.Tensor:
+    """refusion: L_AR + lambda L_MDM; ar: L_AR; mdm: L_MDM."""
+    if objective == "ar":
+        return ar_term(logits, batch["ar_labels"])
+    l_mdm = mdm_term(logits, batch["mdm_labels"], batch["mdm_weights"], batch["response_lengths"])
+    if objective == "mdm":
+        return l_mdm
+    return ar_term(logits, batch["ar_labels"]) + mdm_weight * l_mdm

@@ -1,0 +1,216 @@
+"""`train`: fine-tune a causal LM with the refusion, ar or mdm objective on Hugging Face `Trainer`.
+
+`ObjectiveTrainer` overrides only `compute_loss`; the collator builds the objective's inputs. The
+output directory loads with `refusion.load`: a full save (safetensors + tokenizer, with
+`config.refusion_objective` and `config.mask_token_id`), or with LoRA a PEFT adapter that also
+trains the mask token's embedding and output rows, plus `refusion.json`. Runs on one CPU/GPU or
+under `accelerate launch` (DDP).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..attention import bidirectional_mask
+from ..errors import RefusionError
+from ..model import BUILTIN_GGUF, add_mask_token, load
+from .collate import ObjectiveCollator
+from .data import load_dataset
+from .history import write_history
+from .objectives import BIDIRECTIONAL, OBJECTIVES, objective_loss
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ADAPTER_SIDECAR = "refusion.json"
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    """Base model: a directory, a built-in name or a hub id."""
+    data: list[str]
+    """JSON / JSONL files of {query, response} or {messages} records."""
+    output: str
+    """Output directory; checkpoints go to output/checkpoint-N."""
+    objective: str = "refusion"
+    """refusion (hybrid AR + masked diffusion), ar (next token) or mdm (LLaDA-style, bidirectional)."""
+    max_steps: int | None = None
+    """Optimizer steps; overrides epochs when set."""
+    epochs: float = 1.0
+    lr: float = 2e-5
+    batch_size: int = 8
+    """Examples per device per step."""
+    grad_accum: int = 1
+    max_length: int = 4096
+    """Longer examples (prompt + response + EOS) are skipped."""
+    lora_rank: int | None = None
+    """LoRA rank on q, k, v, o; None = full fine-tune."""
+    slot_sizes: tuple[int, ...] = (4, 8, 16, 32)
+    mdm_weight: float = 1.0
+    """lambda in L_AR + lambda L_MDM (refusion objective)."""
+    seed: int = 0
+    resume: bool = False
+    """Continue from the last checkpoint in `output`."""
+    save_every: int = 200
+    log_every: int = 10
+    warmup_ratio: float = 0.0
+
+    def check(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise RefusionError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+        positive = {"batch-size": self.batch_size, "grad-accum": self.grad_accum, "max-length": self.max_length,
+                    "save-every": self.save_every, "log-every": self.log_every}
+        if self.max_steps is not None:
+            positive["max-steps"] = self.max_steps
+        if self.lora_rank is not None:
+            positive["lora-rank"] = self.lora_rank
+        for name, value in positive.items():
+            if value < 1:
+                raise RefusionError(f"{name} must be a positive integer, got {value}")
+        if self.max_steps is None and self.epochs <= 0:
+            raise RefusionError(f"epochs must be positive, got {self.epochs}")
+        if self.lr <= 0:
+            raise RefusionError(f"lr must be positive, got {self.lr}")
+        if not self.slot_sizes or min(self.slot_sizes) < 1:
+            raise RefusionError(f"slot sizes must be positive integers, got {list(self.slot_sizes)}")
+        if self.mdm_weight < 0:
+            raise RefusionError(f"mdm-weight must be >= 0, got {self.mdm_weight}")
+
+
+class ObjectiveTrainer(Trainer):
+    """A `Trainer` whose loss is one of `refusion.training.objectives`."""
+
+    loss_is_scaled_for_ga = False  # our loss is a per-micro-batch mean: let Trainer divide by grad-accum
+
+    def __init__(self, *args, objective: str, mdm_weight: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self.mdm_weight = mdm_weight
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        attention_mask = inputs["attention_mask"]  # [B, S]; always given, so HF never guesses packing from position ids
+        if self.objective in BIDIRECTIONAL:
+            batch, length = attention_mask.shape
+            dtype = next(model.parameters()).dtype
+            attention_mask = bidirectional_mask(batch, length, length, dtype, attention_mask.device,
+                                                key_padding=attention_mask == 0)  # [B, 1, S, S]
+        outputs = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
+                        attention_mask=attention_mask, use_cache=False)
+        loss = objective_loss(self.objective, outputs.logits, inputs, self.mdm_weight)
+        return (loss, outputs) if return_outputs else loss
+
+
+def _base_name(name: str) -> str:
+    """What an adapter records as its base: built-in names and hub ids as given, directories absolute."""
+    path = Path(name).expanduser()
+    return name if name in BUILTIN_GGUF or not path.exists() else str(path.resolve())
+
+
+def _module_name(model, module) -> str:
+    return next(name for name, candidate in model.named_modules() if candidate is module)
+
+
+def _with_lora(model, rank: int, mask_id: int | None):
+    from peft import LoraConfig, get_peft_model
+
+    indices = None
+    if mask_id is not None:
+        embedding = _module_name(model, model.get_input_embeddings()).split(".")[-1]
+        indices = {embedding: [mask_id]}
+        output = model.get_output_embeddings()
+        if output is not None and output.weight is not model.get_input_embeddings().weight:
+            indices[_module_name(model, output)] = [mask_id]  # untied head: its mask row is trained too
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                        trainable_token_indices=indices, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _training_arguments(config: TrainConfig) -> TrainingArguments:
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return TrainingArguments(
+        output_dir=config.output,
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        num_train_epochs=config.epochs,
+        learning_rate=config.lr,
+        lr_scheduler_type="cosine",
+        warmup_ratio=config.warmup_ratio,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        logging_steps=config.log_every,
+        save_steps=config.save_every,
+        save_total_limit=2,
+        seed=config.seed,
+        bf16=bf16,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        disable_tqdm=False,
+    )
+
+
+def _checkpoint_to_resume(config: TrainConfig) -> str | None:
+    output = Path(config.output)
+    last = get_last_checkpoint(str(output)) if output.is_dir() else None
+    if config.resume:
+        if last is None:
+            raise RefusionError(f"--resume: no checkpoint-N directory in {output} to resume from")
+        return last
+    if last is not None:
+        raise RefusionError(f"{output} already holds checkpoints; pass --resume to continue, or choose another --output")
+    return None
+
+
+def _save(trainer: ObjectiveTrainer, model, tokenizer, config: TrainConfig) -> None:
+    output = Path(config.output)
+    trainer.save_model(str(output))
+    if not trainer.is_world_process_zero():
+        return
+    tokenizer.save_pretrained(str(output))
+    if config.lora_rank is not None:
+        adapter_config = output / "adapter_config.json"
+        saved = json.loads(adapter_config.read_text())
+        saved["base_model_name_or_path"] = _base_name(config.model)
+        adapter_config.write_text(json.dumps(saved, indent=2))
+        sidecar = {"refusion_objective": config.objective, "mask_token_id": getattr(model.config, "mask_token_id", None)}
+        (output / ADAPTER_SIDECAR).write_text(json.dumps(sidecar, indent=2))
+
+
+def train(config: TrainConfig) -> dict:
+    """Fine-tune `config.model` on `config.data`; return a summary (examples, skipped, final loss, output)."""
+    config.check()
+    resume_from = _checkpoint_to_resume(config)
+    model, tokenizer = load(config.model, dtype=torch.float32)
+    mask_id = add_mask_token(model, tokenizer) if config.objective != "ar" else None
+    model.config.refusion_objective = config.objective
+    dataset = load_dataset(config.data, tokenizer, config.max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if config.lora_rank is not None:
+        model = _with_lora(model, config.lora_rank, mask_id)
+
+    arguments = _training_arguments(config)
+    resumed_step = int(re.search(r"checkpoint-(\d+)$", resume_from).group(1)) if resume_from else 0
+    # A fresh stream of masks per process and per resumed run; the Trainer shards the examples.
+    collator = ObjectiveCollator(config.objective, pad_id, mask_id, tuple(config.slot_sizes),
+                                 seed=config.seed + 7919 * arguments.process_index + 104729 * resumed_step)
+    trainer = ObjectiveTrainer(model=model, args=arguments, train_dataset=dataset, data_collator=collator,
+                               objective=config.objective, mdm_weight=config.mdm_weight)
+    if trainer.is_world_process_zero():
+        skipped = f", {dataset.skipped_too_long} skipped (over --max-length {config.max_length})" if dataset.skipped_too_long else ""
+        print(f"training {config.model} with the {config.objective} objective on {len(dataset)} examples{skipped}"
+              + (f", resuming from {resume_from}" if resume_from else ""), flush=True)
+    trainer.train(resume_from_checkpoint=resume_from)
+    _save(trainer, model, tokenizer, config)
+    summary = {"objective": config.objective, "examples": len(dataset), "skipped_too_long": dataset.skipped_too_long,
+               "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}}
+    if trainer.is_world_process_zero():
+        history = write_history(Path(config.output), trainer.state.log_history, summary)
+        summary["final_loss"] = history[-1]["loss"] if history else None
+    summary["output"] = config.output
+    return summary
