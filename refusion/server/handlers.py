@@ -1,0 +1,300 @@
+"""From an OpenAI request to a generation and back: prompt, options, limits, responses, streaming.
+
+`prepare` checks everything that can be checked before the model is touched (so that a bad
+request answers 4xx before a stream starts); `complete` and `stream` run the job on the engine.
+Stop strings are applied to the final text (the decode itself runs to EOS or max_tokens).
+Knows nothing about routes or the web page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+from ..decoding import DECODERS, Generation, PrefixStream
+from ..decoding.dispatch import NEEDS_MASK, check_options
+from ..errors import RefusionError
+from ..model import eos_token_ids
+from . import protocol
+from .engine import Engine, Job
+
+
+class ApiError(Exception):
+    """Answered as OpenAI's error JSON with this HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self) -> dict:
+        return protocol.error_body(self.message, self.type, self.param, self.code)
+
+
+@dataclass
+class Limits:
+    max_tokens: int = 4096
+    """Largest max_tokens a request may ask for."""
+    max_prompt_tokens: int | None = None
+    """Longest prompt in tokens (None: the model's context)."""
+    max_body_bytes: int = 1 << 20
+    max_waiting: int = 64
+    """Requests that may wait for the model; more answer 429."""
+
+
+@dataclass
+class ServerConfig:
+    model_name: str
+    defaults: dict = field(default_factory=dict)
+    """Decoding defaults (refusion.cli.decoder_options); a request's own fields override them."""
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class Prepared:
+    kind: str  # "text_completion" | "chat.completion"
+    job: Job
+    stop: list[str]
+    include_usage: bool
+    stream_events: bool
+
+
+def prepare(request, kind: str, engine: Engine, config: ServerConfig) -> Prepared:
+    """Validate a request against the model and limits; build the job. Raises ApiError."""
+    if request.model != config.model_name:
+        raise ApiError(404, f"the model {request.model!r} does not exist; this server serves {config.model_name!r}",
+                       "model", "model_not_found")
+    field_name = request.unsupported()
+    if field_name:
+        raise ApiError(400, f"{field_name!r} is not supported by this server with that value", field_name, "unsupported_parameter")
+    model = engine.model
+    prompt_ids = encode(request, kind, engine)
+    prompt_len = prompt_ids.shape[1]
+    context = getattr(model.config, "max_position_embeddings", None) or prompt_len + config.limits.max_tokens
+    longest = min(config.limits.max_prompt_tokens or context, context - 1)
+    if prompt_len > longest:
+        raise ApiError(400, f"the prompt has {prompt_len} tokens; this server accepts at most {longest}", "messages"
+                       if kind == "chat.completion" else "prompt", "context_length_exceeded")
+    max_tokens = request.token_budget() if kind == "chat.completion" else request.max_tokens
+    if max_tokens is None:
+        max_tokens = max(1, min(config.defaults.get("max_new_tokens") or 256, config.limits.max_tokens, context - prompt_len))
+    elif not 1 <= max_tokens <= config.limits.max_tokens:
+        raise ApiError(400, f"max_tokens must lie in [1, {config.limits.max_tokens}], got {max_tokens}", "max_tokens")
+    elif prompt_len + max_tokens > context:
+        raise ApiError(400, f"prompt ({prompt_len} tokens) plus max_tokens ({max_tokens}) exceeds the model's context of {context}",
+                       "max_tokens", "context_length_exceeded")
+    options = decoding_options(request, max_tokens, model, config.defaults)
+    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    if any(not s for s in stop):
+        raise ApiError(400, "stop strings must not be empty", "stop")
+    if request.stream_options is not None and not request.stream:
+        raise ApiError(400, "stream_options is only allowed with stream=true", "stream_options")
+    if request.stream_events and not request.stream:
+        raise ApiError(400, "stream_events is only allowed with stream=true", "stream_events")
+    return Prepared(kind=kind, job=Job(prompt_ids=prompt_ids, options=options), stop=stop,
+                    include_usage=bool(request.stream_options and request.stream_options.include_usage),
+                    stream_events=request.stream_events)
+
+
+def encode(request, kind: str, engine: Engine):
+    """The prompt as ids [1, P]: chat messages through the chat template, text as is."""
+    import torch
+
+    from ..prompting import encode_prompt
+
+    tokenizer = engine.tokenizer
+    try:
+        if kind == "chat.completion":
+            if not getattr(tokenizer, "chat_template", None):
+                raise ApiError(400, "this model's tokenizer has no chat template; use /v1/completions", "messages")
+            roles = {"developer": "system"}
+            messages = [{"role": roles.get(m.role, m.role), "content": m.text()} for m in request.messages]
+            return encode_prompt(tokenizer, messages, chat=True)
+        prompt = request.prompt[0] if isinstance(request.prompt, list) and isinstance(request.prompt[0], str) else request.prompt
+        if isinstance(prompt, str):
+            return encode_prompt(tokenizer, prompt, chat=False)
+        vocab = engine.model.get_input_embeddings().weight.shape[0]
+        if not all(0 <= t < vocab for t in prompt):
+            raise ApiError(400, f"prompt token ids must lie in [0, {vocab})", "prompt")
+        return torch.tensor([prompt], dtype=torch.long)
+    except RefusionError as error:
+        raise ApiError(400, str(error), "messages" if kind == "chat.completion" else "prompt") from error
+    except (ValueError, TypeError, KeyError, IndexError) as error:  # chat templates reject odd conversations this way
+        raise ApiError(400, f"the chat template rejected these messages: {error}", "messages") from error
+    except Exception as error:
+        if type(error).__name__ == "TemplateError":  # jinja2's raise_exception() in a chat template
+            raise ApiError(400, f"the chat template rejected these messages: {error}", "messages") from error
+        raise
+
+
+def decoding_options(request, max_tokens: int, model, defaults: dict) -> dict:
+    """Keyword arguments for `refusion.generate`: server defaults, overridden by the request.
+
+    A server default the chosen decoder does not take is dropped; a request field it does not
+    take is a 400.
+    """
+    decoder = request.decoder or defaults.get("decoder") or (
+        "refusion" if getattr(model.config, "mask_token_id", None) is not None else "ar")
+    if decoder not in DECODERS:
+        raise ApiError(400, f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}", "decoder")
+    if decoder in NEEDS_MASK and getattr(model.config, "mask_token_id", None) is None:
+        raise ApiError(400, f"decoder {decoder!r} needs a model with a <|mask|> token; this one has none: use 'ar'", "decoder")
+    takes = DECODERS[decoder].OPTIONS
+    knobs = {name: value for name, value in defaults.items() if name in takes and value is not None}
+    knobs.update({name: value for name, value in request.knobs().items() if value is not None})
+    try:
+        check_options(decoder, knobs, max_tokens)
+    except RefusionError as error:
+        param = next((name for name in request.knobs() if name in str(error) or name.replace("_", "-") in str(error)), None)
+        raise ApiError(400, str(error), param) from error
+    temperature = request.temperature if request.temperature is not None else defaults.get("temperature") or 0.0
+    seed = request.seed if request.seed is not None else defaults.get("seed")
+    return {"decoder": decoder, "max_new_tokens": max_tokens, "temperature": float(temperature), "seed": seed, **knobs}
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+
+def apply_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """Cut `text` before the earliest stop string; (text, whether one was found)."""
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def held_back(text: str, stop: list[str]) -> int:
+    """How many trailing characters might still turn into a stop string or a multi-byte character."""
+    hold = len(text) - len(text.rstrip("\ufffd"))
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                hold = max(hold, n)
+                break
+    return hold
+
+
+def decode_stats(result: Generation) -> protocol.DecodeStats:
+    stats = result.stats()
+    return protocol.DecodeStats(decoder=result.decoder, forward_passes=result.forward_passes,
+                                tokens_per_forward=stats["tokens_per_forward"], tokens_per_second=stats["tokens_per_second"],
+                                seconds=stats["seconds"], settings=result.settings)
+
+
+def usage(result: Generation) -> protocol.Usage:
+    return protocol.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.new_tokens,
+                          total_tokens=result.prompt_tokens + result.new_tokens)
+
+
+def response(prepared: Prepared, result: Generation, model_name: str) -> dict:
+    text, stopped = apply_stop(result.text, prepared.stop)
+    finish = "stop" if stopped else result.finish_reason
+    if prepared.kind == "chat.completion":
+        choice = protocol.ChatChoice(message=protocol.ChatCompletionMessage(content=text), finish_reason=finish)
+        prefix = "chatcmpl"
+    else:
+        choice = protocol.CompletionChoice(text=text, finish_reason=finish)
+        prefix = "cmpl"
+    return protocol.Response(id=protocol.new_id(prefix), object=prepared.kind, model=model_name, choices=[choice],
+                             usage=usage(result), refusion=decode_stats(result)).model_dump()
+
+
+async def complete(prepared: Prepared, engine: Engine, model_name: str, disconnected: Callable) -> dict | None:
+    """Run to the end; None when the client left first (its job is then taken out or stopped)."""
+    task = asyncio.ensure_future(engine.run(prepared.job))
+    while True:
+        done, _ = await asyncio.wait([task], timeout=0.2)
+        if done:
+            result = task.result()
+            return None if result is None else response(prepared, result, model_name)
+        if await disconnected():
+            task.cancel()
+            return None
+
+
+def sse(data: dict | str, event: str | None = None) -> str:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return (f"event: {event}\n" if event else "") + f"data: {payload}\n\n"
+
+
+async def stream(prepared: Prepared, engine: Engine, model_name: str) -> AsyncIterator[str]:
+    """SSE chunks: text as soon as its left-to-right prefix is final, then the finish and usage chunks.
+
+    If the client disconnects, the framework cancels this generator and the decode stops.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    end = object()
+    prepared.job.listener = lambda event: loop.call_soon_threadsafe(queue.put_nowait, event)
+    task = asyncio.ensure_future(engine.run(prepared.job))
+    task.add_done_callback(lambda _: queue.put_nowait(end))
+    tokenizer, chat = engine.tokenizer, prepared.kind == "chat.completion"
+    chunk = Chunks(prepared.kind, model_name)
+    final = PrefixStream(eos_token_ids(tokenizer, engine.model), limit=prepared.job.options["max_new_tokens"])
+    sent, stopped = "", False
+    try:
+        if chat:
+            yield sse(chunk.make(protocol.ChatDelta(role="assistant", content="")))
+        while (event := await queue.get()) is not end:
+            if prepared.stream_events:
+                yield sse(readable(event, tokenizer), event="refusion.decode")
+            final(event)
+            if stopped or not final.pop():
+                continue
+            text = tokenizer.decode([final.committed[p] for p in range(final.emitted)], skip_special_tokens=True)
+            text, stopped = apply_stop(text, prepared.stop)
+            ready = text if stopped else text[: len(text) - held_back(text, prepared.stop)]
+            if len(ready) > len(sent) and ready.startswith(sent):
+                yield sse(chunk.text(ready[len(sent):]))
+                sent = ready
+        try:
+            result = task.result()
+        except Exception as error:  # the decode failed after the stream started: say so in-band
+            yield sse(protocol.error_body(f"generation failed: {error}", "server_error"))
+            yield sse("[DONE]")
+            return
+        text, stopped = apply_stop(result.text, prepared.stop)
+        if len(text) > len(sent) and text.startswith(sent):
+            yield sse(chunk.text(text[len(sent):]))
+        yield sse(chunk.finish("stop" if stopped else result.finish_reason, decode_stats(result)))
+        if prepared.include_usage:
+            yield sse(chunk.usage(usage(result), decode_stats(result)))
+        yield sse("[DONE]")
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+def readable(event: dict, tokenizer) -> dict:
+    """A decode event for the page, with each committed token's text beside its id."""
+    out = {"object": "refusion.decode_event", **event}
+    if event["event"] == "commit":
+        out["pieces"] = [tokenizer.decode([t]) for t in event["tokens"]]
+    return out
+
+
+class Chunks:
+    """The stream's JSON chunks for one request: same id and created time on each."""
+
+    def __init__(self, kind: str, model_name: str):
+        self.chat = kind == "chat.completion"
+        self.head = {"id": protocol.new_id("chatcmpl" if self.chat else "cmpl"),
+                     "object": "chat.completion.chunk" if self.chat else "text_completion",
+                     "created": int(time.time()), "model": model_name}
+
+    def make(self, delta: protocol.ChatDelta | str, finish: str | None = None, **extra) -> dict:
+        if self.chat:
+            choice = protocol.ChatChunkChoice(delta=delta, finish_reason=finish).model_dump(exclude_none=False)
+        else:
+            choice = protocol.CompletionChoice(text=delta, finish_reason=finish).model_dump()
+        return {**self.head, "choices": [choice], **extra}
+
+    def text(self, text: str) -> dict:
+        return self.make(protocol.ChatDelta(content=text) if self.chat else text)
+
+    def finish(self, reason: str, stats: protocol.DecodeStats) -> dict:
+        return self.make(protocol.ChatDelta() if self.chat else "", reason, refusion=stats.model_dump())
+
+    def usage(self, used: protocol.Usage, stats: protocol.DecodeStats) -> dict:
+        return {**self.head, "choices": [], "usage": used.model_dump(), "refusion": stats.model_dump()}

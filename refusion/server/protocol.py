@@ -1,0 +1,233 @@
+"""Request and response shapes of the HTTP API: OpenAI's, plus a marked block of ReFusion extensions.
+
+Fields follow the order of OpenAI's API reference. OpenAI fields that this server cannot honour
+are accepted only at their neutral value (e.g. `n=1`, `logprobs=None`); anything else is rejected
+by `unsupported()` with a 400 naming the field, never silently ignored. Unknown fields are
+rejected too (`extra="forbid"`), so a misspelt extension is an error, not a no-op.
+Knows nothing about models or decoding.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+# Wide enough for every real request; stops absurd values before they reach a decoder.
+Temperature = Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+Stop = StrictStr | Annotated[list[Annotated[StrictStr, Field(min_length=1)]], Field(max_length=4)] | None
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(Request):
+    include_usage: StrictBool = False
+
+
+class RefusionOptions(Request):
+    """ReFusion extensions: send them as extra body fields (openai client: `extra_body={...}`).
+
+    Each one left out takes the server's default (the `refusion serve` decoding options).
+    """
+
+    decoder: StrictStr | None = None
+    """refusion (plan-and-infill) or ar (one token per forward), or any registered decoder."""
+    slot_size: PositiveInt | None = None
+    """Tokens per slot, k."""
+    blocks: PositiveInt | None = None
+    """Serial blocks, B; max_tokens rounded up to k must split into B blocks of whole slots."""
+    slot_threshold: Probability | None = None
+    """Plan: decode in parallel every slot whose first token is above this probability."""
+    token_threshold: Probability | None = None
+    """Verify: accept drafted tokens whose AR probability is above this."""
+    kv: Literal["reuse", "recompute"] | None = None
+    """After parallel completion: reuse each slot's own KV, or recompute it causally."""
+    stream_events: StrictBool = False
+    """With stream=true: also send every raw decode step as an SSE `event: refusion.decode`."""
+
+    def knobs(self) -> dict:
+        return {name: getattr(self, name) for name in ("slot_size", "blocks", "slot_threshold", "token_threshold", "kv")}
+
+
+class OpenAICompletionFields(Request):
+    """POST /v1/completions as OpenAI defines it, fields in the API reference's order."""
+
+    model: StrictStr
+    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1)] | Annotated[list[StrictInt], Field(min_length=1)]
+    best_of: StrictInt | None = None
+    echo: StrictBool | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: StrictInt | None = None
+    max_tokens: StrictInt | None = None
+    n: StrictInt | None = None
+    presence_penalty: float | None = None
+    seed: StrictInt | None = None
+    stop: Stop = None
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    suffix: StrictStr | None = None
+    temperature: Temperature | None = None
+    top_p: float | None = None
+    user: StrictStr | None = None
+
+
+class CompletionRequest(RefusionOptions, OpenAICompletionFields):
+    """The OpenAI fields, then the ReFusion extensions (pydantic lists the last base's fields first)."""
+
+    def unsupported(self) -> str | None:
+        """The first field set to something this server cannot do, or None."""
+        if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], str) and len(self.prompt) > 1:
+            return "prompt"
+        return _first_unsupported(self, best_of=(None, 1), echo=(None, False), frequency_penalty=(None, 0),
+                                  logit_bias=(None, {}), logprobs=(None,), n=(None, 1), presence_penalty=(None, 0),
+                                  suffix=(None, ""), top_p=(None, 1))
+
+
+class TextPart(Request):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(Request):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | Annotated[list[TextPart], Field(min_length=1)]
+    name: StrictStr | None = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
+class OpenAIChatFields(Request):
+    """POST /v1/chat/completions as OpenAI defines it, fields in the API reference's order."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    model: StrictStr
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    max_tokens: StrictInt | None = None
+    n: StrictInt | None = None
+    parallel_tool_calls: StrictBool | None = None
+    presence_penalty: float | None = None
+    response_format: dict[str, Any] | None = None
+    seed: StrictInt | None = None
+    stop: Stop = None
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: Temperature | None = None
+    tool_choice: Any = None
+    tools: list[Any] | None = None
+    top_p: float | None = None
+    user: StrictStr | None = None
+
+
+class ChatCompletionRequest(RefusionOptions, OpenAIChatFields):
+    """The OpenAI fields, then the ReFusion extensions."""
+
+    def unsupported(self) -> str | None:
+        return _first_unsupported(self, frequency_penalty=(None, 0), logit_bias=(None, {}), logprobs=(None, False),
+                                  top_logprobs=(None,), n=(None, 1), parallel_tool_calls=(None,), presence_penalty=(None, 0),
+                                  response_format=(None, {"type": "text"}), tool_choice=(None, "none"), tools=(None, []),
+                                  top_p=(None, 1))
+
+    def token_budget(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+def _first_unsupported(request: BaseModel, **neutral: tuple) -> str | None:
+    for name, allowed in neutral.items():
+        if getattr(request, name) not in allowed:
+            return name
+    return None
+
+
+# --- responses -----------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class DecodeStats(BaseModel):
+    """ReFusion extension on every response (`refusion` field): how the answer was decoded."""
+
+    decoder: str
+    forward_passes: int
+    tokens_per_forward: float
+    tokens_per_second: float
+    seconds: float
+    settings: dict[str, Any]
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class ChatCompletionMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatCompletionMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class Response(BaseModel):
+    id: str
+    object: str
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Any]
+    usage: Usage | None = None
+    # --- ReFusion extension ---
+    refusion: DecodeStats | None = None
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "refusion"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error shape."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
