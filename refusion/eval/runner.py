@@ -1,0 +1,122 @@
+"""`evaluate`: run one benchmark task with one decoder and report accuracy and speed.
+
+For each example: build the task's zero-shot prompt, send it through the chat template, generate
+with `refusion.generate`, score the completion with the task. Speed is summed over samples: TPS =
+all new tokens / all decode seconds, TPF = all new tokens / all forward passes. Knows nothing about
+any particular benchmark (see `refusion.eval.tasks`) or about the command line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from ..errors import RefusionError
+from .tasks import get_task
+
+SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class EvalResult:
+    summary: dict
+    """task, model, decoder, accuracy, tokens_per_second, tokens_per_forward, forward_passes, samples, ..."""
+    records: list[dict] = field(default_factory=list)
+    """One dict per sample: prompt, output, extracted answer, correct, speed statistics."""
+
+
+def task_settings(task: ModuleType, decoder: str, max_new_tokens: int | None, options: dict, reference: bool) -> tuple[int, dict]:
+    """The generation budget and decoder knobs: the user's, else the paper's (when asked), else defaults."""
+    paper = dict(getattr(task, "REFERENCE_SETTINGS", {})) if reference else {}
+    if reference and decoder != "refusion":
+        raise RefusionError(f"--reference-settings are the paper's plan-and-infill settings; they do not apply to --decoder {decoder}")
+    if reference and not paper:
+        raise RefusionError(f"task {task.NAME} has no reference settings")
+    budget = max_new_tokens or paper.pop("max_new_tokens", None) or task.MAX_NEW_TOKENS
+    paper.pop("max_new_tokens", None)
+    knobs = {name: value for name, value in options.items() if value is not None}
+    return int(budget), {**paper, **knobs}
+
+
+def summarize(records: list[dict], task: str, decoder: str, model_name: str | None, settings: dict) -> dict:
+    samples = len(records)
+    tokens = sum(record["new_tokens"] for record in records)
+    seconds = sum(record["seconds"] for record in records)
+    forwards = sum(record["forward_passes"] for record in records)
+    correct = sum(record["correct"] for record in records)
+    return {
+        "task": task, "model": model_name, "decoder": decoder,
+        "accuracy": round(correct / samples, 4) if samples else 0.0,
+        "correct": correct, "samples": samples,
+        "tokens_per_second": round(tokens / seconds, 3) if seconds else 0.0,
+        "tokens_per_forward": round(tokens / forwards, 4) if forwards else 0.0,
+        "forward_passes": round(forwards / samples, 2) if samples else 0.0,
+        "new_tokens": round(tokens / samples, 2) if samples else 0.0,
+        "seconds": round(seconds, 3),
+        "settings": settings,
+    }
+
+
+def evaluate(
+    model,
+    tokenizer,
+    task: str | ModuleType,
+    *,
+    decoder: str = "refusion",
+    limit: int | None = None,
+    max_new_tokens: int | None = None,
+    chat: bool = True,
+    reference_settings: bool = False,
+    output: str | Path | None = None,
+    progress: bool = True,
+    model_name: str | None = None,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    **decoder_options,
+) -> EvalResult:
+    """Evaluate `model` on a task (its name or module) with one decoder; see the module docstring.
+
+    `max_new_tokens=None` uses the task's default budget; `reference_settings=True` fills knobs
+    left as None with the paper's settings for that task. With `output`, per-sample records are
+    appended to `output/samples.jsonl` as they are scored and the summary goes to `summary.json`.
+    """
+    from tqdm.auto import tqdm
+
+    from ..decoding import generate
+    from ..prompting import encode_prompt
+
+    task_module = get_task(task) if isinstance(task, str) else task
+    budget, knobs = task_settings(task_module, decoder, max_new_tokens, decoder_options, reference_settings)
+    examples = task_module.examples(limit)
+    directory = Path(output) if output is not None else None
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / SAMPLES_FILE).write_text("")
+
+    records: list[dict] = []
+    settings: dict = {}
+    bar = tqdm(examples, desc=task_module.NAME, unit="sample", disable=not progress, dynamic_ncols=True)
+    for example in bar:
+        prompt = task_module.prompt(example)
+        input_ids = encode_prompt(tokenizer, prompt, chat=chat)  # [1, P]
+        result = generate(model, tokenizer, input_ids, decoder=decoder, max_new_tokens=budget,
+                          temperature=temperature, seed=seed, **knobs)
+        extracted, correct = task_module.evaluate(example, result.text)
+        settings = result.settings
+        record = {"id": example["id"], "prompt": prompt, "output": result.text, "extracted": extracted,
+                  "reference": example.get("answer"), "correct": bool(correct), **result.stats(),
+                  "prompt_tokens": result.prompt_tokens}
+        records.append(record)
+        if directory is not None:
+            with open(directory / SAMPLES_FILE, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        running = summarize(records, task_module.NAME, decoder, model_name, settings)
+        bar.set_postfix(acc=f"{running['accuracy']:.3f}", tps=f"{running['tokens_per_second']:.1f}")
+
+    summary = summarize(records, task_module.NAME, decoder, model_name, settings)
+    if directory is not None:
+        (directory / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return EvalResult(summary, records)
