@@ -1,0 +1,113 @@
+"""`refusion eval --limit 2` and `refusion plot` end to end on a tiny random model saved to disk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from refusion import add_mask_token
+from refusion.cli import main
+from refusion.eval import evaluate
+from tests.tiny_models import char_tokenizer, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    tokenizer = char_tokenizer()
+    model = tiny_model("llama", vocab_size=len(tokenizer) + 1)
+    model.config.max_position_embeddings = 4096  # benchmark prompts are long in characters
+    add_mask_token(model, tokenizer)
+    path = tmp_path_factory.mktemp("tiny-refusion")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def run_cli(argv, capsys) -> tuple[str, str]:
+    main(argv)
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_eval_json_summary_and_per_sample_file(model_dir, tmp_path, capsys):
+    out_dir = tmp_path / "gsm8k-refusion"
+    out, _ = run_cli(["eval", "--model", model_dir, "--task", "gsm8k", "--limit", "2", "--max-new-tokens", "16",
+                      "--slot-size", "4", "--blocks", "2", "--json", "--output", str(out_dir), "--no-progress"], capsys)
+    summary = json.loads(out.strip().splitlines()[-1])
+    for key in ("task", "decoder", "accuracy", "tokens_per_second", "tokens_per_forward", "forward_passes", "samples",
+                "model", "settings"):
+        assert key in summary
+    assert (summary["task"], summary["decoder"], summary["samples"], summary["model"]) == ("gsm8k", "refusion", 2, model_dir)
+    assert summary["settings"]["slot_size"] == 4 and summary["settings"]["blocks"] == 2
+
+    records = [json.loads(line) for line in (out_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and records[0]["prompt"].startswith("Janet")
+    for record in records:
+        assert {"prompt", "output", "extracted", "correct", "reference", "tokens_per_second", "forward_passes"} <= set(record)
+        assert 1 <= record["new_tokens"] <= 16 and record["forward_passes"] >= 1
+    # Aggregates are totals over samples, not means of per-sample rates.
+    tokens = sum(r["new_tokens"] for r in records)
+    assert summary["tokens_per_forward"] == pytest.approx(tokens / sum(r["forward_passes"] for r in records), abs=1e-4)
+    assert summary["forward_passes"] == pytest.approx(sum(r["forward_passes"] for r in records) / 2, abs=0.01)
+    assert summary["accuracy"] == sum(r["correct"] for r in records) / 2
+    assert json.loads((out_dir / "summary.json").read_text())["samples"] == 2
+
+
+def test_eval_text_report_on_a_code_task_with_the_ar_decoder(model_dir, capsys):
+    out, _ = run_cli(["eval", "--model", model_dir, "--task", "humaneval", "--decoder", "ar", "--limit", "2",
+                      "--max-new-tokens", "8", "--no-progress"], capsys)
+    assert out.startswith("humaneval [ar] accuracy 0.00% (0/2)") and "tokens/forward" in out
+
+
+def test_python_api_scores_a_model_that_always_answers_right(model_dir):
+    from refusion import load
+
+    model, tokenizer = load(model_dir)
+    answers = iter(["#### 18", "#### 2"])  # GSM8K's first two answers: 18, then 3
+
+    class Scripted:  # a task module wrapping gsm8k whose completions are fixed, to check the scoring path
+        from refusion.eval.tasks import gsm8k as base
+        NAME, MAX_NEW_TOKENS, examples, prompt = "gsm8k", 4, base.examples, base.prompt
+
+        @staticmethod
+        def evaluate(example, completion):
+            return Scripted.base.evaluate(example, next(answers))
+
+    result = evaluate(model, tokenizer, Scripted, decoder="ar", limit=2, progress=False)
+    assert [r["correct"] for r in result.records] == [True, False]
+    assert result.summary["accuracy"] == 0.5 and result.summary["settings"]["max_new_tokens"] == 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--task", "gsm9k"], "unknown task 'gsm9k'"),
+    (["eval", "--task", "gsm8k", "--limit", "0"], "--limit must be a positive integer"),
+    (["eval", "--task", "gsm8k", "--decoder", "ar", "--reference-settings"], "do not apply to --decoder ar"),
+    (["eval", "--task", "gsm8k", "--slot-size", "4", "--blocks", "3", "--max-new-tokens", "16"], "must split into 3 blocks"),
+    (["plot", "nowhere.jsonl", "--output", "x.png"], "no such results file"),
+])
+def test_bad_input_is_one_line_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_plot_from_json_lines_and_output_dirs(tmp_path, capsys):
+    rows = [
+        {"task": "gsm8k", "decoder": "ar", "accuracy": 0.8, "tokens_per_second": 30.0, "settings": {}},
+        {"task": "gsm8k", "decoder": "refusion", "accuracy": 0.82, "tokens_per_second": 80.0,
+         "settings": {"slot_size": 8, "blocks": 4, "slot_threshold": 0.9, "token_threshold": 0.4}},
+    ]
+    lines = tmp_path / "runs.jsonl"
+    lines.write_text("progress 50%\n" + "\n".join(json.dumps(r) for r in rows) + "\n")
+    run_dir = tmp_path / "mbpp-run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({**rows[0], "task": "mbpp"}))
+    image = tmp_path / "plot.png"
+    out, _ = run_cli(["plot", str(lines), str(run_dir), "--output", str(image)], capsys)
+    assert "3 point(s)" in out and image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    from refusion.eval.plot import point_label
+    assert point_label(rows[1]) == "refusion k=8 B=4 τ=0.9/0.4" and point_label(rows[0]) == "ar"
