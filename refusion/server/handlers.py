@@ -148,11 +148,16 @@ def decoding_options(request, max_tokens: int, model, defaults: dict) -> dict:
     try:
         check_options(decoder, knobs, max_tokens)
     except RefusionError as error:
-        param = next((name for name in request.knobs() if name in str(error) or name.replace("_", "-") in str(error)), None)
-        raise ApiError(400, str(error), param) from error
+        raise ApiError(400, str(error), named_last(str(error), request.knobs())) from error
     temperature = request.temperature if request.temperature is not None else defaults.get("temperature") or 0.0
     seed = request.seed if request.seed is not None else defaults.get("seed")
     return {"decoder": decoder, "max_new_tokens": max_tokens, "temperature": float(temperature), "seed": seed, **knobs}
+
+
+def named_last(message: str, names) -> str | None:
+    """The field a decoder's error message names last (its constraint), for the error's `param`."""
+    places = {max(message.rfind(name), message.rfind(name.replace("_", "-"))): name for name in names}
+    return places[max(places)] if places and max(places) >= 0 else None
 
 
 # --- responses ---------------------------------------------------------------------------------

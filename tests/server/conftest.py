@@ -1,0 +1,104 @@
+"""A tiny random Llama with a mask token and a character-level chat tokenizer, served in-process."""
+
+from __future__ import annotations
+
+import socket
+import string
+import threading
+import time
+
+import pytest
+
+SPECIALS = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+MODEL_NAME = "tiny-llama"
+
+
+def char_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIALS + list(string.printable))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIALS[2:]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_llama(vocab_size: int, mask_token_id: int, seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    config.mask_token_id = mask_token_id
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def model_and_tokenizer():
+    tokenizer = char_tokenizer()
+    model = tiny_llama(len(tokenizer), tokenizer.convert_tokens_to_ids("<|mask|>"))
+    return model, tokenizer
+
+
+def make_app(model_and_tokenizer, **limits):
+    from refusion.server import Limits, ServerConfig, create_app
+
+    model, tokenizer = model_and_tokenizer
+    defaults = {"decoder": None, "max_new_tokens": 32, "temperature": 0.0, "slot_size": 4, "seed": None}
+    return create_app(model, tokenizer, ServerConfig(model_name=MODEL_NAME, defaults=defaults, limits=Limits(**limits)))
+
+
+@pytest.fixture(scope="module")
+def client(model_and_tokenizer):
+    from fastapi.testclient import TestClient
+
+    with TestClient(make_app(model_and_tokenizer, max_tokens=1024, max_prompt_tokens=200, max_body_bytes=20_000)) as test_client:
+        yield test_client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn on 127.0.0.1 in a background thread of this process."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live(model_and_tokenizer):
+    with LiveServer(make_app(model_and_tokenizer, max_tokens=4096, max_waiting=8)) as server:
+        yield server

@@ -1,0 +1,170 @@
+"""The OpenAI-shaped endpoints, in-process: shapes, decoder settings, stop strings, streaming, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from refusion import encode_prompt, generate
+
+from .conftest import MODEL_NAME
+
+
+def chat(client, **body):
+    return client.post("/v1/chat/completions", json={"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], **body})
+
+
+def complete(client, **body):
+    return client.post("/v1/completions", json={"model": MODEL_NAME, "prompt": "hello", **body})
+
+
+def sse_records(text: str) -> list[tuple[str | None, str]]:
+    records = []
+    for block in text.split("\n\n"):
+        if not block.strip():
+            continue
+        event = None
+        data = ""
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data += line[6:]
+        records.append((event, data))
+    return records
+
+
+def test_models_and_health(client):
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [MODEL_NAME]
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.get(f"/v1/models/{MODEL_NAME}").json()["id"] == MODEL_NAME
+    assert client.get("/v1/models/other").status_code == 404
+
+
+def test_chat_matches_the_library(client, model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    body = chat(client, max_tokens=12, decoder="refusion", slot_size=4, blocks=3, slot_threshold=0.5, token_threshold=0.2).json()
+    ids = encode_prompt(tokenizer, [{"role": "user", "content": "hi"}])
+    expected = generate(model, tokenizer, ids, decoder="refusion", max_new_tokens=12, slot_size=4, blocks=3,
+                        slot_threshold=0.5, token_threshold=0.2)
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-") and body["model"] == MODEL_NAME
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": expected.text}
+    assert body["choices"][0]["finish_reason"] == expected.finish_reason
+    assert body["usage"] == {"prompt_tokens": ids.shape[1], "completion_tokens": expected.new_tokens,
+                             "total_tokens": ids.shape[1] + expected.new_tokens}
+    stats = body["refusion"]
+    assert stats["decoder"] == "refusion" and stats["forward_passes"] == expected.forward_passes
+    assert stats["tokens_per_forward"] == pytest.approx(expected.new_tokens / expected.forward_passes, abs=1e-3)
+    assert stats["settings"]["blocks"] == 3 and stats["settings"]["slot_threshold"] == 0.5
+
+
+def test_completion_is_raw_text_and_ar_is_one_token_per_forward(client, model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    body = complete(client, max_tokens=10, decoder="ar").json()
+    expected = generate(model, tokenizer, tokenizer("hello", return_tensors="pt").input_ids, decoder="ar", max_new_tokens=10)
+    assert body["object"] == "text_completion" and body["choices"][0]["text"] == expected.text
+    assert body["usage"]["prompt_tokens"] == 5  # one token per character, no template
+    assert body["refusion"]["forward_passes"] == body["usage"]["completion_tokens"] == 10
+    ids_body = complete(client, max_tokens=10, decoder="ar", prompt=tokenizer("hello").input_ids).json()
+    assert ids_body["choices"][0]["text"] == expected.text
+
+
+def test_stop_strings_cut_the_final_text(client):
+    full = complete(client, max_tokens=16, decoder="ar").json()["choices"][0]["text"]
+    stop = full[5:7]
+    cut = full[: full.find(stop)]
+    body = complete(client, max_tokens=16, decoder="ar", stop=[stop, "never-there"]).json()
+    assert body["choices"][0] == {"index": 0, "text": cut, "logprobs": None, "finish_reason": "stop"}
+    streamed = complete(client, max_tokens=16, decoder="ar", stop=stop, stream=True)
+    chunks = [json.loads(d) for _, d in sse_records(streamed.text) if d != "[DONE]"]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == cut
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("decoder", ["refusion", "ar"])
+def test_streaming_equals_the_full_answer(client, decoder):
+    options = {"slot_size": 4} if decoder == "refusion" else {}
+    whole = chat(client, max_tokens=16, decoder=decoder, **options).json()
+    response = chat(client, max_tokens=16, decoder=decoder, stream=True, stream_options={"include_usage": True}, **options)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    records = sse_records(response.text)
+    assert records[-1] == (None, "[DONE]")
+    chunks = [json.loads(d) for _, d in records[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == whole["choices"][0]["message"]["content"]
+    finish = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finish) == 1 and finish[0]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    assert chunks[-1]["refusion"]["forward_passes"] == whole["refusion"]["forward_passes"]
+
+
+def test_stream_events_show_out_of_order_commits(client, model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+    response = complete(client, max_tokens=16, decoder="refusion", slot_size=4, slot_threshold=0.0, stream=True, stream_events=True)
+    records = sse_records(response.text)
+    events = [json.loads(d) for e, d in records if e == "refusion.decode"]
+    commits = [e for e in events if e["event"] == "commit"]
+    positions = [p for e in commits for p in e["positions"]]
+    assert sorted(positions) == list(range(16))  # every position committed exactly once
+    assert all(e["pieces"] == [tokenizer.decode([t]) for t in e["tokens"]] for e in commits)
+    plans = [e for e in events if e["event"] == "plan"]
+    assert plans and len(plans[0]["selected"]) == 4  # threshold 0: all four slots planned in parallel
+    # text never runs ahead of the committed left-to-right prefix
+    committed, shown = set(), 0
+    for event, data in records:
+        if event == "refusion.decode":
+            committed.update(json.loads(data).get("positions", []) if json.loads(data)["event"] == "commit" else [])
+        elif data != "[DONE]":
+            shown += len(json.loads(data)["choices"][0]["text"])
+            assert set(range(shown)) <= committed
+
+
+def test_openai_error_shape_and_limits(client):
+    def error(response, status, param=None):
+        assert response.status_code == status, response.text
+        body = response.json()["error"]
+        assert set(body) == {"message", "type", "param", "code"} and body["message"]
+        assert param is None or body["param"] == param
+        return body
+
+    error(chat(client, n=2), 400, "n")
+    error(chat(client, logprobs=True), 400, "logprobs")
+    error(chat(client, tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools")
+    error(complete(client, echo=True), 400, "echo")
+    error(complete(client, prompt=["a", "b"]), 400, "prompt")
+    error(chat(client, max_tokens=0), 400, "max_tokens")
+    error(chat(client, max_tokens=1025), 400, "max_tokens")  # the fixture's limit is 1024
+    error(complete(client, prompt="x" * 201), 400, "prompt")  # the fixture's prompt limit is 200
+    error(chat(client, model="gpt-4"), 404, "model")
+    error(chat(client, decoder="nope"), 400, "decoder")
+    error(chat(client, decoder="ar", slot_size=4), 400, "slot_size")
+    error(chat(client, slot_size=4, blocks=3, max_tokens=16), 400, "blocks")
+    error(chat(client, slot_threshold=1.5), 400, "slot_threshold")
+    error(chat(client, temperature=-1), 400, "temperature")
+    error(chat(client, unknown_field=1), 400, "unknown_field")
+    error(chat(client, stream_events=True), 400, "stream_events")
+    error(client.post("/v1/chat/completions", json={"model": MODEL_NAME, "messages": []}), 400, "messages")
+    error(client.post("/v1/chat/completions", json={"model": MODEL_NAME, "messages": [{"role": "tool", "content": "x"}]}), 400)
+    error(client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    error(client.post("/v1/completions", content=b"x" * 20_001, headers={"content-type": "application/json"}), 413)
+    error(complete(client, prompt=[10_000]), 400, "prompt")
+    error(client.get("/v1/nothing"), 404)
+
+
+def test_model_without_mask_token_defaults_to_ar(model_and_tokenizer):
+    from fastapi.testclient import TestClient
+
+    from .conftest import make_app
+
+    model, tokenizer = model_and_tokenizer
+    plain = type(model)(model.config.__class__(**{**model.config.to_dict(), "mask_token_id": None})).eval()
+    plain.config.mask_token_id = None
+    with TestClient(make_app((plain, tokenizer))) as plain_client:
+        body = chat(plain_client, max_tokens=4).json()
+        assert body["refusion"]["decoder"] == "ar" and body["refusion"]["forward_passes"] == 4
+        assert chat(plain_client, decoder="refusion").status_code == 400
+    assert torch.is_tensor(plain.get_input_embeddings().weight)
