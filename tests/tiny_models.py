@@ -30,7 +30,8 @@ def char_tokenizer(extra_specials: list[str] = ()) -> PreTrainedTokenizerFast:
 
 def tiny_config(kind: str, vocab_size: int, **overrides):
     shape = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **overrides)
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    shape.update(overrides)
     if kind == "qwen3":
         return Qwen3Config(head_dim=8, **shape)
     return LlamaConfig(**shape)

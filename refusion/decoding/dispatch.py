@@ -105,11 +105,6 @@ def generate(
     options = dict(decoder_options, slot_size=slot_size, blocks=blocks, slot_threshold=slot_threshold,
                    token_threshold=token_threshold, kv=kv)
     options = check_options(decoder, options, int(max_new_tokens))
-    context = getattr(model.config, "max_position_embeddings", None)
-    if context and prompt_ids.shape[1] + max_new_tokens > context:
-        raise RefusionError(
-            f"prompt ({prompt_ids.shape[1]} tokens) plus max-new-tokens ({max_new_tokens}) exceeds the model's context of {context}"
-        )
     extra = {}
     if decoder in NEEDS_MASK:
         mask_id = getattr(model.config, "mask_token_id", None)
@@ -119,6 +114,11 @@ def generate(
                 "Convert it with `refusion train --objective refusion`, or use --decoder ar"
             )
         extra["mask_token_id"] = int(mask_id)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and prompt_ids.shape[1] + max_new_tokens > context:
+        raise RefusionError(
+            f"prompt ({prompt_ids.shape[1]} tokens) plus max-new-tokens ({max_new_tokens}) exceeds the model's context of {context}"
+        )
 
     events: list[dict] = []
 
