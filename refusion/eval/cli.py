@@ -19,7 +19,7 @@ def eval_command(args: argparse.Namespace) -> None:
     """Run one benchmark and print accuracy, tokens/second, tokens/forward and forward passes."""
     from .. import load
     from ..cli import decoder_options, precheck_decoder_options, resolve_decoder
-    from .runner import evaluate
+    from .runner import evaluate, with_reference_settings
     from .tasks import get_task
 
     task = get_task(args.task)
@@ -27,12 +27,7 @@ def eval_command(args: argparse.Namespace) -> None:
         raise RefusionError(f"--limit must be a positive integer, got {args.limit}")
     options = decoder_options(args)
     if args.reference_settings:
-        if options["decoder"] not in (None, "refusion"):
-            raise RefusionError(f"--reference-settings are the paper's plan-and-infill settings; they do not apply to --decoder {options['decoder']}")
-        options["decoder"] = "refusion"
-        for name, value in getattr(task, "REFERENCE_SETTINGS", {}).items():
-            if options.get(name) is None:
-                options[name] = value
+        options = with_reference_settings(task, options)
     if options["max_new_tokens"] is None:
         options["max_new_tokens"] = task.MAX_NEW_TOKENS
     precheck_decoder_options(options)

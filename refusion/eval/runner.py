@@ -28,17 +28,19 @@ class EvalResult:
     """One dict per sample: prompt, output, extracted answer, correct, speed statistics."""
 
 
-def task_settings(task: ModuleType, decoder: str, max_new_tokens: int | None, options: dict, reference: bool) -> tuple[int, dict]:
-    """The generation budget and decoder knobs: the user's, else the paper's (when asked), else defaults."""
-    paper = dict(getattr(task, "REFERENCE_SETTINGS", {})) if reference else {}
-    if reference and decoder != "refusion":
-        raise RefusionError(f"--reference-settings are the paper's plan-and-infill settings; they do not apply to --decoder {decoder}")
-    if reference and not paper:
+def with_reference_settings(task: ModuleType, options: dict) -> dict:
+    """`options` with every knob left as None (max_new_tokens included) set to the paper's value for the task."""
+    if options.get("decoder") not in (None, "refusion"):
+        raise RefusionError(f"--reference-settings are the paper's plan-and-infill settings; "
+                            f"they do not apply to --decoder {options['decoder']}")
+    paper = getattr(task, "REFERENCE_SETTINGS", None)
+    if not paper:
         raise RefusionError(f"task {task.NAME} has no reference settings")
-    budget = max_new_tokens or paper.pop("max_new_tokens", None) or task.MAX_NEW_TOKENS
-    paper.pop("max_new_tokens", None)
-    knobs = {name: value for name, value in options.items() if value is not None}
-    return int(budget), {**paper, **knobs}
+    filled = {**options, "decoder": "refusion"}
+    for name, value in paper.items():
+        if filled.get(name) is None:
+            filled[name] = value
+    return filled
 
 
 def summarize(records: list[dict], task: str, decoder: str, model_name: str | None, settings: dict) -> dict:
@@ -89,7 +91,12 @@ def evaluate(
     from ..prompting import encode_prompt
 
     task_module = get_task(task) if isinstance(task, str) else task
-    budget, knobs = task_settings(task_module, decoder, max_new_tokens, decoder_options, reference_settings)
+    options = {**decoder_options, "decoder": decoder, "max_new_tokens": max_new_tokens}
+    if reference_settings:
+        options = with_reference_settings(task_module, options)
+    decoder = options.pop("decoder")
+    budget = options.pop("max_new_tokens") or task_module.MAX_NEW_TOKENS
+    knobs = {name: value for name, value in options.items() if value is not None}
     examples = task_module.examples(limit)
     directory = Path(output) if output is not None else None
     if directory is not None:

@@ -111,3 +111,18 @@ def test_plot_from_json_lines_and_output_dirs(tmp_path, capsys):
 
     from refusion.eval.plot import point_label
     assert point_label(rows[1]) == "refusion k=8 B=4 τ=0.9/0.4" and point_label(rows[0]) == "ar"
+
+
+def test_reference_settings_fill_only_what_the_user_left_unset():
+    from refusion.errors import RefusionError
+    from refusion.eval.runner import with_reference_settings
+    from refusion.eval.tasks import get_task
+
+    filled = with_reference_settings(get_task("math500"), {"decoder": None, "max_new_tokens": None, "slot_size": None,
+                                                           "blocks": None, "slot_threshold": 0.5, "token_threshold": None})
+    assert filled == {"decoder": "refusion", "max_new_tokens": 512, "slot_size": 32, "blocks": 8,
+                      "slot_threshold": 0.5, "token_threshold": 0.6}
+    arc = with_reference_settings(get_task("arc-challenge"), {"decoder": "refusion", "max_new_tokens": None})
+    assert (arc["slot_size"], arc["blocks"], arc["token_threshold"]) == (8, 64, 0.1)
+    with pytest.raises(RefusionError, match="do not apply to --decoder ar"):
+        with_reference_settings(get_task("gsm8k"), {"decoder": "ar"})
