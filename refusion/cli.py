@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "refusion.eval.cli",
     "refusion.server.cli",
     "refusion.repro.cli",
+    "refusion.distill.cli",
 ]
 
 
