@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..attention import bidirectional_mask
 from ..errors import RefusionError
@@ -128,6 +127,9 @@ def _with_lora(model, rank: int, mask_id: int | None):
             indices[_module_name(model, output)] = [mask_id]  # untied head: its mask row is trained too
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS,
                         trainable_token_indices=indices, task_type="CAUSAL_LM")
+    # No base name while training: PEFT would otherwise save whole resized embedding matrices (and look the name
+    # up on the hub). The mask rows travel as trainable tokens; `_save` writes the real base name at the end.
+    config.base_model_name_or_path = None
     return get_peft_model(model, config)
 
 
@@ -139,7 +141,7 @@ def _training_arguments(config: TrainConfig) -> TrainingArguments:
         num_train_epochs=config.epochs,
         learning_rate=config.lr,
         lr_scheduler_type="cosine",
-        warmup_ratio=config.warmup_ratio,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a fraction of the total steps
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
         logging_steps=config.log_every,
@@ -147,6 +149,8 @@ def _training_arguments(config: TrainConfig) -> TrainingArguments:
         save_total_limit=2,
         seed=config.seed,
         bf16=bf16,
+        # Without a GPU, a multi-process launch (torchrun, `accelerate launch --multi_gpu`) becomes CPU DDP over gloo.
+        use_cpu=not torch.cuda.is_available(),
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -155,9 +159,18 @@ def _training_arguments(config: TrainConfig) -> TrainingArguments:
     )
 
 
+def last_complete_checkpoint(output: Path) -> str | None:
+    """The newest checkpoint-N that was fully written (the Trainer writes trainer_state.json last)."""
+    if not output.is_dir():
+        return None
+    complete = [(int(match.group(1)), path) for path in output.iterdir()
+                if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and (path / "trainer_state.json").is_file()]
+    return str(max(complete)[1]) if complete else None
+
+
 def _checkpoint_to_resume(config: TrainConfig) -> str | None:
     output = Path(config.output)
-    last = get_last_checkpoint(str(output)) if output.is_dir() else None
+    last = last_complete_checkpoint(output)
     if config.resume:
         if last is None:
             raise RefusionError(f"--resume: no checkpoint-N directory in {output} to resume from")

@@ -1,0 +1,132 @@
+"""`refusion train` end to end on tiny random models: learn, save, load, resume, LoRA, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import refusion
+from refusion.cli import main
+
+RECORDS = [
+    {"query": "hi", "response": "hello there"},
+    {"query": "2+2?", "response": "four"},
+    {"query": "name?", "response": "ReFusion ok"},
+    {"messages": [{"role": "user", "content": "bye"}, {"role": "assistant", "content": "see you soon"}]},
+]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(argv: list[str]) -> None:
+    main(argv)
+
+
+def generate_json(capsys, model_dir: str, prompt: str) -> dict:
+    capsys.readouterr()
+    run_cli(["generate", prompt, "--model", model_dir, "--decoder", "refusion", "--slot-size", "4", "--blocks", "1",
+             "--max-new-tokens", "16", "--slot-threshold", "0.6", "--token-threshold", "0.3", "--json"])
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_refusion_training_memorises_and_generates(tiny_model_dir, write_jsonl, tmp_path, capsys):
+    output = tmp_path / "out"
+    # Each record 4 times in a batch of 16: four maskings of every example per step.
+    run_cli(["train", "--model", tiny_model_dir, "--data", write_jsonl(RECORDS * 4), "--output", str(output),
+             "--objective", "refusion", "--max-steps", "100", "--lr", "5e-3", "--warmup-ratio", "0.1", "--batch-size", "16",
+             "--slot-sizes", "4", "--log-every", "20", "--save-every", "1000"])
+    model, tokenizer = refusion.load(output)
+    assert model.config.refusion_objective == "refusion"
+    assert tokenizer.convert_ids_to_tokens(model.config.mask_token_id) == "<|mask|>"
+    history = json.loads((output / "loss.json").read_text())["history"]
+    assert [h["step"] for h in history] == list(range(20, 101, 20))
+    assert history[-1]["loss"] < 0.05 * history[0]["loss"]
+    assert (output / "loss.png").stat().st_size > 1000
+    for record in RECORDS:
+        prompt = record.get("query") or record["messages"][0]["content"]
+        response = record.get("response") or record["messages"][-1]["content"]
+        result = generate_json(capsys, str(output), prompt)
+        assert result["text"] == response
+        assert result["finish_reason"] == "stop"
+        assert result["forward_passes"] < result["new_tokens"]  # slots were planned and verified in parallel
+
+
+def test_options_are_checked_before_loading(tiny_model_dir, write_jsonl, tmp_path, capsys):
+    data = write_jsonl(RECORDS)
+    base = ["train", "--model", tiny_model_dir, "--data", data, "--output", str(tmp_path / "o")]
+    for extra, message in ((["--objective", "ar", "--slot-sizes", "4"], "--slot-sizes applies to --objective refusion"),
+                           (["--batch-size", "0"], "batch-size must be a positive integer"),
+                           (["--resume"], "no checkpoint-N directory")):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(base + extra)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_resume_continues_after_a_kill(tiny_model_dir, write_jsonl, tmp_path, capsys):
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "refusion", "train", "--model", tiny_model_dir, "--data", write_jsonl(RECORDS),
+               "--output", str(output), "--objective", "mdm", "--batch-size", "2", "--lr", "1e-3", "--save-every", "3",
+               "--log-every", "1"]
+    process = subprocess.Popen(command + ["--max-steps", "100000"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (output / "checkpoint-3" / "trainer_state.json").is_file():
+            assert process.poll() is None and time.time() < deadline, "no checkpoint was written"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    with pytest.raises(SystemExit):
+        run_cli(command[3:] + ["--max-steps", "9"])
+    assert "pass --resume" in capsys.readouterr().err
+    resumed = subprocess.run(command + ["--max-steps", "9", "--resume"], env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout
+    history = json.loads((output / "loss.json").read_text())["history"]
+    assert [h["step"] for h in history] == list(range(1, 10))  # the killed run's steps plus the resumed ones
+    model, _ = refusion.load(output)
+    assert model.config.refusion_objective == "mdm"
+
+
+def test_lora_output_loads_on_top_of_its_base(tiny_model_dir, write_jsonl, tmp_path):
+    output = tmp_path / "lora"
+    run_cli(["train", "--model", tiny_model_dir, "--data", write_jsonl(RECORDS), "--output", str(output),
+             "--max-steps", "3", "--lr", "1e-2", "--batch-size", "4", "--lora-rank", "4", "--log-every", "1"])
+    assert json.loads((output / "adapter_config.json").read_text())["base_model_name_or_path"] == str(Path(tiny_model_dir).resolve())
+    base, _ = refusion.load(tiny_model_dir)
+    model, tokenizer = refusion.load(output)
+    mask = model.config.mask_token_id
+    assert model.config.refusion_objective == "refusion"
+    assert tokenizer.convert_ids_to_tokens(mask) == "<|mask|>" and mask == base.config.vocab_size
+    # the mask token's row was trained (it started as the mean of the other rows), the others were not
+    embedding = model.get_input_embeddings().weight
+    assert not torch.allclose(embedding[mask], base.get_input_embeddings().weight.mean(dim=0), atol=1e-4)
+    torch.testing.assert_close(embedding[:mask], base.get_input_embeddings().weight)
+    # the LoRA weights were merged into the attention projections
+    attention = model.model.layers[0].self_attn.q_proj.weight
+    assert not torch.allclose(attention, base.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_ddp_two_cpu_processes(tiny_model_dir, write_jsonl, tmp_path):
+    output = tmp_path / "ddp"
+    # On a machine without a GPU, accelerate's multi-process launcher (torchrun) gives CPU DDP over gloo.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "refusion", "train", "--model", tiny_model_dir,
+               "--data", write_jsonl(RECORDS), "--output", str(output), "--max-steps", "3", "--batch-size", "1",
+               "--lr", "1e-3", "--log-every", "1", "--slot-sizes", "4"]
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((output / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    # 2 processes x batch 1 x 3 steps = 6 examples: one and a half passes over the 4 examples
+    assert state["epoch"] == pytest.approx(1.5)
+    model, _ = refusion.load(output)
+    assert model.config.refusion_objective == "refusion"
