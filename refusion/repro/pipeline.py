@@ -1,0 +1,224 @@
+"""The miniature reproduction, stage by stage: data, tokenizer, three trained models, every decoder run.
+
+`run(config)` writes under `config.output`:
+    data/train.jsonl, data/test-<task>.jsonl   both task families, train and test disjoint
+    init/                                      the shared random initialisation + tokenizer (not kept)
+    <model>/                                   arm, mdm, refusion: trained with `refusion.training.train`
+    <model>/eval/<task>/<run>/                 `refusion.eval.evaluate` output (summary.json, samples.jsonl)
+and returns every run's summary. Each stage is skipped when its output is already there, so an
+interrupted run resumes (training from its last checkpoint). Knows nothing about the report's
+format (see `refusion.repro.report`) or the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import arithmetic, records
+
+FAMILIES = {"mini-gsm8k": arithmetic, "mini-json": records}
+MODELS = {"arm": "ar", "mdm": "mdm", "refusion": "refusion"}
+"""model directory name -> training objective."""
+
+
+@dataclass(frozen=True)
+class DecoderRun:
+    model: str
+    """Which of MODELS decodes."""
+    decoder: str
+    options: dict = field(default_factory=dict)
+    """Decoder knobs (slot_size, blocks, slot_threshold, token_threshold, block_length, threshold)."""
+
+    @property
+    def name(self) -> str:
+        """A directory-safe name: 'refusion-k4-B2-t0.9-0.4'."""
+        short = {"slot_size": "k", "blocks": "B", "block_length": "bl", "threshold": "t"}
+        parts = [self.decoder] + [f"{short[k]}{v}" for k, v in self.options.items() if k in short]
+        if "slot_threshold" in self.options:
+            parts.append(f"t{self.options['slot_threshold']}-{self.options['token_threshold']}")
+        return "-".join(parts)
+
+
+def paper_runs(slot_size: int, blocks: int, thresholds: list[tuple[float, float]], block_length: int) -> list[DecoderRun]:
+    """The paper's comparison: ARM with ar; MDM with mdm and fast-dllm; ReFusion with refusion (each threshold pair) and ar."""
+    runs = [DecoderRun("arm", "ar"),
+            DecoderRun("mdm", "mdm", {"block_length": block_length}),
+            DecoderRun("mdm", "fast-dllm", {"block_length": block_length, "threshold": 0.9})]
+    runs += [DecoderRun("refusion", "refusion", {"slot_size": slot_size, "blocks": blocks, "slot_threshold": slot,
+                                                 "token_threshold": token}) for slot, token in thresholds]
+    return runs + [DecoderRun("refusion", "ar")]
+
+
+@dataclass
+class ReproConfig:
+    output: Path
+    steps: int = 1500
+    """Optimizer steps per model (identical for all three)."""
+    train_size: int = 20000
+    """Training problems per task family."""
+    test_limit: int = 100
+    """Held-out problems evaluated per task (the first N of each test split)."""
+    hidden: int = 256
+    intermediate: int = 768
+    layers: int = 4
+    heads: int = 4
+    vocab_size: int = 512
+    batch_size: int = 32
+    lr: float = 1e-3
+    max_new_tokens: int = 64
+    seed: int = 0
+    save_every: int = 250
+    """Checkpoint interval in steps: what an interrupted training resumes from."""
+    runs: list[DecoderRun] = field(default_factory=lambda: paper_runs(4, 2, [(0.9, 0.4), (0.7, 0.3), (0.5, 0.1)], 32))
+
+    def check(self) -> None:
+        from ..errors import RefusionError
+
+        for name in ("steps", "train_size", "test_limit"):
+            if getattr(self, name) < 1:
+                raise RefusionError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+
+
+def quick_config(output: Path) -> ReproConfig:
+    """A tiny version of everything (about a minute on two cores): checks the pipeline, not the method."""
+    return ReproConfig(output=output, steps=6, train_size=64, test_limit=2, hidden=32, intermediate=64, layers=2,
+                       heads=4, vocab_size=300, batch_size=8, lr=3e-3, max_new_tokens=16, save_every=6,
+                       runs=paper_runs(4, 2, [(0.9, 0.4), (0.5, 0.1)], 8))
+
+
+# --- data and initial model -----------------------------------------------------------------------
+
+
+def write_data(config: ReproConfig) -> Path:
+    """data/train.jsonl (both families, shuffled) and data/test-<task>.jsonl; returns the train file."""
+    directory = config.output / "data"
+    train_file = directory / "train.jsonl"
+    if train_file.is_file():
+        return train_file
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for task, family in FAMILIES.items():
+        test_size = _task_module(task).SIZE
+        train, test = family.split(_task_module(task).SEED, test_size, config.train_size)
+        rows += [{"task": task, "query": family.question(item), "response": family.solution(item)} for item in train]
+        _write_jsonl(directory / f"test-{task}.jsonl",
+                     [{"task": task, "query": family.question(item), "response": family.solution(item)} for item in test])
+    random.Random(config.seed).shuffle(rows)
+    _write_jsonl(train_file.with_suffix(".tmp"), rows)
+    train_file.with_suffix(".tmp").rename(train_file)
+    return train_file
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def _task_module(task: str):
+    from ..eval.tasks import get_task
+
+    return get_task(task)
+
+
+def build_initial_model(config: ReproConfig, train_file: Path) -> Path:
+    """init/: a randomly initialised Llama (seeded) and the tokenizer built from the training text."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .tokenizer import build_tokenizer
+
+    directory = config.output / "init"
+    if (directory / "config.json").is_file():
+        return directory
+    rows = [json.loads(line) for line in train_file.read_text(encoding="utf-8").splitlines()]
+    tokenizer = build_tokenizer((f"{row['query']}\n{row['response']}" for row in rows), config.vocab_size)
+    shape = LlamaConfig(vocab_size=len(tokenizer), hidden_size=config.hidden, intermediate_size=config.intermediate,
+                        num_hidden_layers=config.layers, num_attention_heads=config.heads,
+                        num_key_value_heads=config.heads, max_position_embeddings=256, tie_word_embeddings=True,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    torch.manual_seed(config.seed)
+    model = LlamaForCausalLM(shape)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def is_trained(directory: Path) -> bool:
+    return (directory / "model.safetensors").is_file() and (directory / "config.json").is_file()
+
+
+def train_model(config: ReproConfig, name: str, init: Path, train_file: Path) -> Path:
+    """Train one model with `refusion.training.train` (resuming from its last checkpoint); drop checkpoints after."""
+    from ..training.trainer import TrainConfig, last_complete_checkpoint, train
+
+    directory = config.output / name
+    if is_trained(directory):
+        return directory
+    train(TrainConfig(
+        model=str(init), data=[str(train_file)], output=str(directory), objective=MODELS[name],
+        max_steps=config.steps, lr=config.lr, batch_size=config.batch_size, max_length=256, seed=config.seed,
+        resume=last_complete_checkpoint(directory) is not None, save_every=config.save_every,
+        log_every=max(config.steps // 50, 1), warmup_ratio=0.05,
+    ))
+    for checkpoint in directory.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)  # optimizer state: large, and the final model is saved beside it
+    return directory
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def run_directory(config: ReproConfig, run: DecoderRun, task: str) -> Path:
+    return config.output / run.model / "eval" / task / run.name
+
+
+def evaluate_runs(config: ReproConfig, progress: bool = True) -> list[dict]:
+    """Every (run, task) through `refusion.eval.evaluate`; finished ones are read back from summary.json."""
+    from tqdm.auto import tqdm
+
+    from ..eval import evaluate
+    from ..model import load
+
+    summaries, loaded = [], {}
+    pairs = [(run, task) for run in config.runs for task in FAMILIES]
+    for run, task in tqdm(pairs, desc="decoder runs", unit="run", disable=not progress, dynamic_ncols=True):
+        directory = run_directory(config, run, task)
+        summary_file = directory / "summary.json"
+        if not summary_file.is_file():
+            if run.model not in loaded:
+                loaded = {run.model: load(config.output / run.model)}  # one model in memory at a time
+            model, tokenizer = loaded[run.model]
+            evaluate(model, tokenizer, task, decoder=run.decoder, limit=config.test_limit,
+                     max_new_tokens=config.max_new_tokens, output=directory, progress=progress,
+                     model_name=str(config.output / run.model), **run.options)
+        summary = json.loads(summary_file.read_text())
+        summaries.append({**summary, "model": run.model, "objective": MODELS[run.model], "run": run.name,
+                          "options": run.options, "directory": str(directory)})
+    return summaries
+
+
+def run(config: ReproConfig, progress: bool = True, log=print) -> list[dict]:
+    """Data, tokenizer, the three models, every decoder run; see the module docstring."""
+    config.check()
+    config.output.mkdir(parents=True, exist_ok=True)
+    log(f"[1/3] data and tokenizer in {config.output}")
+    train_file = write_data(config)
+    init = None
+    for index, name in enumerate(MODELS, start=1):
+        directory = config.output / name
+        if is_trained(directory):
+            log(f"[2/3] model {index}/{len(MODELS)}: {name} already trained, skipped")
+            continue
+        init = init or build_initial_model(config, train_file)
+        log(f"[2/3] model {index}/{len(MODELS)}: training {name} ({MODELS[name]} objective, {config.steps} steps)")
+        train_model(config, name, init, train_file)
+    if (config.output / "init").is_dir():
+        shutil.rmtree(config.output / "init")  # every model carries its own copy of the tokenizer
+    log(f"[3/3] evaluating {len(config.runs)} decoder runs on {len(FAMILIES)} tasks, {config.test_limit} problems each")
+    return evaluate_runs(config, progress)
