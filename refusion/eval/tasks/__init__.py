@@ -27,6 +27,8 @@ TASKS: dict[str, str] = {
     "humaneval": "refusion.eval.tasks.humaneval",
     "mbpp": "refusion.eval.tasks.mbpp",
     "arc-challenge": "refusion.eval.tasks.arc_challenge",
+    "mini-gsm8k": "refusion.eval.tasks.mini_gsm8k",
+    "mini-json": "refusion.eval.tasks.mini_json",
 }
 
 _REQUIRED = ("NAME", "MAX_NEW_TOKENS", "examples", "prompt", "evaluate")
