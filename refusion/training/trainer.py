@@ -129,8 +129,10 @@ def _with_lora(model, rank: int, mask_id: int | None):
                         trainable_token_indices=indices, task_type="CAUSAL_LM")
     # No base name while training: PEFT would otherwise save whole resized embedding matrices (and look the name
     # up on the hub). The mask rows travel as trainable tokens; `_save` writes the real base name at the end.
-    config.base_model_name_or_path = None
-    return get_peft_model(model, config)
+    model.name_or_path = ""  # where PEFT looks the name up again on every save
+    peft_model = get_peft_model(model, config)
+    peft_model.peft_config["default"].base_model_name_or_path = None
+    return peft_model
 
 
 def _training_arguments(config: TrainConfig) -> TrainingArguments:
@@ -182,7 +184,12 @@ def _checkpoint_to_resume(config: TrainConfig) -> str | None:
 
 def _save(trainer: ObjectiveTrainer, model, tokenizer, config: TrainConfig) -> None:
     output = Path(config.output)
-    trainer.save_model(str(output))
+    if config.lora_rank is None:
+        trainer.save_model(str(output))
+    elif trainer.is_world_process_zero():
+        # Only the LoRA weights and the mask token's trained rows: the resized embedding matrices are
+        # rebuilt from the base at load time, so the adapter stays a few MB.
+        trainer.accelerator.unwrap_model(model).save_pretrained(str(output), save_embedding_layers=False)
     if not trainer.is_world_process_zero():
         return
     tokenizer.save_pretrained(str(output))
