@@ -74,6 +74,8 @@ class TrainConfig:
                 raise RefusionError(f"{name} must be a positive integer, got {value}")
         if self.max_steps is None and self.epochs <= 0:
             raise RefusionError(f"epochs must be positive, got {self.epochs}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise RefusionError(f"warmup-ratio must lie in [0, 1), got {self.warmup_ratio}")
         if self.lr <= 0:
             raise RefusionError(f"lr must be positive, got {self.lr}")
         if not self.slot_sizes or min(self.slot_sizes) < 1:
