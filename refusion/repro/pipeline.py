@@ -62,13 +62,13 @@ class ReproConfig:
     """Training problems per task family."""
     test_limit: int = 100
     """Held-out problems evaluated per task (the first N of each test split)."""
-    hidden: int = 256
-    intermediate: int = 768
+    hidden: int = 192
+    intermediate: int = 512
     layers: int = 4
     heads: int = 4
     vocab_size: int = 512
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3
     max_new_tokens: int = 64
     seed: int = 0
     save_every: int = 250

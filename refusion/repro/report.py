@@ -1,0 +1,104 @@
+"""The report of a miniature reproduction: results.json, results.md and the accuracy-vs-speed plot.
+
+Takes the run summaries `refusion.repro.pipeline.run` returns and writes the table (accuracy,
+tokens/s, tokens/forward, forward passes per problem), the paper's two goals checked for every
+ReFusion setting, and the command that re-measures each row. Knows nothing about models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+LABELS = {"arm": "ARM", "mdm": "MDM", "refusion": "ReFusion"}
+ARM_POINTS = 2.0
+"""Goal 1: ReFusion within this many accuracy points of ARM, at >= ARM_SPEEDUP x its tokens/s."""
+ARM_SPEEDUP = 2.0
+MDM_SPEEDUP = 5.0
+"""Goal 2: ReFusion above MDM's accuracy at >= MDM_SPEEDUP x its tokens/s."""
+
+
+def option_flags(options: dict) -> str:
+    return " ".join(f"--{name.replace('_', '-')} {value}" for name, value in options.items())
+
+
+def eval_command(output: Path, row: dict, limit: int, max_new_tokens: int) -> str:
+    flags = option_flags(row["options"])
+    return (f"refusion eval --model {output / row['model']} --task {row['task']} --decoder {row['decoder']}"
+            f"{' ' + flags if flags else ''} --max-new-tokens {max_new_tokens} --limit {limit} --json")
+
+
+def table_rows(summaries: list[dict], output: Path, limit: int, max_new_tokens: int) -> list[dict]:
+    keep = ("task", "model", "objective", "decoder", "run", "options", "accuracy", "correct", "samples",
+            "tokens_per_second", "tokens_per_forward", "forward_passes", "new_tokens")
+    return [{**{key: row[key] for key in keep}, "command": eval_command(output, row, limit, max_new_tokens)}
+            for row in summaries]
+
+
+def goal_checks(rows: list[dict]) -> list[dict]:
+    """For each task and ReFusion plan-and-infill setting: the two goals against ARM (ar) and MDM (mdm)."""
+    checks = []
+    for task in sorted({row["task"] for row in rows}):
+        of_task = [row for row in rows if row["task"] == task]
+        arm = next((r for r in of_task if r["model"] == "arm" and r["decoder"] == "ar"), None)
+        mdm = next((r for r in of_task if r["model"] == "mdm" and r["decoder"] == "mdm"), None)
+        for row in (r for r in of_task if r["model"] == "refusion" and r["decoder"] == "refusion"):
+            check = {"task": task, "run": row["run"]}
+            if arm and arm["tokens_per_second"]:
+                check["points_vs_arm"] = round(100 * (row["accuracy"] - arm["accuracy"]), 2)
+                check["speedup_vs_arm"] = round(row["tokens_per_second"] / arm["tokens_per_second"], 2)
+                check["arm_goal"] = check["points_vs_arm"] >= -ARM_POINTS and check["speedup_vs_arm"] >= ARM_SPEEDUP
+            if mdm and mdm["tokens_per_second"]:
+                check["points_vs_mdm"] = round(100 * (row["accuracy"] - mdm["accuracy"]), 2)
+                check["speedup_vs_mdm"] = round(row["tokens_per_second"] / mdm["tokens_per_second"], 2)
+                check["mdm_goal"] = check["points_vs_mdm"] > 0 and check["speedup_vs_mdm"] >= MDM_SPEEDUP
+            checks.append(check)
+    return checks
+
+
+def _settings(row: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in row["options"].items()) or "-"
+
+
+def markdown(rows: list[dict], checks: list[dict], meta: dict) -> str:
+    lines = ["# ReFusion in miniature: ARM vs MDM vs ReFusion", "",
+             f"Produced by `{meta['command']}` ({meta['description']}).", "",
+             "| task | model | decoder | settings | accuracy | tokens/s | tokens/forward | forwards/problem |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['task']} | {LABELS[row['model']]} | {row['decoder']} | {_settings(row)} | "
+                     f"{100 * row['accuracy']:.1f}% ({row['correct']}/{row['samples']}) | {row['tokens_per_second']:.1f} | "
+                     f"{row['tokens_per_forward']:.2f} | {row['forward_passes']:.1f} |")
+    lines += ["", "![accuracy against tokens per second](accuracy_vs_speed.png)", "",
+              "## The paper's goals, checked per ReFusion setting", "",
+              f"ARM goal: within {ARM_POINTS:g} points of ARM (ar) at >= {ARM_SPEEDUP:g}x its tokens/s. "
+              f"MDM goal: above MDM (mdm) at >= {MDM_SPEEDUP:g}x its tokens/s.", "",
+              "| task | ReFusion run | points vs ARM | speed vs ARM | ARM goal | points vs MDM | speed vs MDM | MDM goal |",
+              "|---|---|---|---|---|---|---|---|"]
+    mark = {True: "met", False: "missed", None: "n/a"}
+
+    def speed(value):
+        return "n/a" if value is None else f"{value}x"
+
+    for check in checks:
+        lines.append(f"| {check['task']} | {check['run']} | {check.get('points_vs_arm', 'n/a')} | "
+                     f"{speed(check.get('speedup_vs_arm'))} | {mark[check.get('arm_goal')]} | "
+                     f"{check.get('points_vs_mdm', 'n/a')} | {speed(check.get('speedup_vs_mdm'))} | {mark[check.get('mdm_goal')]} |")
+    lines += ["", "## Re-measuring a row", "", "```"] + [row["command"] for row in rows] + ["```", ""]
+    return "\n".join(lines)
+
+
+def write_report(summaries: list[dict], output: Path, meta: dict, limit: int, max_new_tokens: int,
+                 notes: str | None = None) -> dict[str, Path]:
+    """results.json, results.md (with `notes` appended when given) and accuracy_vs_speed.png in `output`."""
+    from ..eval.plot import plot_results
+
+    rows = table_rows(summaries, output, limit, max_new_tokens)
+    checks = goal_checks(rows)
+    paths = {"json": output / "results.json", "markdown": output / "results.md", "plot": output / "accuracy_vs_speed.png"}
+    paths["json"].write_text(json.dumps({**meta, "rows": rows, "goals": checks}, indent=2) + "\n")
+    text = markdown(rows, checks, meta)
+    paths["markdown"].write_text(text + (f"\n{notes.strip()}\n" if notes else ""))
+    points = [{**row, "decoder": f"{LABELS[row['model']]} {row['decoder']}", "settings": row["options"]} for row in rows]
+    plot_results(points, paths["plot"], title="ReFusion in miniature: accuracy against throughput (CPU, batch 1)")
+    return paths

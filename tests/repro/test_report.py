@@ -1,0 +1,74 @@
+"""The report: goal checks against hand-computed numbers, the table and the re-measuring commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from refusion.repro.pipeline import DecoderRun, paper_runs
+from refusion.repro.report import goal_checks, markdown, table_rows, write_report
+
+
+def _row(model, decoder, accuracy, tps, options=None, task="mini-json"):
+    run = DecoderRun(model, decoder, options or {})
+    return {"task": task, "model": model, "objective": {"arm": "ar"}.get(model, model), "decoder": decoder,
+            "run": run.name, "options": run.options, "accuracy": accuracy, "correct": int(accuracy * 100),
+            "samples": 100, "tokens_per_second": tps, "tokens_per_forward": 1.0, "forward_passes": 40.0,
+            "new_tokens": 40.0}
+
+
+def test_run_names_are_distinct_and_readable():
+    runs = paper_runs(4, 2, [(0.9, 0.4), (0.5, 0.1)], 32)
+    names = [(run.model, run.name) for run in runs]
+    assert len(set(names)) == len(names)
+    assert ("refusion", "refusion-k4-B2-t0.9-0.4") in names and ("mdm", "fast-dllm-bl32-t0.9") in names
+    assert [run.model for run in runs] == ["arm", "mdm", "mdm", "refusion", "refusion", "refusion"]
+    assert runs[-1].decoder == "ar" and runs[-1].model == "refusion"
+
+
+def test_goal_checks_compare_each_refusion_setting_with_arm_and_mdm():
+    rows = [_row("arm", "ar", 0.80, 100.0), _row("mdm", "mdm", 0.50, 20.0),
+            _row("refusion", "refusion", 0.79, 250.0, {"slot_threshold": 0.9, "token_threshold": 0.4}),
+            _row("refusion", "refusion", 0.70, 150.0, {"slot_threshold": 0.5, "token_threshold": 0.1}),
+            _row("refusion", "ar", 0.81, 90.0)]
+    checks = goal_checks(rows)
+    assert len(checks) == 2  # only plan-and-infill rows are checked
+    first, second = checks
+    # 79 - 80 = -1 point (within 2) at 250 / 100 = 2.5x; vs MDM +29 points at 12.5x
+    assert (first["points_vs_arm"], first["speedup_vs_arm"], first["arm_goal"]) == (-1.0, 2.5, True)
+    assert (first["points_vs_mdm"], first["speedup_vs_mdm"], first["mdm_goal"]) == (29.0, 12.5, True)
+    # 70 - 80 = -10 points at 1.5x misses; vs MDM +20 points at 7.5x meets
+    assert (second["points_vs_arm"], second["speedup_vs_arm"], second["arm_goal"]) == (-10.0, 1.5, False)
+    assert second["mdm_goal"] is True
+
+
+def test_goal_is_missed_below_the_speed_bar_even_when_accurate():
+    rows = [_row("arm", "ar", 0.5, 100.0), _row("mdm", "mdm", 0.4, 60.0),
+            _row("refusion", "refusion", 0.9, 199.0, {"slot_threshold": 0.9, "token_threshold": 0.4})]
+    (check,) = goal_checks(rows)
+    assert check["arm_goal"] is False and check["speedup_vs_arm"] == 1.99
+    assert check["mdm_goal"] is False and check["speedup_vs_mdm"] == 3.32
+
+
+def test_report_files(tmp_path: Path):
+    summaries = [_row("arm", "ar", 0.8, 100.0, task=t) for t in ("mini-gsm8k", "mini-json")]
+    summaries.append(_row("refusion", "refusion", 0.6, 300.0, {"slot_size": 4, "blocks": 2, "slot_threshold": 0.9,
+                                                               "token_threshold": 0.4}))
+    meta = {"command": "refusion repro --output X", "description": "tiny"}
+    paths = write_report(summaries, tmp_path, meta, limit=7, max_new_tokens=64, notes="## Why\nbecause")
+    saved = json.loads(paths["json"].read_text())
+    assert len(saved["rows"]) == 3 and saved["command"] == "refusion repro --output X"
+    assert saved["rows"][2]["command"] == (
+        f"refusion eval --model {tmp_path / 'refusion'} --task mini-json --decoder refusion --slot-size 4 --blocks 2 "
+        "--slot-threshold 0.9 --token-threshold 0.4 --max-new-tokens 64 --limit 7 --json")
+    text = paths["markdown"].read_text()
+    assert "| mini-json | ReFusion | refusion | slot_size=4, blocks=2, slot_threshold=0.9, token_threshold=0.4 | 60.0% (60/100) | 300.0 |" in text
+    assert text.rstrip().endswith("## Why\nbecause")
+    assert paths["plot"].stat().st_size > 1000
+
+
+def test_markdown_marks_missing_baselines_as_not_available():
+    rows = table_rows([_row("refusion", "refusion", 0.5, 10.0, {"slot_threshold": 0.9, "token_threshold": 0.4})],
+                      Path("out"), 5, 64)
+    text = markdown(rows, goal_checks(rows), {"command": "c", "description": "d"})
+    assert "| n/a | n/a | n/a | n/a | n/a | n/a |" in text
