@@ -70,7 +70,8 @@ def reproducing_command(args: argparse.Namespace) -> str:
 def describe(config) -> str:
     return (f"Llama {config.layers} layers, hidden {config.hidden}, {config.heads} heads, vocab {config.vocab_size}; "
             f"{config.steps} steps of batch {config.batch_size} at lr {config.lr} on {2 * config.train_size} problems; "
-            f"first {config.test_limit} test problems per task, {config.max_new_tokens} new tokens at most, greedy, batch 1")
+            f"first {config.test_limit} test problems per task, {config.max_new_tokens} new tokens at most, greedy, batch 1, "
+            f"{config.eval_threads} CPU thread")
 
 
 def register(subparsers) -> None:
@@ -82,7 +83,7 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="optimizer steps per model, the same for all three (default 1500; --quick: 6)")
     parser.add_argument("--limit", type=int, default=None,
-                        help="held-out problems evaluated per task (default 100 of 200; --quick: 2)")
+                        help="held-out problems evaluated per task (default all 200; --quick: 2)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny models, a few steps, two problems per task: checks the pipeline in about a minute")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -60,8 +60,10 @@ class ReproConfig:
     """Optimizer steps per model (identical for all three)."""
     train_size: int = 20000
     """Training problems per task family."""
-    test_limit: int = 100
+    test_limit: int = 200
     """Held-out problems evaluated per task (the first N of each test split)."""
+    eval_threads: int = 1
+    """CPU threads while decoding: one keeps timings stable on a shared machine (a tiny model gains nothing from more)."""
     hidden: int = 192
     intermediate: int = 512
     layers: int = 4
@@ -185,6 +187,9 @@ def evaluate_runs(config: ReproConfig, progress: bool = True) -> list[dict]:
     from ..eval import evaluate
     from ..model import load
 
+    import torch
+
+    torch.set_num_threads(config.eval_threads)
     summaries, loaded = [], {}
     pairs = [(run, task) for run in config.runs for task in FAMILIES]
     for run, task in tqdm(pairs, desc="decoder runs", unit="run", disable=not progress, dynamic_ncols=True):

@@ -23,8 +23,9 @@ def option_flags(options: dict) -> str:
 
 
 def eval_command(output: Path, row: dict, limit: int, max_new_tokens: int) -> str:
+    """The `refusion eval` command for a row, on one CPU thread like the pipeline's measurements."""
     flags = option_flags(row["options"])
-    return (f"refusion eval --model {output / row['model']} --task {row['task']} --decoder {row['decoder']}"
+    return (f"OMP_NUM_THREADS=1 refusion eval --model {output / row['model']} --task {row['task']} --decoder {row['decoder']}"
             f"{' ' + flags if flags else ''} --max-new-tokens {max_new_tokens} --limit {limit} --json")
 
 

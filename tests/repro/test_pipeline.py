@@ -78,8 +78,8 @@ def test_second_run_resumes_without_retraining_or_reevaluating(quick_run, capsys
 def test_the_reported_command_re_measures_a_row(quick_run, capsys):
     rows = json.loads((quick_run / "results.json").read_text())["rows"]
     row = next(r for r in rows if r["decoder"] == "refusion")
-    argv = shlex.split(row["command"])
-    assert argv[:2] == ["refusion", "eval"]
+    environment, *argv = shlex.split(row["command"])
+    assert environment == "OMP_NUM_THREADS=1" and argv[:2] == ["refusion", "eval"]
     capsys.readouterr()
     main(argv[1:] + ["--no-progress"])
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -59,7 +59,7 @@ def test_report_files(tmp_path: Path):
     saved = json.loads(paths["json"].read_text())
     assert len(saved["rows"]) == 3 and saved["command"] == "refusion repro --output X"
     assert saved["rows"][2]["command"] == (
-        f"refusion eval --model {tmp_path / 'refusion'} --task mini-json --decoder refusion --slot-size 4 --blocks 2 "
+        f"OMP_NUM_THREADS=1 refusion eval --model {tmp_path / 'refusion'} --task mini-json --decoder refusion --slot-size 4 --blocks 2 "
         "--slot-threshold 0.9 --token-threshold 0.4 --max-new-tokens 64 --limit 7 --json")
     text = paths["markdown"].read_text()
     assert "| mini-json | ReFusion | refusion | slot_size=4, blocks=2, slot_threshold=0.9, token_threshold=0.4 | 60.0% (60/100) | 300.0 |" in text
