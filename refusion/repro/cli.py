@@ -71,7 +71,7 @@ def describe(config) -> str:
     return (f"Llama {config.layers} layers, hidden {config.hidden}, {config.heads} heads, vocab {config.vocab_size}; "
             f"{config.steps} steps of batch {config.batch_size} at lr {config.lr} on {2 * config.train_size} problems; "
             f"first {config.test_limit} test problems per task, {config.max_new_tokens} new tokens at most, greedy, batch 1, "
-            f"{config.eval_threads} CPU thread")
+            f"{config.threads} CPU thread")
 
 
 def register(subparsers) -> None:
