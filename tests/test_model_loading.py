@@ -106,3 +106,17 @@ def test_a_gguf_file_path_loads(smollm2):
     ids = refusion.encode_prompt(gguf_tokenizer, "Hi")
     with torch.no_grad():
         torch.testing.assert_close(gguf_model(ids).logits, model(ids).logits)
+
+
+def test_shipped_refusion_checkpoint_loads_on_its_builtin_base(smollm2):
+    (base, _), _ = smollm2
+    model, tokenizer = refusion.load("refusion-smollm2-135m")
+    assert model.config.mask_token_id == tokenizer.convert_tokens_to_ids("<|mask|>") == base.config.vocab_size
+    assert model.config.refusion_objective == "refusion"
+    # LoRA merged: the attention weights moved away from the base's, the MLP did not.
+    layer, base_layer = model.model.layers[0], base.model.layers[0]
+    assert not torch.equal(layer.self_attn.q_proj.weight, base_layer.self_attn.q_proj.weight)
+    assert torch.equal(layer.mlp.up_proj.weight, base_layer.mlp.up_proj.weight)
+    ids = refusion.encode_prompt(tokenizer, "What is the capital of France?")
+    result = refusion.generate(model, tokenizer, ids, max_new_tokens=16)
+    assert result.decoder == "refusion" and result.new_tokens > 0 and "<|mask|>" not in result.text
