@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The SmolLM2 table of BENCHMARKS.md: every row is one `refusion eval` run, all on one machine, in one go.
+#   bash benchmarks/smollm2.sh            (LIMIT=10 examples per task by default; LIMIT= for the full sets)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LIMIT=${LIMIT:-10}
+OUT=${OUT:-benchmarks/smollm2}
+TASKS=${TASKS:-"gsm8k math500 humaneval mbpp arc-challenge"}
+mkdir -p "$OUT"
+: > "$OUT/results.jsonl"
+
+run() {  # run NAME ARGS...: one eval, its summary appended to results.jsonl with the row's name
+  local name=$1; shift
+  .venv/bin/refusion eval ${LIMIT:+--limit $LIMIT} --json --no-progress --output "$OUT/$name" "$@" \
+    | tail -1 | python3 -c "import json,sys; r=json.load(sys.stdin); r['row']='$name'; print(json.dumps(r))" \
+    | tee -a "$OUT/results.jsonl"
+}
+
+for task in $TASKS; do
+  tokens=256; [ "$task" = arc-challenge ] && tokens=64
+  common=(--task "$task" --max-new-tokens "$tokens")
+  run "$task/base-ar" --model smollm2-135m-instruct --decoder ar "${common[@]}"
+  run "$task/refusion-ar" --model refusion-smollm2-135m --decoder ar "${common[@]}"
+  run "$task/refusion-k4" --model refusion-smollm2-135m --decoder refusion --slot-size 4 --slot-threshold 0.6 --token-threshold 0.3 "${common[@]}"
+  run "$task/refusion-k8-loose" --model refusion-smollm2-135m --decoder refusion --slot-size 8 --slot-threshold 0.5 --token-threshold 0.2 "${common[@]}"
+done
+.venv/bin/refusion plot "$OUT/results.jsonl" --output "$OUT/accuracy_vs_speed.png"
