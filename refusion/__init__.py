@@ -1,20 +1,42 @@
-"""refusion: diffusion language models with parallel autoregressive decoding, for any HF causal LM."""
+"""refusion: diffusion language models with parallel autoregressive decoding, for any HF causal LM.
 
-from .decoding import DECODERS, Generation, PrefixStream, generate, register_decoder
+    import refusion
+    model, tokenizer = refusion.load("refusion-smollm2-135m")
+    out = refusion.generate(model, tokenizer, refusion.encode_prompt(tokenizer, "Hi"), decoder="refusion")
+
+Names are imported on first use, so that `refusion --help` does not wait for torch.
+"""
+
+from importlib import import_module
+
 from .errors import RefusionError
-from .model import add_mask_token, load, mask_token_id
-from .prompting import encode_prompt
 
-__all__ = [
-    "DECODERS",
-    "Generation",
-    "PrefixStream",
-    "RefusionError",
-    "add_mask_token",
-    "encode_prompt",
-    "generate",
-    "load",
-    "mask_token_id",
-    "register_decoder",
-]
+_EXPORTS = {
+    "DECODERS": ".decoding",
+    "Generation": ".decoding",
+    "PrefixStream": ".decoding",
+    "generate": ".decoding",
+    "register_decoder": ".decoding",
+    "add_mask_token": ".model",
+    "load": ".model",
+    "mask_token_id": ".model",
+    "encode_prompt": ".prompting",
+}
+
+__all__ = ["RefusionError", "train", *_EXPORTS]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'refusion' has no attribute {name!r}")
+
+
+def train(config):
+    """Fine-tune with the refusion, ar or mdm objective; `config` is a `refusion.training.trainer.TrainConfig`."""
+    from .training.trainer import train as run_training
+
+    return run_training(config)

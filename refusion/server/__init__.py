@@ -6,13 +6,20 @@
 Imports FastAPI only when `create_app` is used, so `refusion --help` stays fast.
 """
 
-from .handlers import Limits, ServerConfig
 
 
-def create_app(model, tokenizer, config: ServerConfig):
+def create_app(model, tokenizer, config):
     from .app import create_app as build
 
     return build(model, tokenizer, config)
+
+
+def __getattr__(name: str):
+    if name in ("Limits", "ServerConfig"):  # pydantic and friends load only when asked for
+        from . import handlers
+
+        return getattr(handlers, name)
+    raise AttributeError(f"module 'refusion.server' has no attribute {name!r}")
 
 
 __all__ = ["Limits", "ServerConfig", "create_app"]
