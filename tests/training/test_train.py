@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import refusion
+from refusion.training.trainer import last_complete_checkpoint
 from refusion.cli import main
 
 RECORDS = [
@@ -77,21 +78,24 @@ def test_resume_continues_after_a_kill(tiny_model_dir, write_jsonl, tmp_path, ca
                "--log-every", "1"]
     process = subprocess.Popen(command + ["--max-steps", "100000"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        # Any complete checkpoint will do: older ones are rotated away (save_total_limit), so don't wait for one name.
         deadline = time.time() + 600  # generous: a loaded 2-core machine is slow to start a Trainer
-        while not (output / "checkpoint-3" / "trainer_state.json").is_file():
+        while last_complete_checkpoint(output) is None:
             assert process.poll() is None and time.time() < deadline, "no checkpoint was written"
             time.sleep(0.2)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+    killed_at = int(last_complete_checkpoint(output).rsplit("-", 1)[1])
     with pytest.raises(SystemExit):
-        run_cli(command[3:] + ["--max-steps", "9"])
+        run_cli(command[3:] + ["--max-steps", str(killed_at + 6)])
     assert "pass --resume" in capsys.readouterr().err
-    resumed = subprocess.run(command + ["--max-steps", "9", "--resume"], env=ENV, capture_output=True, text=True)
+    resumed = subprocess.run(command + ["--max-steps", str(killed_at + 6), "--resume"], env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout
     history = json.loads((output / "loss.json").read_text())["history"]
-    assert [h["step"] for h in history] == list(range(1, 10))  # the killed run's steps plus the resumed ones
+    # the killed run's steps up to its checkpoint, then the resumed ones
+    assert [h["step"] for h in history] == list(range(1, killed_at + 7))
     model, _ = refusion.load(output)
     assert model.config.refusion_objective == "mdm"
 
