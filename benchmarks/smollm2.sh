@@ -2,6 +2,8 @@
 # The SmolLM2 table of BENCHMARKS.md: every row is one `refusion eval` run, all on one machine, in one go.
 #   bash benchmarks/smollm2.sh            (LIMIT=10 examples per task by default; LIMIT= for the full sets)
 set -euo pipefail
+# One thread per process: on a shared 2-core machine, two OpenMP threads per process fight for cores and run 10x slower.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 cd "$(dirname "$0")/.."
 LIMIT=${LIMIT:-10}
 OUT=${OUT:-benchmarks/smollm2}
@@ -17,7 +19,7 @@ run() {  # run NAME ARGS...: one eval, its summary appended to results.jsonl wit
 }
 
 for task in $TASKS; do
-  tokens=256; [ "$task" = arc-challenge ] && tokens=64
+  tokens=${TOKENS:-256}; [ "$task" = arc-challenge ] && tokens=${ARC_TOKENS:-64}
   common=(--task "$task" --max-new-tokens "$tokens")
   run "$task/base-ar" --model smollm2-135m-instruct --decoder ar "${common[@]}"
   run "$task/refusion-ar" --model refusion-smollm2-135m --decoder ar "${common[@]}"
@@ -25,3 +27,4 @@ for task in $TASKS; do
   run "$task/refusion-k8-loose" --model refusion-smollm2-135m --decoder refusion --slot-size 8 --slot-threshold 0.5 --token-threshold 0.2 "${common[@]}"
 done
 .venv/bin/refusion plot "$OUT/results.jsonl" --output "$OUT/accuracy_vs_speed.png"
+python3 benchmarks/table.py "$OUT/results.jsonl" > "$OUT/table.md"
