@@ -173,7 +173,8 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
     reuse = options["kv"] == "reuse"
     eos_position = None
     for _ in range(k + 1):
-        eos_position = end_at_eos(slots, eos_token_ids) if eos_position is None else eos_position
+        # The earliest slot holding an accepted EOS ends the text (an earlier slot may find one later).
+        eos_position = end_at_eos(slots, eos_token_ids) or eos_position
         drafting = [slot for slot in slots if not slot.done]
         missing_kv = [slot for slot in slots if slot.done and slot.kv_exact < slot.length] if reuse else []
         if not drafting and not missing_kv:

@@ -205,3 +205,15 @@ def test_model_without_mask_token_is_refused_for_refusion():
     oracle.config.mask_token_id = None
     with pytest.raises(refusion.RefusionError, match="needs a model trained with a <\\|mask\\|> token"):
         refusion.generate(oracle, Tokenizer(), torch.tensor([PROMPT]), max_new_tokens=4)
+
+
+def test_an_earlier_slot_finding_eos_later_ends_the_text_before_a_later_slots_eos():
+    draft = [11, 12, EOS, 14, 15, EOS, 17, 18]
+    # Slot 1 accepts its EOS at once; slot 0 reaches its own EOS only in the second round.
+    ar = [HIGH, LOW, LOW, HIGH, HIGH, HIGH, HIGH, HIGH]
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 8, ar_conf=ar)
+    result = run(oracle, max_new_tokens=8, slot_size=4, blocks=1, slot_threshold=0.5, token_threshold=0.5)
+    assert result.tokens == [11, 12, EOS]
+    assert result.forward_passes == 6  # plan, verify, then two rounds of draft + verify
+    assert commits(result) == [("complete", [0, 1, 2])]
+    assert cached_entries(result.state.cache)[P:] == [(11, 3), (12, 4), (EOS, 5)]
