@@ -10,6 +10,7 @@ tokenizer saved beside the adapter wins over the base's.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from .errors import RefusionError
@@ -37,7 +38,9 @@ def load_adapter_dir(path: Path, dtype, load_base):
         added = add_mask_token(model, base_tokenizer)  # the same resize and initial rows as in training
         if added != trained_mask:
             raise RefusionError(f"{path}: the adapter was trained with mask id {trained_mask}, but base {base_name!r} gives {added}")
-    model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    with warnings.catch_warnings():  # PEFT still calls a transformers API deprecated for v6: not the user's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
     if sidecar.get("refusion_objective"):
         model.config.refusion_objective = sidecar["refusion_objective"]
     return model, tokenizer
