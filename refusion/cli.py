@@ -67,9 +67,11 @@ def decoder_options(args: argparse.Namespace) -> dict:
 
 def resolve_decoder(requested: str | None, model) -> str:
     """The decoder to use: as requested, or refusion when the model has a mask token, else ar."""
+    from .decoding.dispatch import default_decoder
+
     if requested:
         return requested
-    if getattr(model.config, "mask_token_id", None) is not None:
+    if default_decoder(model) == "refusion":
         return "refusion"
     print("note: this model has no <|mask|> token, so it decodes with --decoder ar", file=sys.stderr)
     return "ar"
@@ -110,7 +112,7 @@ def generate_command(args: argparse.Namespace) -> None:
         nonlocal shown
         stream(event)
         if stream.pop() and not args.json:
-            text = tokenizer.decode([stream.committed[p] for p in range(stream.emitted)], skip_special_tokens=True)
+            text = tokenizer.decode(stream.tokens, skip_special_tokens=True)
             sys.stdout.write(text[len(shown):])
             sys.stdout.flush()
             shown = text

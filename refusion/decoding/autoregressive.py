@@ -42,7 +42,6 @@ def decode(
     return DecodeOutput(
         tokens=tokens,
         forward_passes=runner.forward_passes,
-        finished_by_eos=bool(tokens) and tokens[-1] in eos_token_ids,
         cache=cache,
         decode_order_tokens=prompt_ids[0].tolist() + tokens,
         decode_order_positions=list(range(prompt_len + len(tokens))),

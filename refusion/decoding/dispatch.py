@@ -29,6 +29,11 @@ def register_decoder(name: str, module, needs_mask: bool = True) -> None:
         NEEDS_MASK.add(name)
 
 
+def default_decoder(model) -> str:
+    """refusion for a model with a mask token, ar for one without."""
+    return "refusion" if getattr(model.config, "mask_token_id", None) is not None else "ar"
+
+
 def check_options(decoder: str, options: dict, max_new_tokens: int) -> dict:
     """Fill defaults and reject options the decoder does not take or values that make no sense."""
     defaults = DECODERS[decoder].OPTIONS
@@ -39,21 +44,6 @@ def check_options(decoder: str, options: dict, max_new_tokens: int) -> dict:
     for name in ("slot_threshold", "token_threshold", "threshold"):
         if name in resolved and not 0.0 <= float(resolved[name]) <= 1.0:
             raise RefusionError(f"{name.replace('_', '-')} must lie in [0, 1], got {resolved[name]}")
-    if "kv" in resolved and resolved["kv"] not in ("reuse", "recompute"):
-        raise RefusionError(f"kv must be 'reuse' or 'recompute', got {resolved['kv']!r}")
-    if "slot_size" in resolved:
-        k, blocks = resolved["slot_size"], resolved.get("blocks")
-        if int(k) < 1:
-            raise RefusionError(f"slot-size must be a positive integer, got {k}")
-        if blocks is not None:
-            if int(blocks) < 1:
-                raise RefusionError(f"blocks must be a positive integer, got {blocks}")
-            length = -(-max_new_tokens // k) * k
-            if length % blocks or (length // blocks) % k:
-                raise RefusionError(
-                    f"max-new-tokens {max_new_tokens} (rounded up to {length}, a multiple of slot-size {k}) "
-                    f"must split into {blocks} blocks of a whole number of {k}-token slots"
-                )
     if hasattr(DECODERS[decoder], "validate_options"):  # a decoder's checks of its own options
         DECODERS[decoder].validate_options(resolved, max_new_tokens)
     return resolved

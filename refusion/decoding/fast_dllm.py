@@ -85,7 +85,7 @@ def decode(
             logits = forward_after_prefix(runner, x, cache, block_start, feed_from, feed_to, bidirectional)
             logits = logits[block_start - feed_from : P + end - feed_from]  # [block, V]
             masked = (x[block_start : P + end] == mask_token_id).nonzero().flatten()  # [n] block offsets
-            tokens, confidence = predict(logits[masked.to(logits.device)], mask_token_id, temperature, generator)
+            tokens, confidence = predict(logits[masked.to(logits.device)], temperature, generator)
             chosen = confident(confidence, threshold)
             positions = masked[chosen] + block_start
             x[positions] = tokens[chosen]

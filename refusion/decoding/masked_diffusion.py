@@ -72,10 +72,8 @@ def attention_mask_for(runner: ModelRunner, bidirectional: bool, query_len: int,
     return bidirectional_mask(1, query_len, key_len, dtype, device=runner.device)
 
 
-def predict(logits: torch.Tensor, mask_id: int, temperature: float, generator):
-    """Token and confidence at each position, never the mask token: [N, V] -> [N], [N] (on cpu)."""
-    logits = logits.float().clone()
-    logits[:, mask_id] = float("-inf")
+def predict(logits: torch.Tensor, temperature: float, generator):
+    """Token and confidence at each position: [N, V] -> [N], [N] (on cpu). The runner already rules out the mask."""
     tokens, confidence = choose(logits, temperature, generator)
     return tokens.cpu(), confidence.cpu()
 
@@ -96,7 +94,6 @@ def finish(x: torch.Tensor, prompt_len: int, end: int, mask_id: int, eos_token_i
     return DecodeOutput(
         tokens=generated,
         forward_passes=runner.forward_passes,
-        finished_by_eos=eos is not None,
         decode_order_tokens=x[:prompt_len].tolist() + generated,
         decode_order_positions=list(range(prompt_len + len(generated))),
         settings=settings,
@@ -119,7 +116,7 @@ def steps_per_block(steps: int, spans: list[tuple[int, int]]) -> list[int]:
     return [min(max(b - a, 1), end - start) for a, b, (start, end) in zip(bounds, bounds[1:], spans)]
 
 
-def denoise_step(runner, x, bidirectional, block_positions, count, mask_id, temperature, generator):
+def denoise_step(runner, x, bidirectional, block_positions, count, temperature, generator):
     """One LLaDA step: predict every masked position of the block, unmask the `count` most confident.
 
     x: [P+L] current sequence (changed in place); block_positions: [n] absolute masked positions.
@@ -128,7 +125,7 @@ def denoise_step(runner, x, bidirectional, block_positions, count, mask_id, temp
     total = x.shape[0]
     attention = attention_mask_for(runner, bidirectional, total, total)
     logits = runner(x.unsqueeze(0), torch.arange(total).unsqueeze(0), kv_cache.new_cache(), attention)[0]  # [P+L, V]
-    tokens, confidence = predict(logits[block_positions.to(logits.device)], mask_id, temperature, generator)  # [n]
+    tokens, confidence = predict(logits[block_positions.to(logits.device)], temperature, generator)  # [n]
     chosen = confidence.topk(count).indices.sort().values
     positions = block_positions[chosen]
     x[positions] = tokens[chosen]
@@ -159,7 +156,7 @@ def decode(
         for count in transfer_counts(end - start, budget):
             step += 1
             masked = (x[P + start : P + end] == mask_token_id).nonzero().flatten() + P + start  # [n] absolute
-            positions, tokens = denoise_step(runner, x, bidirectional, masked, count, mask_token_id, temperature, generator)
+            positions, tokens = denoise_step(runner, x, bidirectional, masked, count, temperature, generator)
             relative = [p - P for p in positions]
             emit({"event": "plan", "step": step, "block": block, "slots": (masked - P).tolist(), "selected": relative})
             emit({"event": "commit", "step": step, "positions": relative, "tokens": tokens, "phase": "mdm"})

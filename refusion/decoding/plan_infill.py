@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import kv_cache
+from ..errors import RefusionError
 from .generation import EventCallback
 from .runner import DecodeOutput, ModelRunner
 from .sampling import choose, probability_of
@@ -99,21 +100,19 @@ def leading_true(mask: torch.Tensor) -> int:
     return int(mask.long().cumprod(0).sum())
 
 
-def verify_globally(runner, state, slots, k, token_threshold):
-    """Feed the drafts, concatenated in position order, causally after the cache.
+def verify_globally(runner, state, tokens, positions, k, token_threshold):
+    """Feed the drafts (tokens, positions: [1, m*k], slots concatenated in position order) causally after the cache.
 
     Returns the length of the accepted prefix of the concatenation and each slot's own accepted
     prefix. The cache is left holding the KV of all fed tokens; the caller keeps what it commits.
     """
-    tokens = torch.cat([slot.tokens for slot in slots]).unsqueeze(0)  # [1, m*k]
-    positions = torch.cat([torch.arange(s.start, s.start + k) for s in slots]).unsqueeze(0)
     logits = runner(tokens, positions, state.cache)[0]  # [m*k, V]
     probs = torch.ones(tokens.shape[1])
     probs[1:] = probability_of(logits[:-1], tokens[0, 1:].to(logits.device)).cpu()  # AR prob, one place earlier
     is_start = torch.zeros(tokens.shape[1], dtype=torch.bool)
     is_start[::k] = True
     passed = accepted_mask(probs, is_start, token_threshold)
-    per_slot = [leading_true(passed[i * k : (i + 1) * k]) for i in range(len(slots))]
+    per_slot = [leading_true(passed[i : i + k]) for i in range(0, tokens.shape[1], k)]
     return leading_true(passed), per_slot
 
 
@@ -188,10 +187,28 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
     positions = [p for slot in slots for p in range(slot.start, slot.start + slot.length)]
     if reuse:
         for slot in slots:
-            kv_cache.append(state.cache, [(kk[..., : slot.length, :], v[..., : slot.length, :]) for kk, v in slot.kv])
+            kv_cache.append(state.cache, kv_cache.select(slot.kv, 0, slot.length))
     else:
         runner(torch.tensor([tokens]), torch.tensor([positions]), state.cache)  # exact causal KV
     return tokens, positions, eos_position
+
+
+def validate_options(options: dict, max_new_tokens: int) -> None:
+    """Reject settings that make no sense before a model is loaded (called by `check_options`)."""
+    if options["kv"] not in ("reuse", "recompute"):
+        raise RefusionError(f"kv must be 'reuse' or 'recompute', got {options['kv']!r}")
+    k, blocks = options["slot_size"], options["blocks"]
+    if int(k) < 1:
+        raise RefusionError(f"slot-size must be a positive integer, got {k}")
+    if blocks is not None:
+        if int(blocks) < 1:
+            raise RefusionError(f"blocks must be a positive integer, got {blocks}")
+        length, _ = generation_length(max_new_tokens, k, blocks)
+        if length % blocks or (length // blocks) % k:
+            raise RefusionError(
+                f"max-new-tokens {max_new_tokens} (rounded up to {length}, a multiple of slot-size {k}) "
+                f"must split into {blocks} blocks of a whole number of {k}-token slots"
+            )
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -266,13 +283,15 @@ def decode(
                   "selected": [s.start - P for s in slots]})
 
             before = kv_cache.length(state.cache)
-            prefix, per_slot = verify_globally(runner, state, slots, k, token_threshold)
-            flat = torch.cat([slot.tokens for slot in slots]).tolist()
+            drafts_flat = torch.cat([slot.tokens for slot in slots]).unsqueeze(0)  # [1, m*k]
+            positions_flat = torch.cat([torch.arange(s.start, s.start + k) for s in slots]).unsqueeze(0)
+            prefix, per_slot = verify_globally(runner, state, drafts_flat, positions_flat, k, token_threshold)
+            flat = drafts_flat[0].tolist()
             eos_hits = [i for i, t in enumerate(flat[:prefix]) if t in eos_token_ids]
             keep = eos_hits[0] + 1 if eos_hits else (prefix // k) * k
             if keep:  # whole leading slots (or up to an EOS) were accepted: their KV is exact
                 kv_cache.truncate(state.cache, before + keep)
-                positions = [p for slot in slots for p in range(slot.start, slot.start + k)][:keep]
+                positions = positions_flat[0, :keep].tolist()
                 record(flat[:keep], positions, "verify")
                 done = {slot.start for slot in slots[: -(-keep // k)]}
                 masked[:] = [start for start in masked if start not in done]
@@ -299,7 +318,6 @@ def decode(
     return DecodeOutput(
         tokens=tokens,
         forward_passes=runner.forward_passes,
-        finished_by_eos=first_eos is not None,
         cache=state.cache,
         decode_order_tokens=state.tokens,
         decode_order_positions=state.positions,

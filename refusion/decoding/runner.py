@@ -58,7 +58,6 @@ class DecodeOutput:
 
     tokens: list[int]
     forward_passes: int
-    finished_by_eos: bool
     cache: object = None
     decode_order_tokens: list[int] = field(default_factory=list)
     """Prompt then generated tokens in the order they were committed (the cache's order)."""

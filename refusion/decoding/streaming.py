@@ -24,6 +24,11 @@ class PrefixStream:
             for position in event["positions"]:
                 self.committed.pop(position, None)
 
+    @property
+    def tokens(self) -> list[int]:
+        """Every token emitted so far, in text order."""
+        return [self.committed[p] for p in range(self.emitted)]
+
     def pop(self) -> list[int]:
         ready = []
         while not self.ended and self.emitted in self.committed:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
 from ..decoding import DECODERS, Generation, PrefixStream
-from ..decoding.dispatch import NEEDS_MASK, check_options
+from ..decoding.dispatch import NEEDS_MASK, check_options, default_decoder
 from ..errors import RefusionError
 from ..model import eos_token_ids
 from . import protocol
@@ -136,8 +136,7 @@ def decoding_options(request, max_tokens: int, model, defaults: dict) -> dict:
     A server default the chosen decoder does not take is dropped; a request field it does not
     take is a 400.
     """
-    decoder = request.decoder or defaults.get("decoder") or (
-        "refusion" if getattr(model.config, "mask_token_id", None) is not None else "ar")
+    decoder = request.decoder or defaults.get("decoder") or default_decoder(model)
     if decoder not in DECODERS:
         raise ApiError(400, f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}", "decoder")
     if decoder in NEEDS_MASK and getattr(model.config, "mask_token_id", None) is None:
@@ -247,7 +246,7 @@ async def stream(prepared: Prepared, engine: Engine, model_name: str) -> AsyncIt
             final(event)
             if stopped or not final.pop():
                 continue
-            text = tokenizer.decode([final.committed[p] for p in range(final.emitted)], skip_special_tokens=True)
+            text = tokenizer.decode(final.tokens, skip_special_tokens=True)
             text, stopped = apply_stop(text, prepared.stop)
             ready = text if stopped else text[: len(text) - held_back(text, prepared.stop)]
             if len(ready) > len(sent) and ready.startswith(sent):

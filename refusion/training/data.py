@@ -80,14 +80,9 @@ def split_record(record, where: str) -> tuple[str | list[dict], str]:
 
 def encode_example(tokenizer, query: str | list[dict], response: str, eos_id: int) -> Example:
     """Token ids of the templated query and of the response followed by EOS."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": query}] if isinstance(query, str) else query
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(prompt, "keys"):
-            prompt = prompt["input_ids"]
-    else:
-        text = query if isinstance(query, str) else "\n".join(m["content"] for m in query)
-        prompt = tokenizer(text)["input_ids"]
+    from ..prompting import prompt_token_ids
+
+    prompt = prompt_token_ids(tokenizer, query)  # exactly as `refusion generate` will build it
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     return Example(list(map(int, prompt)), [*map(int, response_ids), eos_id])
 

@@ -7,7 +7,7 @@ A tiny random Llama then checks both attentions against a direct transcription o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -20,16 +20,9 @@ from refusion.decoding.masked_diffusion import steps_per_block, transfer_counts
 from refusion.errors import RefusionError
 from tests.tiny_models import tiny_model
 
-VOCAB, MASK, EOS = 20, 19, 2
-PROMPT = [5, 6, 7]
+from tests.decoding.oracle import EOS, MASK, PROMPT, distribution
+
 P = len(PROMPT)
-
-
-def distribution(token: int, prob: float) -> torch.Tensor:
-    """Logits putting `prob` on `token` and the rest spread evenly over the vocabulary."""
-    probs = torch.full((VOCAB,), (1.0 - prob) / (VOCAB - 1))
-    probs[token] = prob
-    return probs.log()
 
 
 @dataclass

@@ -3,50 +3,21 @@
 from __future__ import annotations
 
 import socket
-import string
 import threading
 import time
 
 import pytest
 
-SPECIALS = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from tests.tiny_models import char_tokenizer, tiny_model
+
 MODEL_NAME = "tiny-llama"
-
-
-def char_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(SPECIALS + list(string.printable))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>",
-                                        pad_token="<|endoftext|>")
-    tokenizer.add_special_tokens({"additional_special_tokens": SPECIALS[2:]})
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-def tiny_llama(vocab_size: int, mask_token_id: int, seed: int = 0):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
-    config.mask_token_id = mask_token_id
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="session")
 def model_and_tokenizer():
-    tokenizer = char_tokenizer()
-    model = tiny_llama(len(tokenizer), tokenizer.convert_tokens_to_ids("<|mask|>"))
+    tokenizer = char_tokenizer(extra_specials=["<|mask|>"])
+    model = tiny_model("llama", vocab_size=len(tokenizer), max_position_embeddings=2048)
+    model.config.mask_token_id = tokenizer.convert_tokens_to_ids("<|mask|>")
     return model, tokenizer
 
 
