@@ -20,9 +20,10 @@ DESCRIPTION = """Reproduce the paper's comparison in miniature, from scratch, en
      and mini-json (a sentence written as a JSON record, checked by parsing it);
   2. build a small BPE tokenizer from the training text (chat template, <|mask|>);
   3. train three identical small Llama models on identical data and budget with `refusion train`'s
-     objectives: ARM (ar), MDM (mdm), ReFusion (refusion);
-  4. evaluate with `refusion eval`: ARM with ar; MDM with mdm and fast-dllm; ReFusion with refusion
-     (several thresholds) and ar;
+     objectives: ARM (ar), MDM (mdm, responses EOS-padded as in LLaDA), ReFusion (refusion); then a
+     fourth, ReFusion fine-tuned from the trained ARM (the paper's recipe), with extra steps;
+  4. evaluate with `refusion eval`: ARM with ar; MDM with mdm and fast-dllm; each ReFusion model with
+     refusion (several thresholds, and one slot per block: the left-to-right variant) and ar;
   5. write results.json, results.md (table, goals, the command that re-measures each row) and
      accuracy_vs_speed.png.
 
@@ -48,6 +49,8 @@ def repro_command(args: argparse.Namespace) -> None:
     config = quick_config(output) if args.quick else ReproConfig(output=output)
     if args.steps is not None:
         config.steps = args.steps
+    if args.finetune_steps is not None:
+        config.finetune_steps = args.finetune_steps
     if args.limit is not None:
         config.test_limit = args.limit
     config.check()
@@ -63,13 +66,14 @@ def repro_command(args: argparse.Namespace) -> None:
 
 def reproducing_command(args: argparse.Namespace) -> str:
     parts = ["refusion", "repro", "--output", args.output] + ["--quick"] * args.quick
-    parts += [f"--{name}={value}" for name in ("steps", "limit") if (value := getattr(args, name)) is not None]
+    parts += [f"--{name.replace('_', '-')}={value}" for name in ("steps", "finetune_steps", "limit") if (value := getattr(args, name)) is not None]
     return " ".join(shlex.quote(part) for part in parts)
 
 
 def describe(config) -> str:
     return (f"Llama {config.layers} layers, hidden {config.hidden}, {config.heads} heads, vocab {config.vocab_size}; "
-            f"{config.steps} steps of batch {config.batch_size} at lr {config.lr} on {2 * config.train_size} problems; "
+            f"{config.steps} steps of batch {config.batch_size} at lr {config.lr} on {2 * config.train_size} problems "
+            f"(refusion-from-arm: {config.finetune_steps} more at lr {config.finetune_lr}, from the trained ARM); "
             f"first {config.test_limit} test problems per task, {config.max_new_tokens} new tokens at most, greedy, batch 1, "
             f"{config.threads} CPU thread")
 
@@ -82,6 +86,8 @@ def register(subparsers) -> None:
                         help="where data, models, evaluation outputs and results go (reused to resume)")
     parser.add_argument("--steps", type=int, default=None,
                         help="optimizer steps per model, the same for all three (default 1500; --quick: 6)")
+    parser.add_argument("--finetune-steps", type=int, default=None,
+                        help="steps of ReFusion fine-tuning on top of the trained ARM (default 500; --quick: 3)")
     parser.add_argument("--limit", type=int, default=None,
                         help="held-out problems evaluated per task (default all 200; --quick: 2)")
     parser.add_argument("--quick", action="store_true",

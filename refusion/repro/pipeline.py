@@ -1,9 +1,9 @@
-"""The miniature reproduction, stage by stage: data, tokenizer, three trained models, every decoder run.
+"""The miniature reproduction, stage by stage: data, tokenizer, the trained models, every decoder run.
 
 `run(config)` writes under `config.output`:
     data/train.jsonl, data/test-<task>.jsonl   both task families, train and test disjoint
     init/                                      the shared random initialisation + tokenizer (not kept)
-    <model>/                                   arm, mdm, refusion: trained with `refusion.training.train`
+    <model>/                                   arm, mdm, refusion, refusion-from-arm: trained with `refusion.training.train`
     <model>/eval/<task>/<run>/                 `refusion.eval.evaluate` output (summary.json, samples.jsonl)
 and returns every run's summary. Each stage is skipped when its output is already there, so an
 interrupted run resumes (training from its last checkpoint). Knows nothing about the report's
@@ -21,8 +21,12 @@ from pathlib import Path
 from . import arithmetic, records
 
 FAMILIES = {"mini-gsm8k": arithmetic, "mini-json": records}
-MODELS = {"arm": "ar", "mdm": "mdm", "refusion": "refusion"}
+MODELS = {"arm": "ar", "mdm": "mdm", "refusion": "refusion", "refusion-from-arm": "refusion"}
 """model directory name -> training objective."""
+FINE_TUNED_FROM = {"refusion-from-arm": "arm"}
+"""Models trained from another model's result (the paper's recipe: ReFusion is a converted AR model) instead of
+the shared random initialisation, for `finetune_steps` on top of that model's budget. The others train from
+scratch with identical architecture, data and budget."""
 
 
 @dataclass(frozen=True)
@@ -43,21 +47,30 @@ class DecoderRun:
         return "-".join(parts)
 
 
-def paper_runs(slot_size: int, blocks: int, thresholds: list[tuple[float, float]], block_length: int) -> list[DecoderRun]:
-    """The paper's comparison: ARM with ar; MDM with mdm and fast-dllm; ReFusion with refusion (each threshold pair) and ar."""
+def paper_runs(slot_size: int, blocks: int, thresholds: list[tuple[float, float]], block_length: int,
+               max_new_tokens: int) -> list[DecoderRun]:
+    """The paper's comparison: ARM with ar; MDM with mdm and fast-dllm; each ReFusion model with refusion (each
+    threshold pair, then one slot per block: the paper's left-to-right variant) and ar."""
     runs = [DecoderRun("arm", "ar"),
             DecoderRun("mdm", "mdm", {"block_length": block_length}),
             DecoderRun("mdm", "fast-dllm", {"block_length": block_length, "threshold": 0.9})]
-    runs += [DecoderRun("refusion", "refusion", {"slot_size": slot_size, "blocks": blocks, "slot_threshold": slot,
-                                                 "token_threshold": token}) for slot, token in thresholds]
-    return runs + [DecoderRun("refusion", "ar")]
+    strict = {"slot_threshold": thresholds[0][0], "token_threshold": thresholds[0][1]}
+    for model in ("refusion", "refusion-from-arm"):
+        runs += [DecoderRun(model, "refusion", {"slot_size": slot_size, "blocks": blocks, "slot_threshold": slot,
+                                                "token_threshold": token}) for slot, token in thresholds]
+        runs.append(DecoderRun(model, "refusion", {"slot_size": slot_size, "blocks": max_new_tokens // slot_size, **strict}))
+        runs.append(DecoderRun(model, "ar"))
+    return runs
 
 
 @dataclass
 class ReproConfig:
     output: Path
     steps: int = 1500
-    """Optimizer steps per model (identical for all three)."""
+    """Optimizer steps per model trained from scratch (identical for all three)."""
+    finetune_steps: int = 500
+    """Optimizer steps of the models in FINE_TUNED_FROM, on top of their starting model's."""
+    finetune_lr: float = 5e-4
     train_size: int = 20000
     """Training problems per task family."""
     test_limit: int = 200
@@ -76,21 +89,21 @@ class ReproConfig:
     seed: int = 0
     save_every: int = 250
     """Checkpoint interval in steps: what an interrupted training resumes from."""
-    runs: list[DecoderRun] = field(default_factory=lambda: paper_runs(4, 2, [(0.9, 0.4), (0.7, 0.3), (0.5, 0.1)], 32))
+    runs: list[DecoderRun] = field(default_factory=lambda: paper_runs(4, 2, [(0.9, 0.4), (0.7, 0.3), (0.5, 0.1)], 32, 64))
 
     def check(self) -> None:
         from ..errors import RefusionError
 
-        for name in ("steps", "train_size", "test_limit"):
+        for name in ("steps", "finetune_steps", "train_size", "test_limit"):
             if getattr(self, name) < 1:
                 raise RefusionError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
 
 
 def quick_config(output: Path) -> ReproConfig:
     """A tiny version of everything (about a minute on two cores): checks the pipeline, not the method."""
-    return ReproConfig(output=output, steps=6, train_size=64, test_limit=2, hidden=32, intermediate=64, layers=2,
-                       heads=4, vocab_size=300, batch_size=8, lr=3e-3, max_new_tokens=16, save_every=6,
-                       runs=paper_runs(4, 2, [(0.9, 0.4), (0.5, 0.1)], 8))
+    return ReproConfig(output=output, steps=6, finetune_steps=3, train_size=64, test_limit=2, hidden=32, intermediate=64,
+                       layers=2, heads=4, vocab_size=300, batch_size=8, lr=3e-3, max_new_tokens=16, save_every=6,
+                       runs=paper_runs(4, 2, [(0.9, 0.4), (0.5, 0.1)], 8, 16))
 
 
 # --- data and initial model -----------------------------------------------------------------------
@@ -157,17 +170,24 @@ def is_trained(directory: Path) -> bool:
 
 
 def train_model(config: ReproConfig, name: str, init: Path, train_file: Path) -> Path:
-    """Train one model with `refusion.training.train` (resuming from its last checkpoint); drop checkpoints after."""
+    """Train one model with `refusion.training.train` (resuming from its last checkpoint); drop checkpoints after.
+
+    MDM responses are EOS-padded to the generation length, as LLaDA's SFT does, so that it learns to stop.
+    """
     from ..training.trainer import TrainConfig, last_complete_checkpoint, train
 
     directory = config.output / name
     if is_trained(directory):
         return directory
+    fine_tune = name in FINE_TUNED_FROM
+    steps = config.finetune_steps if fine_tune else config.steps
     train(TrainConfig(
-        model=str(init), data=[str(train_file)], output=str(directory), objective=MODELS[name],
-        max_steps=config.steps, lr=config.lr, batch_size=config.batch_size, max_length=256, seed=config.seed,
+        model=str(config.output / FINE_TUNED_FROM[name]) if fine_tune else str(init), data=[str(train_file)],
+        output=str(directory), objective=MODELS[name], max_steps=steps, lr=config.finetune_lr if fine_tune else config.lr,
+        batch_size=config.batch_size, max_length=256, seed=config.seed,
+        pad_responses_to=config.max_new_tokens if MODELS[name] == "mdm" else None,
         resume=last_complete_checkpoint(directory) is not None, save_every=config.save_every,
-        log_every=max(config.steps // 50, 1), warmup_ratio=0.05,
+        log_every=max(steps // 50, 1), warmup_ratio=0.05,
     ))
     for checkpoint in directory.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)  # optimizer state: large, and the final model is saved beside it
@@ -207,7 +227,7 @@ def evaluate_runs(config: ReproConfig, progress: bool = True) -> list[dict]:
 
 
 def run(config: ReproConfig, progress: bool = True, log=print) -> list[dict]:
-    """Data, tokenizer, the three models, every decoder run; see the module docstring."""
+    """Data, tokenizer, the models, every decoder run; see the module docstring."""
     import torch
 
     config.check()
@@ -222,7 +242,8 @@ def run(config: ReproConfig, progress: bool = True, log=print) -> list[dict]:
             log(f"[2/3] model {index}/{len(MODELS)}: {name} already trained, skipped")
             continue
         init = init or build_initial_model(config, train_file)
-        log(f"[2/3] model {index}/{len(MODELS)}: training {name} ({MODELS[name]} objective, {config.steps} steps)")
+        start = f"from {FINE_TUNED_FROM[name]}, {config.finetune_steps}" if name in FINE_TUNED_FROM else f"{config.steps}"
+        log(f"[2/3] model {index}/{len(MODELS)}: training {name} ({MODELS[name]} objective, {start} steps)")
         train_model(config, name, init, train_file)
     if (config.output / "init").is_dir():
         shutil.rmtree(config.output / "init")  # every model carries its own copy of the tokenizer

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-LABELS = {"arm": "ARM", "mdm": "MDM", "refusion": "ReFusion"}
+LABELS = {"arm": "ARM", "mdm": "MDM", "refusion": "ReFusion", "refusion-from-arm": "ReFusion from ARM"}
 ARM_POINTS = 2.0
 """Goal 1: ReFusion within this many accuracy points of ARM, at >= ARM_SPEEDUP x its tokens/s."""
 ARM_SPEEDUP = 2.0
@@ -43,8 +43,8 @@ def goal_checks(rows: list[dict]) -> list[dict]:
         of_task = [row for row in rows if row["task"] == task]
         arm = next((r for r in of_task if r["model"] == "arm" and r["decoder"] == "ar"), None)
         mdm = next((r for r in of_task if r["model"] == "mdm" and r["decoder"] == "mdm"), None)
-        for row in (r for r in of_task if r["model"] == "refusion" and r["decoder"] == "refusion"):
-            check = {"task": task, "run": row["run"]}
+        for row in (r for r in of_task if r["objective"] == "refusion" and r["decoder"] == "refusion"):
+            check = {"task": task, "run": f"{LABELS[row['model']]} {row['run']}"}
             if arm and arm["tokens_per_second"]:
                 check["points_vs_arm"] = round(100 * (row["accuracy"] - arm["accuracy"]), 2)
                 check["speedup_vs_arm"] = round(row["tokens_per_second"] / arm["tokens_per_second"], 2)

@@ -36,11 +36,14 @@ def train_command(args: argparse.Namespace) -> None:
     for option, value in (("--slot-sizes", args.slot_sizes), ("--mdm-weight", args.mdm_weight)):
         if value is not None and args.objective != "refusion":
             raise RefusionError(f"{option} applies to --objective refusion only, not {args.objective}")
+    if args.pad_responses_to is not None and args.objective != "mdm":
+        raise RefusionError(f"--pad-responses-to applies to --objective mdm only, not {args.objective}")
     config = TrainConfig(
         model=args.model, data=args.data, output=args.output, objective=args.objective, max_steps=args.max_steps,
         epochs=args.epochs if args.epochs is not None else 1.0, lr=args.lr, batch_size=args.batch_size,
         grad_accum=args.grad_accum, max_length=args.max_length, lora_rank=args.lora_rank,
-        slot_sizes=args.slot_sizes or (4, 8, 16, 32), mdm_weight=1.0 if args.mdm_weight is None else args.mdm_weight, seed=args.seed, resume=args.resume, save_every=args.save_every,
+        slot_sizes=args.slot_sizes or (4, 8, 16, 32), mdm_weight=1.0 if args.mdm_weight is None else args.mdm_weight,
+        pad_responses_to=args.pad_responses_to, seed=args.seed, resume=args.resume, save_every=args.save_every,
         log_every=args.log_every, warmup_ratio=args.warmup_ratio,
     )
     summary = train(config)
@@ -76,6 +79,10 @@ def register(subparsers) -> None:
                         help="refusion objective: slot sizes drawn uniformly per example (default 4,8,16,32)")
     parser.add_argument("--mdm-weight", type=float, default=None, metavar="LAMBDA",
                         help="refusion objective: loss = L_AR + LAMBDA * L_MDM (default 1)")
+    parser.add_argument("--pad-responses-to", type=int, default=None, metavar="N",
+                        help="mdm objective: responses are always padded with EOS to the batch's longest (loss on the "
+                             "padding, as in LLaDA's SFT, so the model learns where to stop); this pads them to at least "
+                             "N tokens, e.g. the --max-new-tokens you will decode with")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
     parser.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (default 200)")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .objectives import IGNORE, build_example
+from .objectives import IGNORE, build_example, eos_padded
 
 PADDED = {"input_ids": None, "position_ids": 0, "ar_labels": IGNORE, "mdm_labels": IGNORE, "mdm_weights": 0.0}
 
@@ -30,19 +30,28 @@ class ObjectiveCollator:
     mask_id: int | None = None
     slot_sizes: tuple[int, ...] = (4, 8, 16, 32)
     seed: int = 0
+    eos_id: int | None = None
+    """mdm only: when set, responses are padded with EOS to the batch's longest response (LLaDA's SFT)."""
+    pad_responses_to: int | None = None
+    """mdm only: pad every response with EOS to at least this many tokens (e.g. the generation length used later)."""
     generator: torch.Generator = field(init=False, repr=False)
 
     def __post_init__(self):
         self.generator = torch.Generator().manual_seed(self.seed)
         if self.objective != "ar" and self.mask_id is None:
             raise ValueError(f"the {self.objective} objective needs a mask token id")
+        if self.pad_responses_to is not None and (self.objective != "mdm" or self.eos_id is None):
+            raise ValueError("pad_responses_to applies to the mdm objective and needs eos_id")
 
     def __call__(self, features: list[dict]) -> dict:
+        responses = [torch.as_tensor(f["response_ids"], dtype=torch.long) for f in features]
+        if self.objective == "mdm" and self.eos_id is not None:
+            length = max([r.shape[0] for r in responses] + [self.pad_responses_to or 0])
+            responses = [eos_padded(r, length, self.eos_id) for r in responses]
         built = [
-            build_example(self.objective, torch.as_tensor(f["prompt_ids"], dtype=torch.long),
-                          torch.as_tensor(f["response_ids"], dtype=torch.long),
+            build_example(self.objective, torch.as_tensor(f["prompt_ids"], dtype=torch.long), response,
                           mask_id=self.mask_id, slot_sizes=self.slot_sizes, generator=self.generator)
-            for f in features
+            for f, response in zip(features, responses)
         ]
         return pad_batch(built, self.pad_id)
 

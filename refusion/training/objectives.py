@@ -110,6 +110,13 @@ def mdm_example(prompt: torch.Tensor, response: torch.Tensor, mask_id: int, gene
     return _join(prompt, part, length)
 
 
+def eos_padded(response: torch.Tensor, length: int, eos_id: int) -> torch.Tensor:
+    """The response followed by EOS up to `length` tokens (LLaDA's SFT: the padding is masked and scored
+    like any token, so the model learns to fill the unused tail of a generation span with EOS)."""
+    missing = max(length - response.shape[0], 0)
+    return torch.cat([response, response.new_full((missing,), eos_id)])
+
+
 def build_example(objective: str, prompt: torch.Tensor, response: torch.Tensor, *, mask_id: int | None,
                   slot_sizes: tuple[int, ...], generator: torch.Generator) -> dict:
     if objective == "refusion":

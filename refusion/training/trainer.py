@@ -53,6 +53,8 @@ class TrainConfig:
     slot_sizes: tuple[int, ...] = (4, 8, 16, 32)
     mdm_weight: float = 1.0
     """lambda in L_AR + lambda L_MDM (refusion objective)."""
+    pad_responses_to: int | None = None
+    """mdm objective: pad responses with EOS to at least this many tokens (always to the batch's longest)."""
     seed: int = 0
     resume: bool = False
     """Continue from the last checkpoint in `output`."""
@@ -80,6 +82,9 @@ class TrainConfig:
             raise RefusionError(f"lr must be positive, got {self.lr}")
         if not self.slot_sizes or min(self.slot_sizes) < 1:
             raise RefusionError(f"slot sizes must be positive integers, got {list(self.slot_sizes)}")
+        if self.pad_responses_to is not None and (self.objective != "mdm" or self.pad_responses_to < 1):
+            raise RefusionError(f"pad-responses-to must be a positive integer (mdm objective only), got "
+                                f"{self.pad_responses_to} with the {self.objective} objective")
         if self.mdm_weight < 0:
             raise RefusionError(f"mdm-weight must be >= 0, got {self.mdm_weight}")
 
@@ -220,7 +225,8 @@ def train(config: TrainConfig) -> dict:
     resumed_step = int(re.search(r"checkpoint-(\d+)$", resume_from).group(1)) if resume_from else 0
     # A fresh stream of masks per process and per resumed run; the Trainer shards the examples.
     collator = ObjectiveCollator(config.objective, pad_id, mask_id, tuple(config.slot_sizes),
-                                 seed=config.seed + 7919 * arguments.process_index + 104729 * resumed_step)
+                                 seed=config.seed + 7919 * arguments.process_index + 104729 * resumed_step,
+                                 eos_id=tokenizer.eos_token_id, pad_responses_to=config.pad_responses_to)
     trainer = ObjectiveTrainer(model=model, args=arguments, train_dataset=dataset, data_collator=collator,
                                objective=config.objective, mdm_weight=config.mdm_weight)
     if trainer.is_world_process_zero():

@@ -11,7 +11,7 @@ import shlex
 import pytest
 
 from refusion.cli import main
-from refusion.repro.pipeline import FAMILIES, MODELS, quick_config
+from refusion.repro.pipeline import FAMILIES, FINE_TUNED_FROM, MODELS, quick_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -24,7 +24,7 @@ def quick_run(tmp_path_factory):
     return output
 
 
-def test_three_models_share_architecture_tokenizer_and_data(quick_run):
+def test_models_share_architecture_tokenizer_and_data(quick_run):
     from transformers import AutoConfig, AutoTokenizer
 
     configs = {name: AutoConfig.from_pretrained(quick_run / name) for name in MODELS}
@@ -34,10 +34,15 @@ def test_three_models_share_architecture_tokenizer_and_data(quick_run):
     quick = quick_config(quick_run)
     assert shapes == {("llama", quick.hidden, quick.layers, quick.intermediate, configs["arm"].vocab_size)}
     vocabularies = [AutoTokenizer.from_pretrained(quick_run / name).get_vocab() for name in MODELS]
-    assert vocabularies[0] == vocabularies[1] == vocabularies[2] and "<|mask|>" in vocabularies[0]
+    assert all(vocabulary == vocabularies[0] for vocabulary in vocabularies) and "<|mask|>" in vocabularies[0]
     for name in MODELS:
         history = json.loads((quick_run / name / "loss.json").read_text())
-        assert history["config"]["max_steps"] == quick.steps and history["config"]["batch_size"] == quick.batch_size
+        steps, start = (quick.finetune_steps, str(quick_run / "arm")) if name in FINE_TUNED_FROM else (quick.steps, None)
+        assert history["config"]["max_steps"] == steps and history["config"]["batch_size"] == quick.batch_size
+        if start:
+            assert history["config"]["model"] == start
+        # MDM learns to stop: responses EOS-padded to the generation length
+        assert history["config"]["pad_responses_to"] == (quick.max_new_tokens if name == "mdm" else None)
         assert history["examples"] == quick.train_size * len(FAMILIES)
         assert not list((quick_run / name).glob("checkpoint-*"))  # optimizer state is not kept
     assert not (quick_run / "init").exists()

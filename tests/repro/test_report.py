@@ -11,29 +11,33 @@ from refusion.repro.report import goal_checks, markdown, table_rows, write_repor
 
 def _row(model, decoder, accuracy, tps, options=None, task="mini-json"):
     run = DecoderRun(model, decoder, options or {})
-    return {"task": task, "model": model, "objective": {"arm": "ar"}.get(model, model), "decoder": decoder,
+    return {"task": task, "model": model, "objective": {"arm": "ar", "refusion-from-arm": "refusion"}.get(model, model), "decoder": decoder,
             "run": run.name, "options": run.options, "accuracy": accuracy, "correct": int(accuracy * 100),
             "samples": 100, "tokens_per_second": tps, "tokens_per_forward": 1.0, "forward_passes": 40.0,
             "new_tokens": 40.0}
 
 
 def test_run_names_are_distinct_and_readable():
-    runs = paper_runs(4, 2, [(0.9, 0.4), (0.5, 0.1)], 32)
+    runs = paper_runs(4, 2, [(0.9, 0.4), (0.5, 0.1)], 32, 64)
     names = [(run.model, run.name) for run in runs]
     assert len(set(names)) == len(names)
     assert ("refusion", "refusion-k4-B2-t0.9-0.4") in names and ("mdm", "fast-dllm-bl32-t0.9") in names
-    assert [run.model for run in runs] == ["arm", "mdm", "mdm", "refusion", "refusion", "refusion"]
-    assert runs[-1].decoder == "ar" and runs[-1].model == "refusion"
+    # left-to-right variant: one 4-token slot per block over 64 tokens, at the strictest thresholds
+    assert ("refusion-from-arm", "refusion-k4-B16-t0.9-0.4") in names
+    assert [run.model for run in runs] == ["arm", "mdm", "mdm"] + ["refusion"] * 4 + ["refusion-from-arm"] * 4
+    assert [run.decoder for run in runs[3:7]] == ["refusion"] * 3 + ["ar"]
 
 
 def test_goal_checks_compare_each_refusion_setting_with_arm_and_mdm():
     rows = [_row("arm", "ar", 0.80, 100.0), _row("mdm", "mdm", 0.50, 20.0),
             _row("refusion", "refusion", 0.79, 250.0, {"slot_threshold": 0.9, "token_threshold": 0.4}),
             _row("refusion", "refusion", 0.70, 150.0, {"slot_threshold": 0.5, "token_threshold": 0.1}),
-            _row("refusion", "ar", 0.81, 90.0)]
+            _row("refusion", "ar", 0.81, 90.0),
+            _row("refusion-from-arm", "refusion", 0.80, 210.0, {"slot_threshold": 0.9, "token_threshold": 0.4})]
     checks = goal_checks(rows)
-    assert len(checks) == 2  # only plan-and-infill rows are checked
-    first, second = checks
+    assert len(checks) == 3  # only plan-and-infill rows are checked, of both ReFusion models
+    first, second, third = checks
+    assert third["run"] == "ReFusion from ARM refusion-t0.9-0.4" and third["arm_goal"] is True
     # 79 - 80 = -1 point (within 2) at 250 / 100 = 2.5x; vs MDM +29 points at 12.5x
     assert (first["points_vs_arm"], first["speedup_vs_arm"], first["arm_goal"]) == (-1.0, 2.5, True)
     assert (first["points_vs_mdm"], first["speedup_vs_mdm"], first["mdm_goal"]) == (29.0, 12.5, True)

@@ -173,6 +173,41 @@ def test_batched_loss_matches_literal(model, objective):
     torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("pad_to", [None, 50])
+def test_mdm_pads_responses_with_eos_as_llada(model, pad_to):
+    """Every response is EOS-padded to the batch's longest (at least pad_to); the padding is masked and scored."""
+    EOS = 1
+    features = random_examples(31, 5)
+    collate = ObjectiveCollator("mdm", pad_id=0, mask_id=MASK, seed=4, eos_id=EOS, pad_responses_to=pad_to)
+    batch = collate(features)
+    longest = max(len(f["response_ids"]) for f in features)
+    target = max(longest, pad_to or 0)
+    g = torch.Generator().manual_seed(4)
+    literal = [literal_mdm(f["prompt_ids"], f["response_ids"] + [EOS] * (target - len(f["response_ids"])), g)
+               for f in features]
+    for row, ex in enumerate(literal):
+        n = len(ex["input_ids"])
+        assert n == len(features[row]["prompt_ids"]) + target
+        assert batch["input_ids"][row, :n].tolist() == ex["input_ids"]
+        assert batch["mdm_labels"][row, :n].tolist() == ex["mdm_labels"]
+        assert batch["attention_mask"][row].sum() == n  # the padding EOS are real, attended tokens
+    assert batch["response_lengths"].tolist() == [target] * len(features)
+    assert (batch["mdm_labels"] == EOS).sum() > len(features)  # padding is scored, not only each response's own EOS
+    trainer = SimpleNamespace(objective="mdm", mdm_weight=1.0)
+    with torch.no_grad():
+        loss = ObjectiveTrainer.compute_loss(trainer, model, batch)
+    torch.testing.assert_close(loss, literal_loss(model, literal, "mdm", bidirectional=True), rtol=1e-4, atol=1e-5)
+
+
+def test_only_mdm_pads_responses():
+    features = random_examples(32, 3)
+    plain = ObjectiveCollator("refusion", pad_id=0, mask_id=MASK, seed=4)(features)
+    with_eos = ObjectiveCollator("refusion", pad_id=0, mask_id=MASK, seed=4, eos_id=1)(features)
+    assert all(torch.equal(plain[name], with_eos[name]) for name in plain)
+    with pytest.raises(ValueError):
+        ObjectiveCollator("ar", pad_id=0, eos_id=1, pad_responses_to=8)
+
+
 def test_mdm_attention_is_bidirectional_and_refusion_causal(model):
     collate = {name: ObjectiveCollator(name, pad_id=0, mask_id=MASK, slot_sizes=(4,), seed=1) for name in ("mdm", "ar")}
     features = [{"prompt_ids": [5, 6, 7], "response_ids": [8, 9, 1]}]

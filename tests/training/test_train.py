@@ -63,6 +63,8 @@ def test_options_are_checked_before_loading(tiny_model_dir, write_jsonl, tmp_pat
     data = write_jsonl(RECORDS)
     base = ["train", "--model", tiny_model_dir, "--data", data, "--output", str(tmp_path / "o")]
     for extra, message in ((["--objective", "ar", "--slot-sizes", "4"], "--slot-sizes applies to --objective refusion"),
+                           (["--pad-responses-to", "64"], "--pad-responses-to applies to --objective mdm only"),
+                           (["--objective", "mdm", "--pad-responses-to", "0"], "pad-responses-to must be a positive"),
                            (["--batch-size", "0"], "batch-size must be a positive integer"),
                            (["--resume"], "no checkpoint-N directory")):
         with pytest.raises(SystemExit) as exit_info:
