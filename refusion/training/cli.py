@@ -36,6 +36,8 @@ def train_command(args: argparse.Namespace) -> None:
     for option, value in (("--slot-sizes", args.slot_sizes), ("--mdm-weight", args.mdm_weight)):
         if value is not None and args.objective != "refusion":
             raise RefusionError(f"{option} applies to --objective refusion only, not {args.objective}")
+    if args.eval_every is not None and not args.eval_data:
+        raise RefusionError("--eval-every needs --eval-data")
     if args.pad_responses_to is not None and args.objective != "mdm":
         raise RefusionError(f"--pad-responses-to applies to --objective mdm only, not {args.objective}")
     config = TrainConfig(
@@ -44,11 +46,12 @@ def train_command(args: argparse.Namespace) -> None:
         grad_accum=args.grad_accum, max_length=args.max_length, lora_rank=args.lora_rank,
         slot_sizes=args.slot_sizes or (4, 8, 16, 32), mdm_weight=1.0 if args.mdm_weight is None else args.mdm_weight,
         pad_responses_to=args.pad_responses_to, seed=args.seed, resume=args.resume, save_every=args.save_every,
-        log_every=args.log_every, warmup_ratio=args.warmup_ratio,
+        log_every=args.log_every, warmup_ratio=args.warmup_ratio, eval_data=args.eval_data, eval_every=args.eval_every,
     )
     summary = train(config)
     if "final_loss" in summary:
-        print(f"saved to {summary['output']} (final loss {summary['final_loss']}; history in loss.json, loss.png); "
+        held_out = f", held-out loss {summary['final_eval_loss']:.4g}" if "final_eval_loss" in summary else ""
+        print(f"saved to {summary['output']} (final loss {summary['final_loss']}{held_out}; history in loss.json, loss.png); "
               f"load it with: refusion generate \"...\" --model {summary['output']}")
 
 
@@ -67,6 +70,11 @@ def register(subparsers) -> None:
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--max-steps", type=int, default=None, help="number of optimizer steps")
     length.add_argument("--epochs", type=float, default=None, help="passes over the data (default 1)")
+    parser.add_argument("--eval-data", nargs="+", metavar="FILE", default=None,
+                        help="held-out files of the same format: the objective's loss on them (same masks every time) "
+                             "is logged every --eval-every steps and drawn in loss.png")
+    parser.add_argument("--eval-every", type=int, default=None, metavar="N",
+                        help="steps between held-out evaluations (default: --save-every)")
     parser.add_argument("--lr", type=float, default=2e-5, help="peak learning rate, cosine schedule (default 2e-5)")
     parser.add_argument("--warmup-ratio", type=float, default=0.0, help="fraction of steps for linear warm-up (default 0)")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per device per step (default 8)")

@@ -1,6 +1,7 @@
 """The loss history of a run: `loss.json` and a loss-curve PNG, from the Trainer's log history.
 
-Knows nothing about objectives or models; it only reads `{"step", "loss", "learning_rate"}` records.
+Knows nothing about objectives or models; it only reads `{"step", "loss" | "eval_loss", "learning_rate",
+"elapsed_seconds"}` records.
 """
 
 from __future__ import annotations
@@ -11,24 +12,39 @@ from pathlib import Path
 
 def loss_records(log_history: list[dict]) -> list[dict]:
     """The training-loss entries of a Trainer log history, in step order."""
-    return [{"step": int(e["step"]), "loss": float(e["loss"]), "learning_rate": float(e.get("learning_rate", 0.0))}
+    return [{"step": int(e["step"]), "loss": float(e["loss"]), "learning_rate": float(e.get("learning_rate", 0.0)),
+             "elapsed_seconds": e.get("elapsed_seconds")}
             for e in log_history if "loss" in e and "step" in e]
 
 
-def write_history(output: Path, log_history: list[dict], summary: dict) -> list[dict]:
-    """Write `loss.json` ({**summary, "history": [...]}) and `loss.png`; return the history."""
-    history = loss_records(log_history)
-    (output / "loss.json").write_text(json.dumps({**summary, "history": history}, indent=1))
-    if history:
+def eval_records(log_history: list[dict]) -> list[dict]:
+    """The held-out-loss entries, in step order."""
+    return [{"step": int(e["step"]), "eval_loss": float(e["eval_loss"]), "elapsed_seconds": e.get("elapsed_seconds")}
+            for e in log_history if "eval_loss" in e and "step" in e]
+
+
+def write_history(output: Path, log_history: list[dict], summary: dict) -> dict[str, list[dict]]:
+    """Write `loss.json` ({**summary, "history": [...], "eval_history": [...]}) and `loss.png`.
+
+    elapsed_seconds counts from the start of this process's training (a resumed run starts again at 0).
+    """
+    history = {"train": loss_records(log_history), "eval": eval_records(log_history)}
+    (output / "loss.json").write_text(json.dumps({**summary, "history": history["train"],
+                                                  "eval_history": history["eval"]}, indent=1))
+    if history["train"] or history["eval"]:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         figure, axis = plt.subplots(figsize=(6, 3.5))
-        axis.plot([h["step"] for h in history], [h["loss"] for h in history])
+        axis.plot([h["step"] for h in history["train"]], [h["loss"] for h in history["train"]], label="training")
+        if history["eval"]:
+            axis.plot([h["step"] for h in history["eval"]], [h["eval_loss"] for h in history["eval"]], "o-",
+                      label="held out")
+            axis.legend()
         axis.set_xlabel("step")
-        axis.set_ylabel("training loss")
+        axis.set_ylabel("loss")
         axis.set_title(f"{summary.get('objective', '')} objective")
         axis.grid(alpha=0.3)
         figure.tight_layout()

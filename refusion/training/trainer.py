@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -26,6 +27,8 @@ from .history import write_history
 from .objectives import BIDIRECTIONAL, OBJECTIVES, objective_loss
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+EVAL_SEED = 1234
+"""Seed of the held-out masks: every evaluation of every run scores the same masked inputs."""
 ADAPTER_SIDECAR = "refusion.json"
 
 
@@ -61,6 +64,10 @@ class TrainConfig:
     save_every: int = 200
     log_every: int = 10
     warmup_ratio: float = 0.0
+    eval_data: list[str] | None = None
+    """Held-out files of the same format: the objective's loss on them is logged every `eval_every` steps."""
+    eval_every: int | None = None
+    """Steps between held-out evaluations (default: save_every)."""
 
     def check(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -69,6 +76,8 @@ class TrainConfig:
                     "save-every": self.save_every, "log-every": self.log_every}
         if self.max_steps is not None:
             positive["max-steps"] = self.max_steps
+        if self.eval_every is not None:
+            positive["eval-every"] = self.eval_every
         if self.lora_rank is not None:
             positive["lora-rank"] = self.lora_rank
         for name, value in positive.items():
@@ -98,6 +107,26 @@ class ObjectiveTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.mdm_weight = mdm_weight
+        self.started = time.monotonic()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        logs["elapsed_seconds"] = round(time.monotonic() - self.started, 1)  # loss against wall-clock time
+        super().log(logs, start_time)
+
+    def evaluate(self, *args, **kwargs):
+        """The held-out loss, always over the same masks (a fresh collator seeded with EVAL_SEED)."""
+        training_collator = self.data_collator
+        self.data_collator = replace(training_collator, seed=EVAL_SEED)
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.data_collator = training_collator
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         attention_mask = inputs["attention_mask"]  # [B, S]; always given, so HF never guesses packing from position ids
@@ -144,7 +173,11 @@ def _with_lora(model, rank: int, mask_id: int | None):
 
 def _training_arguments(config: TrainConfig) -> TrainingArguments:
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    evaluating = bool(config.eval_data)
     return TrainingArguments(
+        eval_strategy="steps" if evaluating else "no",
+        eval_steps=(config.eval_every or config.save_every) if evaluating else None,
+        per_device_eval_batch_size=config.batch_size,
         output_dir=config.output,
         max_steps=config.max_steps if config.max_steps is not None else -1,
         num_train_epochs=config.epochs,
@@ -217,6 +250,7 @@ def train(config: TrainConfig) -> dict:
     mask_id = add_mask_token(model, tokenizer) if config.objective != "ar" else None
     model.config.refusion_objective = config.objective
     dataset = load_dataset(config.data, tokenizer, config.max_length)
+    eval_dataset = load_dataset(config.eval_data, tokenizer, config.max_length) if config.eval_data else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if config.lora_rank is not None:
         model = _with_lora(model, config.lora_rank, mask_id)
@@ -227,11 +261,12 @@ def train(config: TrainConfig) -> dict:
     collator = ObjectiveCollator(config.objective, pad_id, mask_id, tuple(config.slot_sizes),
                                  seed=config.seed + 7919 * arguments.process_index + 104729 * resumed_step,
                                  eos_id=tokenizer.eos_token_id, pad_responses_to=config.pad_responses_to)
-    trainer = ObjectiveTrainer(model=model, args=arguments, train_dataset=dataset, data_collator=collator,
-                               objective=config.objective, mdm_weight=config.mdm_weight)
+    trainer = ObjectiveTrainer(model=model, args=arguments, train_dataset=dataset, eval_dataset=eval_dataset,
+                               data_collator=collator, objective=config.objective, mdm_weight=config.mdm_weight)
     if trainer.is_world_process_zero():
         skipped = f", {dataset.skipped_too_long} skipped (over --max-length {config.max_length})" if dataset.skipped_too_long else ""
-        print(f"training {config.model} with the {config.objective} objective on {len(dataset)} examples{skipped}"
+        held_out = f", {len(eval_dataset)} held out" if eval_dataset else ""
+        print(f"training {config.model} with the {config.objective} objective on {len(dataset)} examples{skipped}{held_out}"
               + (f", resuming from {resume_from}" if resume_from else ""), flush=True)
     trainer.train(resume_from_checkpoint=resume_from)
     _save(trainer, model, tokenizer, config)
@@ -239,6 +274,8 @@ def train(config: TrainConfig) -> dict:
                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}}
     if trainer.is_world_process_zero():
         history = write_history(Path(config.output), trainer.state.log_history, summary)
-        summary["final_loss"] = history[-1]["loss"] if history else None
+        summary["final_loss"] = history["train"][-1]["loss"] if history["train"] else None
+        if history["eval"]:
+            summary["final_eval_loss"] = history["eval"][-1]["eval_loss"]
     summary["output"] = config.output
     return summary

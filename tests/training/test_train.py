@@ -9,12 +9,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import refusion
-from refusion.training.trainer import last_complete_checkpoint
+from refusion.training.collate import ObjectiveCollator
+from refusion.training.data import load_dataset
+from refusion.training.trainer import EVAL_SEED, ObjectiveTrainer, last_complete_checkpoint
 from refusion.cli import main
 
 RECORDS = [
@@ -104,8 +107,10 @@ def test_resume_continues_after_a_kill(tiny_model_dir, write_jsonl, tmp_path, ca
 
 def test_lora_output_loads_on_top_of_its_base(tiny_model_dir, write_jsonl, tmp_path):
     output = tmp_path / "lora"
-    run_cli(["train", "--model", tiny_model_dir, "--data", write_jsonl(RECORDS), "--output", str(output),
-             "--max-steps", "3", "--lr", "1e-2", "--batch-size", "4", "--lora-rank", "4", "--log-every", "1"])
+    data = write_jsonl(RECORDS)
+    run_cli(["train", "--model", tiny_model_dir, "--data", data, "--output", str(output), "--eval-data", data,
+             "--max-steps", "3", "--lr", "1e-2", "--batch-size", "4", "--lora-rank", "4", "--log-every", "1",
+             "--eval-every", "1"])
     assert json.loads((output / "adapter_config.json").read_text())["base_model_name_or_path"] == str(Path(tiny_model_dir).resolve())
     base, _ = refusion.load(tiny_model_dir)
     model, tokenizer = refusion.load(output)
@@ -119,6 +124,19 @@ def test_lora_output_loads_on_top_of_its_base(tiny_model_dir, write_jsonl, tmp_p
     # the LoRA weights were merged into the attention projections
     attention = model.model.layers[0].self_attn.q_proj.weight
     assert not torch.allclose(attention, base.model.layers[0].self_attn.q_proj.weight)
+    # the held-out loss is logged at every step against wall-clock time; the last one is the saved model's
+    # loss on the same fixed masks, recomputed here from scratch
+    saved = json.loads((output / "loss.json").read_text())
+    evaluations = saved["eval_history"]
+    assert [e["step"] for e in evaluations] == [1, 2, 3]
+    assert 0 < evaluations[0]["elapsed_seconds"] <= evaluations[-1]["elapsed_seconds"]
+    dataset = load_dataset([data], tokenizer, 4096)
+    collate = ObjectiveCollator("refusion", tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                else tokenizer.eos_token_id, mask, seed=EVAL_SEED, eos_id=tokenizer.eos_token_id)
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        loss = ObjectiveTrainer.compute_loss(SimpleNamespace(objective="refusion", mdm_weight=1.0), model.eval(), batch)
+    assert loss.item() == pytest.approx(evaluations[-1]["eval_loss"], rel=1e-4)
 
 
 def test_ddp_two_cpu_processes(tiny_model_dir, write_jsonl, tmp_path):
