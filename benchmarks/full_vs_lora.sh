@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Full fine-tuning against LoRA, per hour of CPU: both convert SmolLM2-135M-Instruct with the refusion
+# objective on the same self-distilled data, side by side on one CPU core each, and log the held-out
+# loss (same masks every time) against wall-clock time. Results: benchmarks/full_vs_lora/{table.md,loss_vs_time.png}.
+#   bash benchmarks/full_vs_lora.sh            (STEPS=60 by default; EVAL_EVERY=10)
+set -euo pipefail
+export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+cd "$(dirname "$0")/.."
+STEPS=${STEPS:-60}
+EVAL_EVERY=${EVAL_EVERY:-10}
+OUT=${OUT:-benchmarks/full_vs_lora}
+RUNS=${RUNS:-/tmp/refusion-full-vs-lora}
+mkdir -p "$OUT" "$RUNS"
+
+# Every 64th finished answer is held out; the rest is training data.
+python3 - "$RUNS" <<'PY'
+import gzip, json, sys
+rows = [r for r in map(json.loads, gzip.open("benchmarks/smollm2/data/answers.jsonl.gz", "rt")) if r["finished"]]
+for name, keep in (("train", lambda i: i % 64), ("heldout", lambda i: not i % 64)):
+    with open(f"{sys.argv[1]}/{name}.jsonl", "w") as f:
+        f.writelines(json.dumps({"query": r["query"], "response": r["response"]}) + "\n" for i, r in enumerate(rows) if keep(i))
+PY
+
+common=(--model smollm2-135m-instruct --data "$RUNS/train.jsonl" --eval-data "$RUNS/heldout.jsonl" --objective refusion
+        --max-steps "$STEPS" --eval-every "$EVAL_EVERY" --batch-size 8 --max-length 512 --warmup-ratio 0.05
+        --log-every 5 --save-every 1000 --seed 0)
+rm -rf "$RUNS/full" "$RUNS/lora"
+.venv/bin/refusion train "${common[@]}" --output "$RUNS/full" --lr 1e-4 > "$RUNS/full.log" 2>&1 &
+.venv/bin/refusion train "${common[@]}" --output "$RUNS/lora" --lr 5e-4 --lora-rank 32 > "$RUNS/lora.log" 2>&1 &
+wait
+cp "$RUNS/full/loss.json" "$OUT/full.json"
+cp "$RUNS/lora/loss.json" "$OUT/lora.json"
+python3 benchmarks/loss_vs_time.py "$OUT/full.json" "$OUT/lora.json" --labels "full (lr 1e-4)" "LoRA r=32 (lr 5e-4)" \
+    --output "$OUT/loss_vs_time.png" > "$OUT/table.md"
+cat "$OUT/table.md"
