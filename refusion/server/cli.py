@@ -29,6 +29,7 @@ def serve_command(args: argparse.Namespace) -> None:
         raise RefusionError(f"--max-prompt-tokens must be a positive integer, got {args.max_prompt_tokens}")
     defaults = decoder_options(args)
     precheck_decoder_options(defaults)
+    check_can_listen(args.host, args.port)  # before the (slow) model load
     import uvicorn
 
     from .app import create_app
@@ -46,6 +47,19 @@ def serve_command(args: argparse.Namespace) -> None:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     except OSError as error:
         raise RefusionError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}") from error
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Bind the address once, as uvicorn will (SO_REUSEADDR), so that a busy port is a one-line error."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:
+        raise RefusionError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
 
 
 def register(subparsers) -> None:

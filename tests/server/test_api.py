@@ -168,3 +168,19 @@ def test_model_without_mask_token_defaults_to_ar(model_and_tokenizer):
         assert body["refusion"]["decoder"] == "ar" and body["refusion"]["forward_passes"] == 4
         assert chat(plain_client, decoder="refusion").status_code == 400
     assert torch.is_tensor(plain.get_input_embeddings().weight)
+
+
+def test_serve_on_a_busy_port_is_a_one_line_error(capsys):
+    import socket
+
+    from refusion.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", "--model", "no-such-model-is-loaded-first", "--host", "127.0.0.1", "--port", str(port)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot listen on 127.0.0.1:{port}")
