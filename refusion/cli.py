@@ -44,9 +44,6 @@ def add_decoder_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     group.add_argument("--kv", choices=["reuse", "recompute"], default=None,
                        help="after parallel completion, reuse each slot's own KV (default) or recompute it causally")
-    group.add_argument("--forced-token", choices=["draft", "ar"], default=None,
-                       help="refusion: when a slot's next draft token fails verification during completion, keep it "
-                            "anyway (draft, the paper's rule; default) or take the verify pass's own prediction (ar)")
     group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     group.add_argument("--steps", type=int, default=None, help="mdm: total denoising steps (default max-new-tokens)")
     group.add_argument("--block-length", type=int, default=None, help="mdm / fast-dllm: tokens per semi-autoregressive block (default 32)")
@@ -63,7 +60,6 @@ def decoder_options(args: argparse.Namespace) -> dict:
         "token_threshold": args.token_threshold,
         "temperature": args.temperature,
         "kv": args.kv,
-        "forced_token": args.forced_token,
         "seed": args.seed,
         "steps": args.steps, "block_length": args.block_length, "threshold": args.threshold,
     }

@@ -26,11 +26,7 @@ from .generation import EventCallback
 from .runner import DecodeOutput, ModelRunner
 from .sampling import choose, probability_of
 
-OPTIONS = {"slot_size": 4, "blocks": None, "slot_threshold": 0.6, "token_threshold": 0.3, "kv": "reuse",
-           "forced_token": "draft"}
-"""forced_token: what fills the position right after a slot's accepted prefix when its draft fails verification
-in a completion round: "draft" keeps the rejected draft (the paper, SPEC step 3b), "ar" takes the verify pass's
-own prediction there instead (exact given the prefix, like speculative decoding's correction token)."""
+OPTIONS = {"slot_size": 4, "blocks": None, "slot_threshold": 0.6, "token_threshold": 0.3, "kv": "reuse"}
 
 
 @dataclass
@@ -142,31 +138,19 @@ def draft_round(runner, state, slots, k, mask_id, temperature, generator):
         slot.tokens = row
 
 
-def verify_round(runner, state, slots, k, token_threshold, forced_token="draft", temperature=0.0, generator=None):
-    """AR-verify each slot on its own; the first token after the accepted prefix always passes.
-
-    With forced_token="ar", a failing first token is replaced by the AR prediction at its place and
-    the accepted prefix ends right after it (later drafts were conditioned on the replaced token).
-    """
+def verify_round(runner, state, slots, k, token_threshold):
+    """AR-verify each slot on its own; the first token after the accepted prefix always passes."""
     tokens, positions = slot_batch(slots, k)
     batch_cache = kv_cache.repeat(state.cache, len(slots))
     logits = runner(tokens, positions, batch_cache)  # [n, k, V]
     probs = torch.ones(tokens.shape)
     probs[:, 1:] = probability_of(logits[:, :-1], tokens[:, 1:].to(logits.device)).cpu()
     own_kv = kv_cache.tail(batch_cache, k)
-    corrections = choose(logits[:, :-1], temperature, generator)[0].cpu() if forced_token == "ar" else None  # [n, k-1]
     for row, slot in enumerate(slots):
         passed = probs[row] > token_threshold
-        first = slot.accepted  # the first token after the accepted prefix
-        slot.kv = kv_cache.select(own_kv, row, k)
-        if corrections is not None and first < slot.length and not passed[first]:
-            slot.tokens = slot.tokens.clone()
-            slot.tokens[first] = corrections[row, first - 1]
-            slot.accepted, slot.kv_exact = first + 1, first  # its KV was computed for the replaced token
-            continue
-        passed[: first + 1] = True
+        passed[: slot.accepted + 1] = True
         slot.accepted = min(slot.length, leading_true(passed))
-        slot.kv_exact = slot.accepted
+        slot.kv, slot.kv_exact = kv_cache.select(own_kv, row, k), slot.accepted
 
 
 def end_at_eos(slots, eos_token_ids) -> int | None:
@@ -196,8 +180,7 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
             break
         if drafting:
             draft_round(runner, state, drafting, k, mask_id, options["temperature"], generator)
-        verify_round(runner, state, drafting + missing_kv, k, options["token_threshold"], options["forced_token"],
-                     options["temperature"], generator)
+        verify_round(runner, state, drafting + missing_kv, k, options["token_threshold"])
         emit({"event": "round", "step": step, "slots": [s.start - state.prompt_len for s in slots],
               "accepted": [s.accepted for s in slots]})
     tokens = [t for slot in slots for t in slot.tokens[: slot.length].tolist()]
@@ -214,8 +197,6 @@ def validate_options(options: dict, max_new_tokens: int) -> None:
     """Reject settings that make no sense before a model is loaded (called by `check_options`)."""
     if options["kv"] not in ("reuse", "recompute"):
         raise RefusionError(f"kv must be 'reuse' or 'recompute', got {options['kv']!r}")
-    if options["forced_token"] not in ("draft", "ar"):
-        raise RefusionError(f"forced-token must be 'draft' or 'ar', got {options['forced_token']!r}")
     k, blocks = options["slot_size"], options["blocks"]
     if int(k) < 1:
         raise RefusionError(f"slot-size must be a positive integer, got {k}")
@@ -255,7 +236,6 @@ def decode(
     slot_threshold: float,
     token_threshold: float,
     kv: str,
-    forced_token: str = "draft",
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     emit: EventCallback = lambda event: None,
@@ -263,7 +243,7 @@ def decode(
     k = slot_size
     length, blocks = generation_length(max_new_tokens, k, blocks)
     block_len = length // blocks
-    options = {"token_threshold": token_threshold, "kv": kv, "temperature": temperature, "forced_token": forced_token}
+    options = {"token_threshold": token_threshold, "kv": kv, "temperature": temperature}
     P = prompt_ids.shape[1]
     state = State(prompt_len=P, cache=kv_cache.new_cache(), tokens=prompt_ids[0].tolist(), positions=list(range(P)))
     prefix_ids = prompt_ids  # fed with the first plan, then it lives in the cache
@@ -342,5 +322,5 @@ def decode(
         decode_order_tokens=state.tokens,
         decode_order_positions=state.positions,
         settings={"slot_size": k, "blocks": blocks, "generation_length": length, "slot_threshold": slot_threshold,
-                  "token_threshold": token_threshold, "kv": kv, "forced_token": forced_token},
+                  "token_threshold": token_threshold, "kv": kv},
     )

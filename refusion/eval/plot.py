@@ -58,8 +58,6 @@ def point_label(summary: dict) -> str:
         parts.append(f"τ={settings['slot_threshold']}/{settings['token_threshold']}")
     if settings.get("kv") == "recompute":
         parts.append("kv=recompute")
-    if settings.get("forced_token") == "ar":
-        parts.append("forced=ar")
     return " ".join(parts)
 
 

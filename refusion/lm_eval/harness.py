@@ -18,7 +18,7 @@ from ..errors import RefusionError
 
 log = logging.getLogger(__name__)
 
-DECODER_KNOBS = ("slot_size", "blocks", "slot_threshold", "token_threshold", "kv", "forced_token", "steps", "block_length", "threshold")
+DECODER_KNOBS = ("slot_size", "blocks", "slot_threshold", "token_threshold", "kv", "steps", "block_length", "threshold")
 
 
 @register_model("refusion")

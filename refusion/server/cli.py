@@ -14,7 +14,7 @@ def serve_command(args: argparse.Namespace) -> None:
     and a live page at / that shows every position go from masked to planned to accepted.
 
     The decoding options below are the server's defaults; each request may override them with the
-    extra body fields decoder, slot_size, blocks, slot_threshold, token_threshold, kv, forced_token.
+    extra body fields decoder, slot_size, blocks, slot_threshold, token_threshold, kv.
     """
     from ..cli import decoder_options, precheck_decoder_options, resolve_decoder
     from ..model import load

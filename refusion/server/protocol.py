@@ -48,14 +48,11 @@ class RefusionOptions(Request):
     """Verify: accept drafted tokens whose AR probability is above this."""
     kv: Literal["reuse", "recompute"] | None = None
     """After parallel completion: reuse each slot's own KV, or recompute it causally."""
-    forced_token: Literal["draft", "ar"] | None = None
-    """Completion: keep a slot's failing draft token (draft, the paper) or take the verify pass's prediction (ar)."""
     stream_events: StrictBool = False
     """With stream=true: also send every raw decode step as an SSE `event: refusion.decode`."""
 
     def knobs(self) -> dict:
-        return {name: getattr(self, name) for name in ("slot_size", "blocks", "slot_threshold", "token_threshold", "kv",
-                                                         "forced_token")}
+        return {name: getattr(self, name) for name in ("slot_size", "blocks", "slot_threshold", "token_threshold", "kv")}
 
 
 class OpenAICompletionFields(Request):

@@ -2,8 +2,8 @@
 
 The distribution at an input position depends only on (is the input the mask?, position id):
 - at a mask at generated offset j: `draft[j]` with probability `mask_conf[j]` (the MDM head);
-- at a real token at offset j-1 (or the prompt's last token for j = 0): `ar_token[j]` (default
-  `draft[j]`) with probability `ar_conf[j]` (the AR head, read one place later by verification).
+- at a real token at offset j-1 (or the prompt's last token for j = 0): `draft[j]` with probability
+  `ar_conf[j]` (the AR head, read one place later by verification).
 Everything else shares the remaining mass. Its "KV cache" stores (token, position) per entry, so a
 test can read back exactly which tokens the cache covers and in which order. Every call is logged.
 """
@@ -43,7 +43,6 @@ class PositionOracle:
     mask_conf: list[float]
     ar_conf: list[float]
     prompt_len: int = len(PROMPT)
-    ar_token: list[int] | None = None
     calls: list[Call] = field(default_factory=list)
 
     def __post_init__(self):
@@ -60,8 +59,7 @@ class PositionOracle:
                 if int(input_ids[b, s]) == MASK:
                     logits[b, s] = distribution(self.draft[offset], self.mask_conf[offset])
                 elif 0 <= offset + 1 < len(self.draft):
-                    ar_token = self.ar_token or self.draft
-                    logits[b, s] = distribution(ar_token[offset + 1], self.ar_conf[offset + 1])
+                    logits[b, s] = distribution(self.draft[offset + 1], self.ar_conf[offset + 1])
                 else:
                     logits[b, s] = distribution(0, 0.5)
         entry = torch.stack([input_ids, position_ids], dim=-1).float().unsqueeze(1)  # [B, 1, S, 2]

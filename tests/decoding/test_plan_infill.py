@@ -102,41 +102,6 @@ def test_iterative_completion_gains_one_token_per_round_when_nothing_passes():
     assert [e["accepted"] for e in result.trace if e["event"] == "round"] == [[2], [3], [4]]
 
 
-def test_forced_token_ar_replaces_a_failing_draft_with_the_verify_prediction():
-    """The AR head wants 15 at offset 2 where the mask head drafted 13 (a confident disagreement)."""
-    draft, ar_token = [11, 12, 13, 14], [11, 12, 15, 14]
-    options = dict(max_new_tokens=4, slot_size=4, blocks=1, slot_threshold=0.5, token_threshold=0.5)
-    # The paper's rule keeps the failing 13; 14 then passes (this AR head ignores its context): one round.
-    faithful = run(PositionOracle(draft, [HIGH] * 4, [HIGH] * 4, ar_token=ar_token), **options)
-    assert faithful.tokens == [11, 12, 13, 14] and faithful.forward_passes == 4
-    assert faithful.settings["forced_token"] == "draft"
-    # forced_token="ar": round 1 puts 15 at offset 2 and stops the prefix there (14 was drafted after 13);
-    # round 2 drafts offset 3 again after 15 and accepts it.
-    oracle = PositionOracle(draft, [HIGH] * 4, [HIGH] * 4, ar_token=ar_token)
-    result = run(oracle, forced_token="ar", **options)
-    assert result.tokens == [11, 12, 15, 14]
-    assert result.forward_passes == 2 + 2 * 2
-    assert [e["accepted"] for e in result.trace if e["event"] == "round"] == [[3], [4]]
-    assert oracle.calls[4].input_ids == [[11, 12, 15, MASK]] and oracle.calls[5].input_ids == [[11, 12, 15, 14]]
-    assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + [11, 12, 15, 14])]
-
-
-def test_forced_token_ar_replacing_a_slots_last_token_verifies_it_once_more_for_its_kv():
-    draft, ar_token = [11, 12, 13, 14], [11, 12, 13, 16]
-    oracle = PositionOracle(draft, [HIGH] * 4, [HIGH] * 4, ar_token=ar_token)
-    result = run(oracle, forced_token="ar", max_new_tokens=4, slot_size=4, blocks=1, slot_threshold=0.5,
-                 token_threshold=0.5)
-    assert result.tokens == [11, 12, 13, 16]
-    # plan, global verify (prefix of 3), one draft + verify round (16 replaces 14), one verify for 16's own KV
-    assert result.forward_passes == 5
-    assert oracle.calls[-1].input_ids == [[11, 12, 13, 16]]
-    assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + [11, 12, 13, 16])]
-    recompute = run(PositionOracle(draft, [HIGH] * 4, [HIGH] * 4, ar_token=ar_token), forced_token="ar", kv="recompute",
-                    max_new_tokens=4, slot_size=4, blocks=1, slot_threshold=0.5, token_threshold=0.5)
-    assert recompute.tokens == result.tokens and recompute.forward_passes == 5  # the causal recompute instead
-    assert cached_entries(recompute.state.cache) == cached_entries(result.state.cache)
-
-
 def test_no_slot_above_threshold_selects_the_single_best_in_confidence_order():
     draft = [11, 12, 13, 14, 15, 16]
     oracle = PositionOracle(draft, mask_conf=[0.3, HIGH, 0.5, HIGH, 0.4, HIGH], ar_conf=[HIGH] * 6)
@@ -225,8 +190,6 @@ def test_autoregressive_decoder_on_the_oracle():
         ({"slot_size": 4, "blocks": 3, "max_new_tokens": 8}, "must split into 3 blocks"),
         ({"decoder": "nope"}, "unknown decoder"),
         ({"kv": "keep"}, "kv must be"),
-        ({"forced_token": "best"}, "forced-token must be 'draft' or 'ar'"),
-        ({"decoder": "ar", "forced_token": "ar"}, "does not take forced_token"),
         ({"decoder": "ar", "slot_size": 4}, "does not take slot_size"),
     ],
 )

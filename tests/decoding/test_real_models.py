@@ -37,11 +37,9 @@ def fresh_cache(model, tokens, positions):
 
 
 @pytest.mark.parametrize("kind", ["qwen3", "llama"])
-@pytest.mark.parametrize("forced_token", ["draft", "ar"])
-def test_recompute_cache_equals_a_fresh_causal_forward_over_the_decode_order(kind, forced_token, tokenizer):
+def test_recompute_cache_equals_a_fresh_causal_forward_over_the_decode_order(kind, tokenizer):
     model = with_mask(kind)
-    result = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv="recompute", trace=True, return_state=True,
-                               forced_token=forced_token, **LOOSE)
+    result = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv="recompute", trace=True, return_state=True, **LOOSE)
     events = {event["event"] for event in result.trace}
     assert {"plan", "commit", "round"} <= events, "the settings must drive parallel completion"
     state = result.state
@@ -54,11 +52,9 @@ def test_recompute_cache_equals_a_fresh_causal_forward_over_the_decode_order(kin
 
 
 @pytest.mark.parametrize("kind", ["qwen3", "llama"])
-@pytest.mark.parametrize("forced_token", ["draft", "ar"])
-def test_reuse_keeps_one_cache_entry_per_decoded_token_and_exact_prompt_kv(kind, forced_token, tokenizer):
+def test_reuse_keeps_one_cache_entry_per_decoded_token_and_exact_prompt_kv(kind, tokenizer):
     model = with_mask(kind)
-    result = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv="reuse", return_state=True,
-                               forced_token=forced_token, **LOOSE)
+    result = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv="reuse", return_state=True, **LOOSE)
     state = result.state
     assert kv_cache.length(state.cache) == len(state.decode_order_tokens)
     prompt_len = result.prompt_tokens
