@@ -2,12 +2,12 @@
 # Full fine-tuning against LoRA, per hour of CPU: both convert SmolLM2-135M-Instruct with the refusion
 # objective on the same self-distilled data, side by side on one CPU core each, and log the held-out
 # loss (same masks every time) against wall-clock time. Results: benchmarks/full_vs_lora/{table.md,loss_vs_time.png}.
-#   bash benchmarks/full_vs_lora.sh            (STEPS=60 by default; EVAL_EVERY=10)
+#   bash benchmarks/full_vs_lora.sh            (STEPS=100 by default; EVAL_EVERY=20)
 set -euo pipefail
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 cd "$(dirname "$0")/.."
-STEPS=${STEPS:-60}
-EVAL_EVERY=${EVAL_EVERY:-10}
+STEPS=${STEPS:-100}
+EVAL_EVERY=${EVAL_EVERY:-20}
 OUT=${OUT:-benchmarks/full_vs_lora}
 RUNS=${RUNS:-/tmp/refusion-full-vs-lora}
 mkdir -p "$OUT" "$RUNS"

@@ -177,6 +177,7 @@ def _training_arguments(config: TrainConfig) -> TrainingArguments:
     return TrainingArguments(
         eval_strategy="steps" if evaluating else "no",
         eval_steps=(config.eval_every or config.save_every) if evaluating else None,
+        eval_on_start=evaluating,  # the starting point of the held-out curve
         per_device_eval_batch_size=config.batch_size,
         output_dir=config.output,
         max_steps=config.max_steps if config.max_steps is not None else -1,

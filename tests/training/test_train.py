@@ -128,8 +128,9 @@ def test_lora_output_loads_on_top_of_its_base(tiny_model_dir, write_jsonl, tmp_p
     # loss on the same fixed masks, recomputed here from scratch
     saved = json.loads((output / "loss.json").read_text())
     evaluations = saved["eval_history"]
-    assert [e["step"] for e in evaluations] == [1, 2, 3]
+    assert [e["step"] for e in evaluations] == [0, 1, 2, 3]
     assert 0 < evaluations[0]["elapsed_seconds"] <= evaluations[-1]["elapsed_seconds"]
+    assert evaluations[-1]["eval_loss"] < evaluations[0]["eval_loss"]  # it learned the (seen) held-out data
     dataset = load_dataset([data], tokenizer, 4096)
     collate = ObjectiveCollator("refusion", tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                                 else tokenizer.eos_token_id, mask, seed=EVAL_SEED, eos_id=tokenizer.eos_token_id)
