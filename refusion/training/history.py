@@ -1,7 +1,7 @@
 """The loss history of a run: `loss.json` and a loss-curve PNG, from the Trainer's log history.
 
 Knows nothing about objectives or models; it only reads `{"step", "loss" | "eval_loss", "learning_rate",
-"elapsed_seconds"}` records.
+"elapsed_seconds", "loss_ar", "loss_mdm"}` records.
 """
 
 from __future__ import annotations
@@ -10,10 +10,14 @@ import json
 from pathlib import Path
 
 
+TERMS = {"loss_ar": "L_AR", "loss_mdm": "L_MDM"}
+"""The refusion objective's two terms, logged beside their sum."""
+
+
 def loss_records(log_history: list[dict]) -> list[dict]:
     """The training-loss entries of a Trainer log history, in step order."""
     return [{"step": int(e["step"]), "loss": float(e["loss"]), "learning_rate": float(e.get("learning_rate", 0.0)),
-             "elapsed_seconds": e.get("elapsed_seconds")}
+             "elapsed_seconds": e.get("elapsed_seconds"), **{term: float(e[term]) for term in TERMS if term in e}}
             for e in log_history if "loss" in e and "step" in e]
 
 
@@ -39,9 +43,14 @@ def write_history(output: Path, log_history: list[dict], summary: dict) -> dict[
 
         figure, axis = plt.subplots(figsize=(6, 3.5))
         axis.plot([h["step"] for h in history["train"]], [h["loss"] for h in history["train"]], label="training")
+        for term, label in TERMS.items():
+            logged = [h for h in history["train"] if term in h]
+            if logged:
+                axis.plot([h["step"] for h in logged], [h[term] for h in logged], "--", label=f"training {label}")
         if history["eval"]:
             axis.plot([h["step"] for h in history["eval"]], [h["eval_loss"] for h in history["eval"]], "o-",
                       label="held out")
+        if len(axis.get_lines()) > 1:
             axis.legend()
         axis.set_xlabel("step")
         axis.set_ylabel("loss")

@@ -154,11 +154,18 @@ def mdm_term(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
     return per_example.sum() / labels.shape[0]
 
 
-def objective_loss(objective: str, logits: torch.Tensor, batch: dict, mdm_weight: float = 1.0) -> torch.Tensor:
+def objective_terms(objective: str, logits: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+    """The objective's loss terms: {"ar": L_AR, "mdm": L_MDM} for refusion, one of them for ar / mdm."""
+    terms = {}
+    if objective in ("refusion", "ar"):
+        terms["ar"] = ar_term(logits, batch["ar_labels"])
+    if objective in ("refusion", "mdm"):
+        terms["mdm"] = mdm_term(logits, batch["mdm_labels"], batch["mdm_weights"], batch["response_lengths"])
+    return terms
+
+
+def total_loss(objective: str, terms: dict[str, torch.Tensor], mdm_weight: float = 1.0) -> torch.Tensor:
     """refusion: L_AR + lambda L_MDM; ar: L_AR; mdm: L_MDM."""
-    if objective == "ar":
-        return ar_term(logits, batch["ar_labels"])
-    l_mdm = mdm_term(logits, batch["mdm_labels"], batch["mdm_weights"], batch["response_lengths"])
-    if objective == "mdm":
-        return l_mdm
-    return ar_term(logits, batch["ar_labels"]) + mdm_weight * l_mdm
+    if objective == "refusion":
+        return terms["ar"] + mdm_weight * terms["mdm"]
+    return terms["ar" if objective == "ar" else "mdm"]

@@ -24,7 +24,7 @@ from ..model import BUILTIN_GGUF, add_mask_token, load
 from .collate import ObjectiveCollator
 from .data import load_dataset
 from .history import write_history
-from .objectives import BIDIRECTIONAL, OBJECTIVES, objective_loss
+from .objectives import BIDIRECTIONAL, OBJECTIVES, objective_terms, total_loss
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 EVAL_SEED = 1234
@@ -108,9 +108,15 @@ class ObjectiveTrainer(Trainer):
         self.objective = objective
         self.mdm_weight = mdm_weight
         self.started = time.monotonic()
+        self.term_sums: dict[str, float] = {}  # the refusion objective's two terms since the last log
+        self.term_count = 0
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         logs["elapsed_seconds"] = round(time.monotonic() - self.started, 1)  # loss against wall-clock time
+        if "loss" in logs and self.term_count and self.objective == "refusion":
+            # L_AR and L_MDM apart (this process's micro-batches): which half still has to learn
+            logs.update({f"loss_{name}": round(total / self.term_count, 4) for name, total in self.term_sums.items()})
+            self.term_sums, self.term_count = {}, 0
         super().log(logs, start_time)
 
     def evaluate(self, *args, **kwargs):
@@ -137,7 +143,12 @@ class ObjectiveTrainer(Trainer):
                                                 key_padding=attention_mask == 0)  # [B, 1, S, S]
         outputs = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
                         attention_mask=attention_mask, use_cache=False)
-        loss = objective_loss(self.objective, outputs.logits, inputs, self.mdm_weight)
+        terms = objective_terms(self.objective, outputs.logits, inputs)
+        loss = total_loss(self.objective, terms, self.mdm_weight)
+        if model.training:
+            for name, value in terms.items():
+                self.term_sums[name] = self.term_sums.get(name, 0.0) + float(value.detach())
+            self.term_count += 1
         return (loss, outputs) if return_outputs else loss
 
 

@@ -52,6 +52,8 @@ def test_refusion_training_memorises_and_generates(tiny_model_dir, write_jsonl, 
     history = json.loads((output / "loss.json").read_text())["history"]
     assert [h["step"] for h in history] == list(range(20, 101, 20))
     assert history[-1]["loss"] < 0.05 * history[0]["loss"]
+    for entry in history:  # the two terms are logged apart and add up to the loss (lambda = 1)
+        assert entry["loss"] == pytest.approx(entry["loss_ar"] + entry["loss_mdm"], abs=2e-3)
     assert (output / "loss.png").stat().st_size > 1000
     for record in RECORDS:
         prompt = record.get("query") or record["messages"][0]["content"]
