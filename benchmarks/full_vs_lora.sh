@@ -2,21 +2,23 @@
 # Full fine-tuning against LoRA, per hour of CPU: both convert SmolLM2-135M-Instruct with the refusion
 # objective on the same self-distilled data, side by side on one CPU core each, and log the held-out
 # loss (same masks every time) against wall-clock time. Results: benchmarks/full_vs_lora/{table.md,loss_vs_time.png}.
-#   bash benchmarks/full_vs_lora.sh            (STEPS=100 by default; EVAL_EVERY=20)
+#   bash benchmarks/full_vs_lora.sh            (STEPS=60, EVAL_EVERY=20, every HOLDOUT_EVERY=128th answer held out)
 set -euo pipefail
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 cd "$(dirname "$0")/.."
-STEPS=${STEPS:-100}
+STEPS=${STEPS:-60}
 EVAL_EVERY=${EVAL_EVERY:-20}
+HOLDOUT_EVERY=${HOLDOUT_EVERY:-128}
 OUT=${OUT:-benchmarks/full_vs_lora}
 RUNS=${RUNS:-/tmp/refusion-full-vs-lora}
 mkdir -p "$OUT" "$RUNS"
 
-# Every 64th finished answer is held out; the rest is training data.
-python3 - "$RUNS" <<'PY'
+# Every HOLDOUT_EVERY-th finished answer is held out; the rest is training data.
+python3 - "$RUNS" "$HOLDOUT_EVERY" <<'PY'
 import gzip, json, sys
+every = int(sys.argv[2])
 rows = [r for r in map(json.loads, gzip.open("benchmarks/smollm2/data/answers.jsonl.gz", "rt")) if r["finished"]]
-for name, keep in (("train", lambda i: i % 64), ("heldout", lambda i: not i % 64)):
+for name, keep in (("train", lambda i: i % every), ("heldout", lambda i: not i % every)):
     with open(f"{sys.argv[1]}/{name}.jsonl", "w") as f:
         f.writelines(json.dumps({"query": r["query"], "response": r["response"]}) + "\n" for i, r in enumerate(rows) if keep(i))
 PY
