@@ -47,10 +47,10 @@ def _summaries(text: str) -> list[dict]:
     return [item for item in candidates if isinstance(item, dict) and all(key in item for key in REQUIRED)]
 
 
-def point_label(summary: dict) -> str:
-    """'refusion k=8 B=4 τ=0.9/0.4', or just the decoder name for decoders without knobs."""
+def settings_label(summary: dict) -> str:
+    """'k=8 B=4 τ=0.9/0.4' for a run's knobs; '' for decoders without any."""
     settings = summary.get("settings") or {}
-    parts = [summary["decoder"]]
+    parts = []
     for key, short in (("slot_size", "k"), ("blocks", "B")):
         if settings.get(key) is not None:
             parts.append(f"{short}={settings[key]}")
@@ -75,19 +75,27 @@ def plot_results(results: list[dict], output: str | Path, title: str | None = No
     colors = {name: plt.get_cmap("tab10")(index % 10) for index, name in enumerate(decoders)}
     figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.5), squeeze=False)
     for axis, task in zip(axes[0], tasks):
-        for summary in (s for s in results if s["task"] == task):
+        labelled = 0
+        for summary in sorted((s for s in results if s["task"] == task), key=lambda s: s["tokens_per_second"]):
             x, y = summary["tokens_per_second"], 100 * summary["accuracy"]
             axis.scatter(x, y, s=60, color=colors[summary["decoder"]], zorder=3)
-            axis.annotate(point_label(summary), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            # The colour names the decoder (legend); the label only adds the knobs, staggered so that
+            # neighbouring points' labels do not print over each other.
+            if label := settings_label(summary):
+                axis.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4 + 9 * (labelled % 3)), fontsize=7,
+                              color=colors[summary["decoder"]])
+                labelled += 1
         axis.set_title(task)
         axis.set_xlabel("throughput (tokens / second)")
         axis.set_ylabel("accuracy (%)")
         axis.grid(alpha=0.3)
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[name], label=name) for name in decoders]
-    figure.legend(handles=handles, loc="lower center", ncol=len(decoders), frameon=False)
+    columns = min(len(decoders), 3)
+    rows = -(-len(decoders) // columns)
+    figure.legend(handles=handles, loc="lower center", ncol=columns, frameon=False)
     if title:
         figure.suptitle(title)
-    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    figure.tight_layout(rect=(0, 0.05 + 0.05 * rows, 1, 1))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=150)

@@ -109,8 +109,8 @@ def test_plot_from_json_lines_and_output_dirs(tmp_path, capsys):
     out, _ = run_cli(["plot", str(lines), str(run_dir), "--output", str(image)], capsys)
     assert "3 point(s)" in out and image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    from refusion.eval.plot import point_label
-    assert point_label(rows[1]) == "refusion k=8 B=4 τ=0.9/0.4" and point_label(rows[0]) == "ar"
+    from refusion.eval.plot import settings_label
+    assert settings_label(rows[1]) == "k=8 B=4 τ=0.9/0.4" and settings_label(rows[0]) == ""
 
 
 def test_reference_settings_fill_only_what_the_user_left_unset():
