@@ -35,6 +35,7 @@ EPILOG = """examples:
   refusion repro --output benchmarks/repro                 # the full run (see results.md for timings)
   refusion repro --output /tmp/repro --quick               # tiny models, about a minute: checks the pipeline
   refusion repro --output runs/repro --steps 300 --limit 50
+  refusion repro --output runs/repro --finetune-steps 0    # only the three models trained from scratch
 """
 
 
@@ -71,11 +72,12 @@ def reproducing_command(args: argparse.Namespace) -> str:
 
 
 def describe(config) -> str:
+    fine_tuned = (f" (refusion-from-arm: {config.finetune_steps} more at lr {config.finetune_lr}, from the trained ARM)"
+                  if config.finetune_steps else "")
     return (f"Llama {config.layers} layers, hidden {config.hidden}, {config.heads} heads, vocab {config.vocab_size}; "
-            f"{config.steps} steps of batch {config.batch_size} at lr {config.lr} on {2 * config.train_size} problems "
-            f"(refusion-from-arm: {config.finetune_steps} more at lr {config.finetune_lr}, from the trained ARM); "
-            f"first {config.test_limit} test problems per task, {config.max_new_tokens} new tokens at most, greedy, batch 1, "
-            f"{config.threads} CPU thread")
+            f"{config.steps} steps of batch {config.batch_size} at lr {config.lr} on {2 * config.train_size} problems"
+            f"{fine_tuned}; first {config.test_limit} test problems per task, {config.max_new_tokens} new tokens at most, "
+            f"greedy, batch 1, {config.threads} CPU thread")
 
 
 def register(subparsers) -> None:
@@ -87,7 +89,8 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="optimizer steps per model, the same for all three (default 1500; --quick: 6)")
     parser.add_argument("--finetune-steps", type=int, default=None,
-                        help="steps of ReFusion fine-tuning on top of the trained ARM (default 500; --quick: 3)")
+                        help="steps of ReFusion fine-tuning on top of the trained ARM (default 1500; --quick: 3); "
+                             "0 leaves this fourth model out")
     parser.add_argument("--limit", type=int, default=None,
                         help="held-out problems evaluated per task (default all 200; --quick: 2)")
     parser.add_argument("--quick", action="store_true",

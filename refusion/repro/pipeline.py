@@ -68,8 +68,8 @@ class ReproConfig:
     output: Path
     steps: int = 1500
     """Optimizer steps per model trained from scratch (identical for all three)."""
-    finetune_steps: int = 500
-    """Optimizer steps of the models in FINE_TUNED_FROM, on top of their starting model's."""
+    finetune_steps: int = 1500
+    """Optimizer steps of the models in FINE_TUNED_FROM, on top of their starting model's; 0 leaves them out."""
     finetune_lr: float = 5e-4
     train_size: int = 20000
     """Training problems per task family."""
@@ -94,9 +94,18 @@ class ReproConfig:
     def check(self) -> None:
         from ..errors import RefusionError
 
-        for name in ("steps", "finetune_steps", "train_size", "test_limit"):
+        for name in ("steps", "train_size", "test_limit"):
             if getattr(self, name) < 1:
                 raise RefusionError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.finetune_steps < 0:
+            raise RefusionError(f"finetune-steps must be 0 (no fine-tuned model) or more, got {self.finetune_steps}")
+
+    def models(self) -> list[str]:
+        """The models this run trains, in training order (a fine-tuned one after the model it starts from)."""
+        return [name for name in MODELS if name not in FINE_TUNED_FROM or self.finetune_steps > 0]
+
+    def decoder_runs(self) -> list[DecoderRun]:
+        return [run for run in self.runs if run.model in self.models()]
 
 
 def quick_config(output: Path) -> ReproConfig:
@@ -209,7 +218,7 @@ def evaluate_runs(config: ReproConfig, progress: bool = True) -> list[dict]:
     from ..model import load
 
     summaries, loaded = [], {}
-    pairs = [(run, task) for run in config.runs for task in FAMILIES]
+    pairs = [(run, task) for run in config.decoder_runs() for task in FAMILIES]
     for run, task in tqdm(pairs, desc="decoder runs", unit="run", disable=not progress, dynamic_ncols=True):
         directory = run_directory(config, run, task)
         summary_file = directory / "summary.json"
@@ -236,16 +245,17 @@ def run(config: ReproConfig, progress: bool = True, log=print) -> list[dict]:
     log(f"[1/3] data and tokenizer in {config.output}")
     train_file = write_data(config)
     init = None
-    for index, name in enumerate(MODELS, start=1):
+    models = config.models()
+    for index, name in enumerate(models, start=1):
         directory = config.output / name
         if is_trained(directory):
-            log(f"[2/3] model {index}/{len(MODELS)}: {name} already trained, skipped")
+            log(f"[2/3] model {index}/{len(models)}: {name} already trained, skipped")
             continue
         init = init or build_initial_model(config, train_file)
         start = f"from {FINE_TUNED_FROM[name]}, {config.finetune_steps}" if name in FINE_TUNED_FROM else f"{config.steps}"
-        log(f"[2/3] model {index}/{len(MODELS)}: training {name} ({MODELS[name]} objective, {start} steps)")
+        log(f"[2/3] model {index}/{len(models)}: training {name} ({MODELS[name]} objective, {start} steps)")
         train_model(config, name, init, train_file)
     if (config.output / "init").is_dir():
         shutil.rmtree(config.output / "init")  # every model carries its own copy of the tokenizer
-    log(f"[3/3] evaluating {len(config.runs)} decoder runs on {len(FAMILIES)} tasks, {config.test_limit} problems each")
+    log(f"[3/3] evaluating {len(config.decoder_runs())} decoder runs on {len(FAMILIES)} tasks, {config.test_limit} problems each")
     return evaluate_runs(config, progress)

@@ -28,6 +28,15 @@ def test_run_names_are_distinct_and_readable():
     assert [run.decoder for run in runs[3:7]] == ["refusion"] * 3 + ["ar"]
 
 
+def test_finetune_steps_zero_leaves_the_fine_tuned_model_and_its_runs_out(tmp_path):
+    from refusion.repro.pipeline import ReproConfig
+
+    config = ReproConfig(output=tmp_path, finetune_steps=0)
+    assert config.models() == ["arm", "mdm", "refusion"]
+    assert {run.model for run in config.decoder_runs()} == {"arm", "mdm", "refusion"}
+    assert ReproConfig(output=tmp_path).models()[-1] == "refusion-from-arm"
+
+
 def test_goal_checks_compare_each_refusion_setting_with_arm_and_mdm():
     rows = [_row("arm", "ar", 0.80, 100.0), _row("mdm", "mdm", 0.50, 20.0),
             _row("refusion", "refusion", 0.79, 250.0, {"slot_threshold": 0.9, "token_threshold": 0.4}),
