@@ -32,6 +32,6 @@ rm -rf "$RUNS/full" "$RUNS/lora"
 wait
 cp "$RUNS/full/loss.json" "$OUT/full.json"
 cp "$RUNS/lora/loss.json" "$OUT/lora.json"
-python3 benchmarks/loss_vs_time.py "$OUT/full.json" "$OUT/lora.json" --labels "full (lr 1e-4)" "LoRA r=32 (lr 5e-4)" \
+.venv/bin/python benchmarks/loss_vs_time.py "$OUT/full.json" "$OUT/lora.json" --labels "full (lr 1e-4)" "LoRA r=32 (lr 5e-4)" \
     --output "$OUT/loss_vs_time.png" > "$OUT/table.md"
 cat "$OUT/table.md"
