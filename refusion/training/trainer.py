@@ -214,12 +214,21 @@ def _training_arguments(config: TrainConfig) -> TrainingArguments:
 
 
 def last_complete_checkpoint(output: Path) -> str | None:
-    """The newest checkpoint-N that was fully written (the Trainer writes trainer_state.json last)."""
+    """The newest checkpoint-N that was fully written: the Trainer writes trainer_state.json last, and a
+    run killed while writing it leaves a file that does not parse."""
     if not output.is_dir():
         return None
     complete = [(int(match.group(1)), path) for path in output.iterdir()
-                if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and (path / "trainer_state.json").is_file()]
+                if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and _is_json(path / "trainer_state.json")]
     return str(max(complete)[1]) if complete else None
+
+
+def _is_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _checkpoint_to_resume(config: TrainConfig) -> str | None:

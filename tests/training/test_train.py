@@ -157,3 +157,11 @@ def test_ddp_two_cpu_processes(tiny_model_dir, write_jsonl, tmp_path):
     assert state["epoch"] == pytest.approx(1.5)
     model, _ = refusion.load(output)
     assert model.config.refusion_objective == "refusion"
+
+
+def test_a_checkpoint_killed_while_writing_its_state_is_not_resumed_from(tmp_path):
+    for step, state in ((3, '{"global_step": 3}'), (6, '{"global_step": 6, "log_hist')):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-9").mkdir()  # killed before its state was written at all
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
