@@ -71,10 +71,10 @@ def resolve_decoder(requested: str | None, model) -> str:
 
     if requested:
         return requested
-    if default_decoder(model) == "refusion":
-        return "refusion"
-    print("note: this model has no <|mask|> token, so it decodes with --decoder ar", file=sys.stderr)
-    return "ar"
+    decoder = default_decoder(model)
+    if decoder == "ar":
+        print("note: this model has no <|mask|> token, so it decodes with --decoder ar", file=sys.stderr)
+    return decoder
 
 
 def precheck_decoder_options(options: dict) -> None:

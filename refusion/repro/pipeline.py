@@ -105,7 +105,8 @@ class ReproConfig:
         return [name for name in MODELS if name not in FINE_TUNED_FROM or self.finetune_steps > 0]
 
     def decoder_runs(self) -> list[DecoderRun]:
-        return [run for run in self.runs if run.model in self.models()]
+        models = set(self.models())
+        return [run for run in self.runs if run.model in models]
 
 
 def quick_config(output: Path) -> ReproConfig:

@@ -108,14 +108,14 @@ class ObjectiveTrainer(Trainer):
         self.objective = objective
         self.mdm_weight = mdm_weight
         self.started = time.monotonic()
-        self.term_sums: dict[str, float] = {}  # the refusion objective's two terms since the last log
+        self.term_sums: dict[str, torch.Tensor] = {}  # the refusion objective's two terms since the last log
         self.term_count = 0
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         logs["elapsed_seconds"] = round(time.monotonic() - self.started, 1)  # loss against wall-clock time
-        if "loss" in logs and self.term_count and self.objective == "refusion":
+        if "loss" in logs and self.term_count:
             # L_AR and L_MDM apart (this process's micro-batches): which half still has to learn
-            logs.update({f"loss_{name}": round(total / self.term_count, 4) for name, total in self.term_sums.items()})
+            logs.update({f"loss_{name}": round(float(total) / self.term_count, 4) for name, total in self.term_sums.items()})
             self.term_sums, self.term_count = {}, 0
         super().log(logs, start_time)
 
@@ -145,9 +145,9 @@ class ObjectiveTrainer(Trainer):
                         attention_mask=attention_mask, use_cache=False)
         terms = objective_terms(self.objective, outputs.logits, inputs)
         loss = total_loss(self.objective, terms, self.mdm_weight)
-        if model.training:
+        if model.training and len(terms) > 1:  # summed on the device: read back only when logged
             for name, value in terms.items():
-                self.term_sums[name] = self.term_sums.get(name, 0.0) + float(value.detach())
+                self.term_sums[name] = self.term_sums.get(name, 0) + value.detach()
             self.term_count += 1
         return (loss, outputs) if return_outputs else loss
 
