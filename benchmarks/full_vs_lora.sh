@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 STEPS=${STEPS:-60}
 EVAL_EVERY=${EVAL_EVERY:-20}
 HOLDOUT_EVERY=${HOLDOUT_EVERY:-128}
+FULL_LR=${FULL_LR:-1e-4}
+LORA_LR=${LORA_LR:-5e-4}
 OUT=${OUT:-benchmarks/full_vs_lora}
 RUNS=${RUNS:-/tmp/refusion-full-vs-lora}
 mkdir -p "$OUT" "$RUNS"
@@ -27,11 +29,11 @@ common=(--model smollm2-135m-instruct --data "$RUNS/train.jsonl" --eval-data "$R
         --max-steps "$STEPS" --eval-every "$EVAL_EVERY" --batch-size 8 --max-length 512 --warmup-ratio 0.05
         --log-every 5 --save-every 1000 --seed 0)
 rm -rf "$RUNS/full" "$RUNS/lora"
-.venv/bin/refusion train "${common[@]}" --output "$RUNS/full" --lr 1e-4 > "$RUNS/full.log" 2>&1 &
-.venv/bin/refusion train "${common[@]}" --output "$RUNS/lora" --lr 5e-4 --lora-rank 32 > "$RUNS/lora.log" 2>&1 &
+.venv/bin/refusion train "${common[@]}" --output "$RUNS/full" --lr "$FULL_LR" > "$RUNS/full.log" 2>&1 &
+.venv/bin/refusion train "${common[@]}" --output "$RUNS/lora" --lr "$LORA_LR" --lora-rank 32 > "$RUNS/lora.log" 2>&1 &
 wait
 cp "$RUNS/full/loss.json" "$OUT/full.json"
 cp "$RUNS/lora/loss.json" "$OUT/lora.json"
-.venv/bin/python benchmarks/loss_vs_time.py "$OUT/full.json" "$OUT/lora.json" --labels "full (lr 1e-4)" "LoRA r=32 (lr 5e-4)" \
+.venv/bin/python benchmarks/loss_vs_time.py "$OUT/full.json" "$OUT/lora.json" --labels "full (lr $FULL_LR)" "LoRA r=32 (lr $LORA_LR)" \
     --output "$OUT/loss_vs_time.png" > "$OUT/table.md"
 cat "$OUT/table.md"
