@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # The SmolLM2 table of BENCHMARKS.md: every row is one `refusion eval` run, all on one machine, in one go.
 #   bash benchmarks/smollm2.sh            (LIMIT=10 examples per task by default; LIMIT= for the full sets)
+#   ROWS="base-ar refusion-k4" ...        runs only those rows and appends them to OUT/results.jsonl, so
+#                                         that two processes can share one OUT (one core each)
 set -euo pipefail
 # One thread per process: on a shared 2-core machine, two OpenMP threads per process fight for cores and run 10x slower.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 cd "$(dirname "$0")/.."
-LIMIT=${LIMIT:-10}
+LIMIT=${LIMIT-10}  # LIMIT= (empty) means the whole test set
 OUT=${OUT:-benchmarks/smollm2}
 TASKS=${TASKS:-"gsm8k math500 humaneval mbpp arc-challenge"}
 mkdir -p "$OUT"
-: > "$OUT/results.jsonl"
+ROWS=${ROWS:-}
+[ -n "$ROWS" ] || : > "$OUT/results.jsonl"
 
 run() {  # run NAME ARGS...: one eval, its summary appended to results.jsonl with the row's name
   local name=$1; shift
+  [ -z "$ROWS" ] || [[ " $ROWS " == *" ${name#*/} "* ]] || return 0
   .venv/bin/refusion eval ${LIMIT:+--limit $LIMIT} --json --no-progress --output "$OUT/$name" "$@" \
     | tail -1 | python3 -c "import json,sys; r=json.load(sys.stdin); r['row']='$name'; print(json.dumps(r))" \
     | tee -a "$OUT/results.jsonl"

@@ -93,7 +93,7 @@ def precheck_decoder_options(options: dict) -> None:
 def generate_command(args: argparse.Namespace) -> None:
     """Generate text for one prompt and report its speed."""
     from . import generate, load
-    from .decoding.streaming import PrefixStream
+    from .decoding.streaming import PrefixStream, cut_at_stop, held_back
     from .model import eos_token_ids
     from .prompting import encode_prompt
 
@@ -101,6 +101,9 @@ def generate_command(args: argparse.Namespace) -> None:
         raise RefusionError("the prompt is empty")
     options = decoder_options(args)
     precheck_decoder_options(options)
+    stop = args.stop or []
+    if not all(stop):
+        raise RefusionError("stop strings must be non-empty text")
     model, tokenizer = load(args.model)
     options["decoder"] = resolve_decoder(options["decoder"], model)
     input_ids = encode_prompt(tokenizer, args.prompt, chat=args.chat)
@@ -108,16 +111,20 @@ def generate_command(args: argparse.Namespace) -> None:
     stream = PrefixStream(eos_token_ids(tokenizer, model), limit=args.max_new_tokens)
     shown = ""
 
+
     def show_final_prefix(event: dict) -> None:
+        """Print text once it is final, holding back what could still become a stop string."""
         nonlocal shown
         stream(event)
         if stream.pop() and not args.json:
-            text = tokenizer.decode(stream.tokens, skip_special_tokens=True)
-            sys.stdout.write(text[len(shown):])
-            sys.stdout.flush()
-            shown = text
+            text, found = cut_at_stop(tokenizer.decode(stream.tokens, skip_special_tokens=True), stop)
+            ready = text if found else text[: len(text) - held_back(text, stop)]
+            if len(ready) > len(shown) and ready.startswith(shown):
+                sys.stdout.write(ready[len(shown):])
+                sys.stdout.flush()
+                shown = ready
 
-    result = generate(model, tokenizer, input_ids, on_event=show_final_prefix, **options)
+    result = generate(model, tokenizer, input_ids, on_event=show_final_prefix, stop=stop, **options)
     if args.json:
         print(json.dumps({"text": result.text, "model": args.model, **result.stats(), "prompt_tokens": result.prompt_tokens,
                           "settings": result.settings}))
@@ -138,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoder_options(gen)
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                      help="apply the tokenizer's chat template (default: on when it has one)")
+    gen.add_argument("--stop", action="append", metavar="TEXT",
+                     help="end the generation as soon as the text holds TEXT (cut before it); repeatable")
     gen.add_argument("--json", action="store_true", help="print one JSON object with the text and speed statistics")
     gen.set_defaults(func=generate_command)
 

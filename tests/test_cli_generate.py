@@ -48,6 +48,18 @@ def test_plain_output_streams_the_text_and_summarises_speed_on_stderr(model_dirs
     assert run.stdout.rstrip("\n") == as_json["text"]
 
 
+def test_stop_strings_end_the_generation_and_are_not_printed(model_dirs):
+    plain = ["Hello", "--model", str(model_dirs / "plain"), "--max-new-tokens", "16"]
+    full = json.loads(cli(*plain, "--json").stdout.splitlines()[-1])["text"]
+    stop = full[4:6]
+    cut = full[: full.find(stop)]
+    report = json.loads(cli(*plain, "--stop", stop, "--stop", "never there", "--json").stdout.splitlines()[-1])
+    assert report["text"] == cut and report["finish_reason"] == "stop"
+    assert report["new_tokens"] < 16 and report["settings"]["stop"] == [stop, "never there"]
+    streamed = cli(*plain, "--stop", stop)
+    assert streamed.stdout.rstrip("\n") == cut
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -59,6 +71,7 @@ def test_plain_output_streams_the_text_and_summarises_speed_on_stderr(model_dirs
         (["hi", "--model", "{plain}", "--decoder", "refusion"], "Convert it with `refusion train --objective refusion`"),
         (["hi", "--model", "{masked}", "--decoder", "beam"], "unknown decoder 'beam'"),
         (["hi", "--model", "{masked}", "--max-new-tokens", "0"], "max-new-tokens must be a positive integer"),
+        (["hi", "--model", "{masked}", "--stop", ""], "stop strings must be non-empty text"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr(model_dirs, args, message):

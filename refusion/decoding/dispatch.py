@@ -17,9 +17,14 @@ from ..model import eos_token_ids as find_eos_token_ids
 from . import autoregressive, fast_dllm, masked_diffusion, plan_infill
 from .generation import EventCallback, Generation
 from .runner import DecodeOutput, ModelRunner
+from .streaming import StopWatch, cut_at_stop
 
 DECODERS = {"refusion": plan_infill, "ar": autoregressive, "mdm": masked_diffusion, "fast-dllm": fast_dllm}
 NEEDS_MASK = {"refusion", "mdm", "fast-dllm"}
+
+
+class _StopStringReached(Exception):
+    """Raised from the event callback to end a decode whose text reached a stop string."""
 
 
 def register_decoder(name: str, module, needs_mask: bool = True) -> None:
@@ -76,6 +81,7 @@ def generate(
     trace: bool = False,
     on_event: EventCallback | None = None,
     seed: int | None = None,
+    stop: list[str] | str | None = None,
     return_state: bool = False,
     **decoder_options,
 ) -> Generation:
@@ -83,7 +89,9 @@ def generate(
 
     Options left as None take the decoder's defaults; an option the decoder does not use is an
     error rather than silently ignored. `on_event` receives each decode event as it happens
-    (see `refusion.decoding.generation`); `trace=True` also keeps them on the result.
+    (see `refusion.decoding.generation`); `trace=True` also keeps them on the result. Decoding
+    ends as soon as the final left-to-right text holds one of the `stop` strings; the text is cut
+    before it and `finish_reason` is "stop".
     """
     if decoder not in DECODERS:
         raise RefusionError(f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
@@ -92,6 +100,9 @@ def generate(
     if temperature is None or temperature < 0:
         raise RefusionError(f"temperature must be >= 0, got {temperature}")
     prompt_ids = _as_prompt_ids(input_ids)
+    stop = [stop] if isinstance(stop, str) else list(stop or [])
+    if not all(isinstance(s, str) and s for s in stop):
+        raise RefusionError("stop strings must be non-empty text")
     options = dict(decoder_options, slot_size=slot_size, blocks=blocks, slot_threshold=slot_threshold,
                    token_threshold=token_threshold, kv=kv)
     options = check_options(decoder, options, int(max_new_tokens))
@@ -110,6 +121,8 @@ def generate(
             f"prompt ({prompt_ids.shape[1]} tokens) plus max-new-tokens ({max_new_tokens}) exceeds the model's context of {context}"
         )
 
+    eos = find_eos_token_ids(tokenizer, model)
+    watch = StopWatch(stop, lambda ids: tokenizer.decode(ids, skip_special_tokens=True), eos, int(max_new_tokens)) if stop else None
     events: list[dict] = []
 
     def emit(event: dict) -> None:
@@ -117,28 +130,34 @@ def generate(
             events.append(event)
         if on_event is not None:
             on_event(event)
+        if watch is not None and watch(event):
+            raise _StopStringReached
 
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     runner = ModelRunner(model, suppress_token_id=getattr(model.config, "mask_token_id", None))
-    eos = find_eos_token_ids(tokenizer, model)
     started = time.perf_counter()
-    output: DecodeOutput = DECODERS[decoder].decode(
-        runner, prompt_ids, max_new_tokens=int(max_new_tokens), eos_token_ids=eos, temperature=float(temperature),
-        generator=generator, emit=emit, **extra, **options,
-    )
+    try:
+        output: DecodeOutput = DECODERS[decoder].decode(
+            runner, prompt_ids, max_new_tokens=int(max_new_tokens), eos_token_ids=eos, temperature=float(temperature),
+            generator=generator, emit=emit, **extra, **options,
+        )
+    except _StopStringReached:
+        output = DecodeOutput(tokens=watch.tokens, forward_passes=runner.forward_passes)
     seconds = time.perf_counter() - started
     tokens = output.tokens[: int(max_new_tokens)]
-    stopped = bool(tokens) and tokens[-1] in eos
+    text, stopped_at_string = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop)
+    stopped = stopped_at_string or (bool(tokens) and tokens[-1] in eos)
     result = Generation(
         tokens=tokens,
-        text=tokenizer.decode(tokens, skip_special_tokens=True),
+        text=text,
         decoder=decoder,
         forward_passes=output.forward_passes,
         seconds=seconds,
         prompt_tokens=prompt_ids.shape[1],
         finish_reason="stop" if stopped else "length",
         trace=events if trace else None,
-        settings={"max_new_tokens": int(max_new_tokens), "temperature": float(temperature), **options, **output.settings},
+        settings={"max_new_tokens": int(max_new_tokens), "temperature": float(temperature), **options, **output.settings,
+                  **({"stop": stop} if stop else {})},
     )
     if return_state:
         result.state = output  # internal: cache and decode order, for tests and diagnostics

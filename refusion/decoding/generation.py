@@ -23,7 +23,7 @@ class Generation:
     tokens: list[int]
     """New token ids in text order, ending with EOS when one was generated."""
     text: str
-    """`tokens` decoded, special tokens skipped."""
+    """`tokens` decoded, special tokens skipped, cut before the first stop string."""
     decoder: str
     forward_passes: int
     """Every model forward counted: prefill, plan, verify, draft, recompute."""
@@ -31,7 +31,7 @@ class Generation:
     """Wall time of the decode loop."""
     prompt_tokens: int = 0
     finish_reason: str = "length"
-    """"stop" when an EOS ended the text, "length" when the token budget did."""
+    """"stop" when an EOS or a stop string ended the text, "length" when the token budget did."""
     trace: list[dict] | None = None
     """Per-step events (see module docstring) when asked for with `trace=True`."""
     settings: dict = field(default_factory=dict)

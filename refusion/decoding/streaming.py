@@ -1,10 +1,12 @@
-"""Turn out-of-order commit events into a left-to-right stream of final tokens.
+"""Turn out-of-order commit events into a left-to-right stream of final tokens, and watch it for stop strings.
 
 A token is emitted only once every position before it is committed, so a slot decoded far ahead
 never reaches the reader before the gap in front of it is filled. Knows nothing about models.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 
 class PrefixStream:
@@ -41,3 +43,45 @@ class PrefixStream:
             if token in self.eos_token_ids:
                 self.ended = True
         return ready
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """Cut `text` before the earliest stop string; (text, whether one was found)."""
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def held_back(text: str, stop: list[str]) -> int:
+    """How many trailing characters might still turn into a stop string or a multi-byte character."""
+    hold = len(text) - len(text.rstrip("\ufffd"))
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                hold = max(hold, n)
+                break
+    return hold
+
+
+class StopWatch:
+    """Feed it decoder events; it returns True once the final left-to-right text holds a stop string.
+
+    `text` is then that text cut before the stop string, and `tokens` the final tokens so far.
+    """
+
+    def __init__(self, stop: list[str], decode: Callable[[list[int]], str], eos_token_ids: set[int], limit: int):
+        self.stop = stop
+        self.decode = decode
+        self.prefix = PrefixStream(eos_token_ids, limit)
+        self.text: str | None = None
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prefix.tokens
+
+    def __call__(self, event: dict) -> bool:
+        self.prefix(event)
+        if self.text is None and self.prefix.pop():
+            text, found = cut_at_stop(self.decode(self.prefix.tokens), self.stop)
+            if found:
+                self.text = text
+        return self.text is not None

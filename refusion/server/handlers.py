@@ -2,7 +2,7 @@
 
 `prepare` checks everything that can be checked before the model is touched (so that a bad
 request answers 4xx before a stream starts); `complete` and `stream` run the job on the engine.
-Stop strings are applied to the final text (the decode itself runs to EOS or max_tokens).
+The decode ends at the first stop string; streamed text holds back whatever could still become one.
 Knows nothing about routes or the web page.
 """
 
@@ -16,6 +16,7 @@ from typing import AsyncIterator, Callable
 
 from ..decoding import DECODERS, Generation, PrefixStream
 from ..decoding.dispatch import NEEDS_MASK, check_options, default_decoder
+from ..decoding.streaming import cut_at_stop, held_back
 from ..errors import RefusionError
 from ..model import eos_token_ids
 from . import protocol
@@ -94,7 +95,7 @@ def prepare(request, kind: str, engine: Engine, config: ServerConfig) -> Prepare
         raise ApiError(400, "stream_options is only allowed with stream=true", "stream_options")
     if request.stream_events and not request.stream:
         raise ApiError(400, "stream_events is only allowed with stream=true", "stream_events")
-    return Prepared(kind=kind, job=Job(prompt_ids=prompt_ids, options=options), stop=stop,
+    return Prepared(kind=kind, job=Job(prompt_ids=prompt_ids, options={**options, "stop": stop}), stop=stop,
                     include_usage=bool(request.stream_options and request.stream_options.include_usage),
                     stream_events=request.stream_events)
 
@@ -162,23 +163,6 @@ def named_last(message: str, names) -> str | None:
 # --- responses ---------------------------------------------------------------------------------
 
 
-def apply_stop(text: str, stop: list[str]) -> tuple[str, bool]:
-    """Cut `text` before the earliest stop string; (text, whether one was found)."""
-    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
-    return (text[: min(cuts)], True) if cuts else (text, False)
-
-
-def held_back(text: str, stop: list[str]) -> int:
-    """How many trailing characters might still turn into a stop string or a multi-byte character."""
-    hold = len(text) - len(text.rstrip("\ufffd"))
-    for s in stop:
-        for n in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:n]):
-                hold = max(hold, n)
-                break
-    return hold
-
-
 def decode_stats(result: Generation) -> protocol.DecodeStats:
     stats = result.stats()
     return protocol.DecodeStats(decoder=result.decoder, forward_passes=result.forward_passes,
@@ -192,7 +176,7 @@ def usage(result: Generation) -> protocol.Usage:
 
 
 def response(prepared: Prepared, result: Generation, model_name: str) -> dict:
-    text, stopped = apply_stop(result.text, prepared.stop)
+    text, stopped = cut_at_stop(result.text, prepared.stop)
     finish = "stop" if stopped else result.finish_reason
     if prepared.kind == "chat.completion":
         choice = protocol.ChatChoice(message=protocol.ChatCompletionMessage(content=text), finish_reason=finish)
@@ -247,7 +231,7 @@ async def stream(prepared: Prepared, engine: Engine, model_name: str) -> AsyncIt
             if stopped or not final.pop():
                 continue
             text = tokenizer.decode(final.tokens, skip_special_tokens=True)
-            text, stopped = apply_stop(text, prepared.stop)
+            text, stopped = cut_at_stop(text, prepared.stop)
             ready = text if stopped else text[: len(text) - held_back(text, prepared.stop)]
             if len(ready) > len(sent) and ready.startswith(sent):
                 yield sse(chunk.text(ready[len(sent):]))
@@ -258,7 +242,7 @@ async def stream(prepared: Prepared, engine: Engine, model_name: str) -> AsyncIt
             yield sse(protocol.error_body(f"generation failed: {error}", "server_error"))
             yield sse("[DONE]")
             return
-        text, stopped = apply_stop(result.text, prepared.stop)
+        text, stopped = cut_at_stop(result.text, prepared.stop)
         if len(text) > len(sent) and text.startswith(sent):
             yield sse(chunk.text(text[len(sent):]))
         yield sse(chunk.finish("stop" if stopped else result.finish_reason, decode_stats(result)))

@@ -71,12 +71,14 @@ def test_completion_is_raw_text_and_ar_is_one_token_per_forward(client, model_an
     assert ids_body["choices"][0]["text"] == expected.text
 
 
-def test_stop_strings_cut_the_final_text(client):
+def test_stop_strings_end_the_decode_and_cut_the_text(client):
     full = complete(client, max_tokens=16, decoder="ar").json()["choices"][0]["text"]
     stop = full[5:7]
     cut = full[: full.find(stop)]
     body = complete(client, max_tokens=16, decoder="ar", stop=[stop, "never-there"]).json()
     assert body["choices"][0] == {"index": 0, "text": cut, "logprobs": None, "finish_reason": "stop"}
+    # the decode itself ended there: one token per character, so 7 of the 16 tokens were generated
+    assert body["usage"]["completion_tokens"] == body["refusion"]["forward_passes"] == 7
     streamed = complete(client, max_tokens=16, decoder="ar", stop=stop, stream=True)
     chunks = [json.loads(d) for _, d in sse_records(streamed.text) if d != "[DONE]"]
     assert "".join(c["choices"][0]["text"] for c in chunks) == cut
