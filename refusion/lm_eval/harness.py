@@ -86,13 +86,10 @@ class RefusionLM(LM):
                 log.warning("refusion ignores generation kwargs %s", sorted(gen_kwargs))
             ids = torch.tensor([self._encode(context)])  # [1, P]
             result = generate(self.model, self.tokenizer, ids, decoder=self.decoder, max_new_tokens=budget,
-                              temperature=temperature, seed=self.seed, **self.knobs)
+                              temperature=temperature, seed=self.seed, stop=[s for s in until if s], **self.knobs)
             for key in self.speed:
                 self.speed[key] += getattr(result, key) if key != "new_tokens" else result.new_tokens
-            text = result.text
-            for stop in until:
-                if stop and stop in text:
-                    text = text[: text.index(stop)]
+            text = result.text  # decoding ended at the first `until` string, cut before it
             outputs.append(text)
             self.cache_hook.add_partial("generate_until", request.args, text)
         return outputs

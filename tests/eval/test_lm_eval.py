@@ -51,9 +51,11 @@ def test_generate_until_cuts_at_stop_strings_and_counts_speed(lm):
     (free,) = lm.generate_until([Request("Hi", {"until": [], "max_gen_toks": 512})], disable_tqdm=True)
     assert 0 < len(free) <= 16  # model_args' max_new_tokens wins over the task's max_gen_toks
     assert lm.speed["new_tokens"] > 0 and lm.speed["forward_passes"] >= 1
-    if len(free) > 2:
-        (cut,) = lm.generate_until([Request("Hi", {"until": [free[1:3]]})], disable_tqdm=True)
-        assert cut == free[: free.index(free[1:3])]
+    assert len(free) > 3
+    free_tokens = lm.speed["new_tokens"]
+    (cut,) = lm.generate_until([Request("Hi", {"until": [free[1:3]]})], disable_tqdm=True)
+    assert cut == free[: free.index(free[1:3])]
+    assert lm.speed["new_tokens"] - free_tokens < free_tokens  # the decode itself ended at the stop string
 
 
 def test_unknown_model_arg_is_an_error():
