@@ -27,6 +27,15 @@ def parse_slot_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def parse_lora_targets(text: str) -> list[str] | str:
+    if text.strip() == "all-linear":
+        return "all-linear"
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected module names like q_proj,v_proj or all-linear, got {text!r}")
+    return names
+
+
 def train_command(args: argparse.Namespace) -> None:
     """Fine-tune a causal LM into a ReFusion model (or an AR / masked-diffusion baseline)."""
     from .trainer import TrainConfig, train
@@ -43,7 +52,7 @@ def train_command(args: argparse.Namespace) -> None:
     config = TrainConfig(
         model=args.model, data=args.data, output=args.output, objective=args.objective, max_steps=args.max_steps,
         epochs=args.epochs if args.epochs is not None else 1.0, lr=args.lr, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, max_length=args.max_length, lora_rank=args.lora_rank,
+        grad_accum=args.grad_accum, max_length=args.max_length, lora_rank=args.lora_rank, lora_targets=args.lora_targets,
         slot_sizes=args.slot_sizes or (4, 8, 16, 32), mdm_weight=1.0 if args.mdm_weight is None else args.mdm_weight,
         pad_responses_to=args.pad_responses_to, seed=args.seed, resume=args.resume, save_every=args.save_every,
         log_every=args.log_every, warmup_ratio=args.warmup_ratio, eval_data=args.eval_data, eval_every=args.eval_every,
@@ -82,7 +91,10 @@ def register(subparsers) -> None:
     parser.add_argument("--max-length", type=int, default=4096,
                         help="skip examples longer than this many tokens, prompt included (default 4096)")
     parser.add_argument("--lora-rank", type=int, default=None, metavar="R",
-                        help="train a LoRA adapter of rank R on q,k,v,o (plus the mask token's rows) instead of all weights")
+                        help="train a LoRA adapter of rank R (plus the mask token's rows) instead of all weights")
+    parser.add_argument("--lora-targets", type=parse_lora_targets, default=None, metavar="NAME,NAME,...|all-linear",
+                        help="the linear layers LoRA adapts, by module name (default q_proj,k_proj,v_proj,o_proj); "
+                             "all-linear adapts every linear layer except the output head (needs --lora-rank)")
     parser.add_argument("--slot-sizes", type=parse_slot_sizes, default=None, metavar="K,K,...",
                         help="refusion objective: slot sizes drawn uniformly per example (default 4,8,16,32)")
     parser.add_argument("--mdm-weight", type=float, default=None, metavar="LAMBDA",

@@ -27,6 +27,7 @@ from .history import write_history
 from .objectives import BIDIRECTIONAL, OBJECTIVES, objective_terms, total_loss
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+"""Default LoRA targets: the attention projections of Llama/Qwen-style models."""
 EVAL_SEED = 1234
 """Seed of the held-out masks: every evaluation of every run scores the same masked inputs."""
 ADAPTER_SIDECAR = "refusion.json"
@@ -52,7 +53,10 @@ class TrainConfig:
     max_length: int = 4096
     """Longer examples (prompt + response + EOS) are skipped."""
     lora_rank: int | None = None
-    """LoRA rank on q, k, v, o; None = full fine-tune."""
+    """LoRA rank; None = full fine-tune."""
+    lora_targets: list[str] | str | None = None
+    """Modules LoRA adapts: names such as ["q_proj", "up_proj"], or "all-linear" (every linear layer but the
+    output head, as PEFT defines it); None = LORA_TARGETS."""
     slot_sizes: tuple[int, ...] = (4, 8, 16, 32)
     mdm_weight: float = 1.0
     """lambda in L_AR + lambda L_MDM (refusion objective)."""
@@ -96,6 +100,8 @@ class TrainConfig:
                                 f"{self.pad_responses_to} with the {self.objective} objective")
         if self.mdm_weight < 0:
             raise RefusionError(f"mdm-weight must be >= 0, got {self.mdm_weight}")
+        if self.lora_targets is not None and (self.lora_rank is None or not self.lora_targets):
+            raise RefusionError("lora-targets needs --lora-rank and at least one module name")
 
 
 class ObjectiveTrainer(Trainer):
@@ -162,7 +168,7 @@ def _module_name(model, module) -> str:
     return next(name for name, candidate in model.named_modules() if candidate is module)
 
 
-def _with_lora(model, rank: int, mask_id: int | None):
+def _with_lora(model, rank: int, mask_id: int | None, targets: list[str] | str | None = None):
     from peft import LoraConfig, get_peft_model
 
     indices = None
@@ -172,7 +178,14 @@ def _with_lora(model, rank: int, mask_id: int | None):
         output = model.get_output_embeddings()
         if output is not None and output.weight is not model.get_input_embeddings().weight:
             indices[_module_name(model, output)] = [mask_id]  # untied head: its mask row is trained too
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS,
+    targets = targets or LORA_TARGETS
+    if targets != "all-linear":
+        names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+        missing = sorted(set(targets) - names)
+        if missing:
+            raise RefusionError(f"lora-targets {', '.join(missing)} name no linear layer of this model; "
+                                f"it has: {', '.join(sorted(names))} (or use all-linear)")
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=targets,
                         trainable_token_indices=indices, task_type="CAUSAL_LM")
     # No base name while training: PEFT would otherwise save whole resized embedding matrices (and look the name
     # up on the hub). The mask rows travel as trainable tokens; `_save` writes the real base name at the end.
@@ -274,7 +287,7 @@ def train(config: TrainConfig) -> dict:
     eval_dataset = load_dataset(config.eval_data, tokenizer, config.max_length) if config.eval_data else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if config.lora_rank is not None:
-        model = _with_lora(model, config.lora_rank, mask_id)
+        model = _with_lora(model, config.lora_rank, mask_id, config.lora_targets)
 
     arguments = _training_arguments(config)
     resumed_step = int(re.search(r"checkpoint-(\d+)$", resume_from).group(1)) if resume_from else 0

@@ -71,6 +71,8 @@ def test_options_are_checked_before_loading(tiny_model_dir, write_jsonl, tmp_pat
                            (["--pad-responses-to", "64"], "--pad-responses-to applies to --objective mdm only"),
                            (["--objective", "mdm", "--pad-responses-to", "0"], "pad-responses-to must be a positive"),
                            (["--batch-size", "0"], "batch-size must be a positive integer"),
+                           (["--lora-targets", "up_proj"], "lora-targets needs --lora-rank"),
+                           (["--lora-rank", "4", "--lora-targets", "q_proj,mlp_in"], "lora-targets mlp_in name no linear layer"),
                            (["--resume"], "no checkpoint-N directory")):
         with pytest.raises(SystemExit) as exit_info:
             run_cli(base + extra)
@@ -140,6 +142,20 @@ def test_lora_output_loads_on_top_of_its_base(tiny_model_dir, write_jsonl, tmp_p
     with torch.no_grad():
         loss = ObjectiveTrainer.compute_loss(SimpleNamespace(objective="refusion", mdm_weight=1.0), model.eval(), batch)
     assert loss.item() == pytest.approx(evaluations[-1]["eval_loss"], rel=1e-4)
+
+
+def test_lora_targets_choose_the_adapted_layers(tiny_model_dir, write_jsonl, tmp_path):
+    output = tmp_path / "lora-mlp"
+    run_cli(["train", "--model", tiny_model_dir, "--data", write_jsonl(RECORDS), "--output", str(output),
+             "--max-steps", "2", "--lr", "1e-2", "--batch-size", "4", "--lora-rank", "4", "--lora-targets", "up_proj,down_proj"])
+    assert sorted(json.loads((output / "adapter_config.json").read_text())["target_modules"]) == ["down_proj", "up_proj"]
+    base, _ = refusion.load(tiny_model_dir)
+    model, _ = refusion.load(output)
+    layer, base_layer = model.model.layers[0], base.model.layers[0]
+    assert not torch.allclose(layer.mlp.up_proj.weight, base_layer.mlp.up_proj.weight)
+    assert not torch.allclose(layer.mlp.down_proj.weight, base_layer.mlp.down_proj.weight)
+    torch.testing.assert_close(layer.mlp.gate_proj.weight, base_layer.mlp.gate_proj.weight)
+    torch.testing.assert_close(layer.self_attn.q_proj.weight, base_layer.self_attn.q_proj.weight)
 
 
 def test_ddp_two_cpu_processes(tiny_model_dir, write_jsonl, tmp_path):
