@@ -6,9 +6,19 @@
 import json
 import sys
 
+# benchmarks/smollm2.sh's rows, in the order they are read; rows appended by parallel runs are put back in it.
+ROW_ORDER = ["base-ar", "refusion-ar", "refusion-k4", "refusion-k8-loose"]
+
+
+def row_key(row: dict, tasks: list[str]) -> tuple[int, int]:
+    name = row["row"].split("/", 1)[1]
+    return tasks.index(row["task"]), ROW_ORDER.index(name) if name in ROW_ORDER else len(ROW_ORDER)
+
 
 def main(path: str) -> None:
     rows = [json.loads(line) for line in open(path) if line.strip()]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    rows.sort(key=lambda r: row_key(r, tasks))
     print("| task | model / decoder | settings | samples | accuracy | tokens/s | tokens/forward | forwards/sample | speed vs base AR |")
     print("|---|---|---|---|---|---|---|---|---|")
     base_speed = {r["task"]: r["tokens_per_second"] for r in rows if r["row"].endswith("/base-ar")}

@@ -61,6 +61,12 @@ def settings_label(summary: dict) -> str:
     return " ".join(parts)
 
 
+def point_label(summary: dict, with_model: bool) -> str:
+    """A point's annotation: the model's name (when several models share a plot), then the knobs."""
+    model = Path(str(summary.get("model") or "?")).name if with_model else ""
+    return " ".join(part for part in (model, settings_label(summary)) if part)
+
+
 def plot_results(results: list[dict], output: str | Path, title: str | None = None) -> Path:
     """Draw accuracy (%) against tokens per second, one panel per task, and save it to `output`."""
     import matplotlib
@@ -73,15 +79,16 @@ def plot_results(results: list[dict], output: str | Path, title: str | None = No
     tasks = sorted({summary["task"] for summary in results})
     decoders = sorted({summary["decoder"] for summary in results})
     colors = {name: plt.get_cmap("tab10")(index % 10) for index, name in enumerate(decoders)}
+    several_models = len({summary.get("model") for summary in results}) > 1
     figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.5), squeeze=False)
     for axis, task in zip(axes[0], tasks):
         labelled = 0
         for summary in sorted((s for s in results if s["task"] == task), key=lambda s: s["tokens_per_second"]):
             x, y = summary["tokens_per_second"], 100 * summary["accuracy"]
             axis.scatter(x, y, s=60, color=colors[summary["decoder"]], zorder=3)
-            # The colour names the decoder (legend); the label only adds the knobs, staggered so that
-            # neighbouring points' labels do not print over each other.
-            if label := settings_label(summary):
+            # The colour names the decoder (legend); the label adds the model (when several are compared)
+            # and the knobs, staggered so that neighbouring points' labels do not print over each other.
+            if label := point_label(summary, with_model=several_models):
                 axis.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4 + 9 * (labelled % 3)), fontsize=7,
                               color=colors[summary["decoder"]])
                 labelled += 1

@@ -109,8 +109,12 @@ def test_plot_from_json_lines_and_output_dirs(tmp_path, capsys):
     out, _ = run_cli(["plot", str(lines), str(run_dir), "--output", str(image)], capsys)
     assert "3 point(s)" in out and image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    from refusion.eval.plot import settings_label
+    from refusion.eval.plot import point_label, settings_label
     assert settings_label(rows[1]) == "k=8 B=4 τ=0.9/0.4" and settings_label(rows[0]) == ""
+    # with several models on one plot, each point also names its model
+    assert point_label({**rows[1], "model": "/runs/converted"}, with_model=True) == "converted k=8 B=4 τ=0.9/0.4"
+    assert point_label({**rows[0], "model": "base"}, with_model=True) == "base"
+    assert point_label({**rows[0], "model": "base"}, with_model=False) == ""
 
 
 def test_reference_settings_fill_only_what_the_user_left_unset():
