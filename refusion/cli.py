@@ -111,7 +111,6 @@ def generate_command(args: argparse.Namespace) -> None:
     stream = PrefixStream(eos_token_ids(tokenizer, model), limit=args.max_new_tokens)
     shown = ""
 
-
     def show_final_prefix(event: dict) -> None:
         """Print text once it is final, holding back what could still become a stop string."""
         nonlocal shown

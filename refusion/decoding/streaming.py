@@ -63,25 +63,21 @@ def held_back(text: str, stop: list[str]) -> int:
 
 
 class StopWatch:
-    """Feed it decoder events; it returns True once the final left-to-right text holds a stop string.
-
-    `text` is then that text cut before the stop string, and `tokens` the final tokens so far.
-    """
+    """Feed it decoder events; it returns True once the final left-to-right text holds a stop string."""
 
     def __init__(self, stop: list[str], decode: Callable[[list[int]], str], eos_token_ids: set[int], limit: int):
         self.stop = stop
         self.decode = decode
         self.prefix = PrefixStream(eos_token_ids, limit)
-        self.text: str | None = None
+        self.reached = False
 
     @property
     def tokens(self) -> list[int]:
+        """The final tokens so far, in text order."""
         return self.prefix.tokens
 
     def __call__(self, event: dict) -> bool:
         self.prefix(event)
-        if self.text is None and self.prefix.pop():
-            text, found = cut_at_stop(self.decode(self.prefix.tokens), self.stop)
-            if found:
-                self.text = text
-        return self.text is not None
+        if not self.reached and self.prefix.pop():
+            self.reached = cut_at_stop(self.decode(self.prefix.tokens), self.stop)[1]
+        return self.reached

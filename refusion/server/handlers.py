@@ -176,8 +176,7 @@ def usage(result: Generation) -> protocol.Usage:
 
 
 def response(prepared: Prepared, result: Generation, model_name: str) -> dict:
-    text, stopped = cut_at_stop(result.text, prepared.stop)
-    finish = "stop" if stopped else result.finish_reason
+    text, finish = result.text, result.finish_reason  # already cut at the first stop string
     if prepared.kind == "chat.completion":
         choice = protocol.ChatChoice(message=protocol.ChatCompletionMessage(content=text), finish_reason=finish)
         prefix = "chatcmpl"
@@ -242,10 +241,10 @@ async def stream(prepared: Prepared, engine: Engine, model_name: str) -> AsyncIt
             yield sse(protocol.error_body(f"generation failed: {error}", "server_error"))
             yield sse("[DONE]")
             return
-        text, stopped = cut_at_stop(result.text, prepared.stop)
+        text = result.text  # already cut at the first stop string
         if len(text) > len(sent) and text.startswith(sent):
             yield sse(chunk.text(text[len(sent):]))
-        yield sse(chunk.finish("stop" if stopped else result.finish_reason, decode_stats(result)))
+        yield sse(chunk.finish(result.finish_reason, decode_stats(result)))
         if prepared.include_usage:
             yield sse(chunk.usage(usage(result), decode_stats(result)))
         yield sse("[DONE]")
