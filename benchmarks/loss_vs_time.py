@@ -1,4 +1,4 @@
-"""Held-out loss against wall-clock minutes for several `refusion train --eval-data` runs: a PNG and a Markdown table.
+"""Held-out loss against steps and wall-clock minutes for several `refusion train --eval-data` runs: a PNG and a Markdown table.
 
     python3 benchmarks/loss_vs_time.py A/loss.json B/loss.json --labels A B --output loss_vs_time.png > table.md
 """
@@ -23,21 +23,25 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6.5, 4))
+    # Against steps (what each run learned) and against minutes (what it cost on the machine it ran on).
+    figure, (by_step, axis) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     print("| run | step | minutes | held-out loss | training loss (last logged) |")
     print("|---|---|---|---|---|")
     for label, run in runs.items():
         evaluations = run["eval_history"]
+        by_step.plot([e["step"] for e in evaluations], [e["eval_loss"] for e in evaluations], "o-", label=label)
         axis.plot([e["elapsed_seconds"] / 60 for e in evaluations], [e["eval_loss"] for e in evaluations], "o-", label=label)
         for e in evaluations:
             train = [h["loss"] for h in run["history"] if h["step"] <= e["step"]]
             print(f"| {label} | {e['step']} | {e['elapsed_seconds'] / 60:.1f} | {e['eval_loss']:.3f} | "
                   f"{train[-1] if train else float('nan'):.3f} |")
+    by_step.set_xlabel("optimizer step")
+    by_step.set_ylabel("held-out loss (L_AR + L_MDM)")
     axis.set_xlabel("wall-clock minutes (one CPU core per run)")
-    axis.set_ylabel("held-out loss (L_AR + L_MDM)")
-    axis.set_title("Full fine-tuning against LoRA, same data and steps")
-    axis.grid(alpha=0.3)
-    axis.legend()
+    figure.suptitle("Full fine-tuning against LoRA, same data and steps")
+    for panel in (by_step, axis):
+        panel.grid(alpha=0.3)
+    by_step.legend()
     figure.tight_layout()
     figure.savefig(args.output, dpi=110)
 
