@@ -1,4 +1,4 @@
-"""ReFusion's plan-and-infill decoder (SPEC "Decoding: plan-and-infill"; paper §3.2).
+"""ReFusion's plan-and-infill decoder (the ReFusion paper, §3.2).
 
 The generated span is cut into `blocks` contiguous blocks, decoded one after another; each block is
 cut into slots of `slot_size` tokens decoded in any order. Each step:

@@ -1,7 +1,7 @@
 """The training objectives as small tensor functions: build one example's input, then score logits.
 
-`refusion`: the hybrid AR + masked-diffusion objective of SPEC.md "Training objective" (slots,
-clean slots shuffled first with their position ids, masked slots after). `ar`: next-token
+`refusion`: the hybrid AR + masked-diffusion objective of the ReFusion paper (Li et al., ICLR 2026): slots,
+clean slots shuffled first with their position ids, masked slots after. `ar`: next-token
 fine-tuning on the response. `mdm`: LLaDA-style token masking with bidirectional attention.
 
 Every builder returns the same fields for one example (all [S] = prompt + response length):
@@ -48,7 +48,7 @@ def _join(prompt: torch.Tensor, response: dict, response_length: int) -> dict:
 
 def refusion_example(prompt: torch.Tensor, response: torch.Tensor, mask_id: int, slot_sizes: tuple[int, ...],
                      generator: torch.Generator) -> dict:
-    """SPEC.md "Training objective", steps 1-4, for one example. prompt [P], response [R] (EOS included).
+    """The paper's training recipe, steps 1-4 (slot size, masking, input order, labels), for one example. prompt [P], response [R] (EOS included).
 
     Draws, in order: the slot-size index (randint), t (rand 1), one coin per slot (rand n), the
     order of the clean slots (randperm).

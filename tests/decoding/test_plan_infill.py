@@ -1,4 +1,4 @@
-"""Plan-and-infill against hand-derived expectations (SPEC "Decoding: plan-and-infill").
+"""Plan-and-infill against hand-derived expectations (the paper's algorithm, step by step).
 
 Each scenario sets the oracle's confidences so that one branch of the algorithm is taken, and
 checks the exact output, the exact number of forwards, the order of commits and the cache.

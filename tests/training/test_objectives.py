@@ -1,4 +1,4 @@
-"""The objectives against slow, literal per-example implementations written from SPEC.md."""
+"""The objectives against slow, literal per-example implementations written from the paper's description."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ EPS = 1e-3
 
 
 def literal_refusion(prompt: list[int], response: list[int], slot_sizes, g: torch.Generator) -> dict:
-    """SPEC.md "Training objective" step by step, with the same draws in the same order."""
+    """The paper's training objective step by step, with the same draws in the same order."""
     P, R = len(prompt), len(response)
     k = slot_sizes[int(torch.randint(len(slot_sizes), (1,), generator=g))]
     p = (1 - EPS) * float(torch.rand(1, generator=g)) + EPS

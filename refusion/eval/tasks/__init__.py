@@ -9,7 +9,7 @@ A task module defines
     prompt(example) -> str | list[dict]
         a zero-shot user prompt (text, or chat messages), sent through the chat template
     evaluate(example, completion) -> (extracted_answer: str, correct: bool)
-and optionally REFERENCE_SETTINGS, the paper's decoder settings for it (SPEC.md).
+and optionally REFERENCE_SETTINGS, the paper's decoder settings for it.
 Add a task with one file here plus one line in `TASKS`, or at run time with `register_task`.
 """
 
