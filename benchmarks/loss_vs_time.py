@@ -35,6 +35,16 @@ def main() -> None:
             train = [h["loss"] for h in run["history"] if h["step"] <= e["step"]]
             print(f"| {label} | {e['step']} | {e['elapsed_seconds'] / 60:.1f} | {e['eval_loss']:.3f} | "
                   f"{train[-1] if train else float('nan'):.3f} |")
+    print()
+    print("| run | seconds per step, second half of the run | L_MDM, last logged |")
+    print("|---|---|---|")
+    for label, run in runs.items():
+        timed = [h for h in run["history"] if h.get("elapsed_seconds") is not None]
+        half = [h for h in timed if h["step"] >= timed[-1]["step"] / 2] if timed else []
+        pace = ((half[-1]["elapsed_seconds"] - half[0]["elapsed_seconds"]) / (half[-1]["step"] - half[0]["step"])
+                if len(half) > 1 else float("nan"))
+        mdm = [h["loss_mdm"] for h in run["history"] if "loss_mdm" in h]
+        print(f"| {label} | {pace:.1f} | {mdm[-1] if mdm else float('nan'):.2f} |")
     by_step.set_xlabel("optimizer step")
     by_step.set_ylabel("held-out loss (L_AR + L_MDM)")
     axis.set_xlabel("wall-clock minutes (one CPU core per run)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 def load(run: str) -> dict:
     path = Path(run) / "samples.jsonl" if Path(run).is_dir() else Path(run)
-    return {row["id"]: row for row in map(json.loads, path.read_text().splitlines()) if row}
+    return {row["id"]: row for row in map(json.loads, filter(str.strip, path.read_text().splitlines()))}
 
 
 def main() -> None:

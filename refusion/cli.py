@@ -93,7 +93,8 @@ def precheck_decoder_options(options: dict) -> None:
 def generate_command(args: argparse.Namespace) -> None:
     """Generate text for one prompt and report its speed."""
     from . import generate, load
-    from .decoding.streaming import PrefixStream, cut_at_stop, held_back
+    from .decoding.dispatch import check_stop
+    from .decoding.streaming import FinalText
     from .model import eos_token_ids
     from .prompting import encode_prompt
 
@@ -101,29 +102,24 @@ def generate_command(args: argparse.Namespace) -> None:
         raise RefusionError("the prompt is empty")
     options = decoder_options(args)
     precheck_decoder_options(options)
-    stop = args.stop or []
-    if not all(stop):
-        raise RefusionError("stop strings must be non-empty text")
+    stop = check_stop(args.stop)
     model, tokenizer = load(args.model)
     options["decoder"] = resolve_decoder(options["decoder"], model)
     input_ids = encode_prompt(tokenizer, args.prompt, chat=args.chat)
 
-    stream = PrefixStream(eos_token_ids(tokenizer, model), limit=args.max_new_tokens)
+    final = FinalText(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), eos_token_ids(tokenizer, model),
+                      args.max_new_tokens, stop)
     shown = ""
 
-    def show_final_prefix(event: dict) -> None:
+    def show_final_text(event: dict) -> None:
         """Print text once it is final, holding back what could still become a stop string."""
         nonlocal shown
-        stream(event)
-        if stream.pop() and not args.json:
-            text, found = cut_at_stop(tokenizer.decode(stream.tokens, skip_special_tokens=True), stop)
-            ready = text if found else text[: len(text) - held_back(text, stop)]
-            if len(ready) > len(shown) and ready.startswith(shown):
-                sys.stdout.write(ready[len(shown):])
-                sys.stdout.flush()
-                shown = ready
+        if final(event) and len(final.ready) > len(shown) and final.ready.startswith(shown):
+            sys.stdout.write(final.ready[len(shown):])
+            sys.stdout.flush()
+            shown = final.ready
 
-    result = generate(model, tokenizer, input_ids, on_event=show_final_prefix, stop=stop, **options)
+    result = generate(model, tokenizer, input_ids, on_event=None if args.json else show_final_text, stop=stop, **options)
     if args.json:
         print(json.dumps({"text": result.text, "model": args.model, **result.stats(), "prompt_tokens": result.prompt_tokens,
                           "settings": result.settings}))

@@ -17,7 +17,7 @@ from ..model import eos_token_ids as find_eos_token_ids
 from . import autoregressive, fast_dllm, masked_diffusion, plan_infill
 from .generation import EventCallback, Generation
 from .runner import DecodeOutput, ModelRunner
-from .streaming import StopWatch, cut_at_stop
+from .streaming import FinalText, cut_at_stop
 
 DECODERS = {"refusion": plan_infill, "ar": autoregressive, "mdm": masked_diffusion, "fast-dllm": fast_dllm}
 NEEDS_MASK = {"refusion", "mdm", "fast-dllm"}
@@ -52,6 +52,14 @@ def check_options(decoder: str, options: dict, max_new_tokens: int) -> dict:
     if hasattr(DECODERS[decoder], "validate_options"):  # a decoder's checks of its own options
         DECODERS[decoder].validate_options(resolved, max_new_tokens)
     return resolved
+
+
+def check_stop(stop: list[str] | str | None) -> list[str]:
+    """Stop strings as a list; each must be non-empty text."""
+    stop = [stop] if isinstance(stop, str) else list(stop or [])
+    if not all(isinstance(s, str) and s for s in stop):
+        raise RefusionError("stop strings must be non-empty text")
+    return stop
 
 
 def _as_prompt_ids(input_ids) -> torch.Tensor:
@@ -100,9 +108,7 @@ def generate(
     if temperature is None or temperature < 0:
         raise RefusionError(f"temperature must be >= 0, got {temperature}")
     prompt_ids = _as_prompt_ids(input_ids)
-    stop = [stop] if isinstance(stop, str) else list(stop or [])
-    if not all(isinstance(s, str) and s for s in stop):
-        raise RefusionError("stop strings must be non-empty text")
+    stop = check_stop(stop)
     options = dict(decoder_options, slot_size=slot_size, blocks=blocks, slot_threshold=slot_threshold,
                    token_threshold=token_threshold, kv=kv)
     options = check_options(decoder, options, int(max_new_tokens))
@@ -122,7 +128,7 @@ def generate(
         )
 
     eos = find_eos_token_ids(tokenizer, model)
-    watch = StopWatch(stop, lambda ids: tokenizer.decode(ids, skip_special_tokens=True), eos, int(max_new_tokens)) if stop else None
+    watch = FinalText(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), eos, int(max_new_tokens), stop) if stop else None
     events: list[dict] = []
 
     def emit(event: dict) -> None:
@@ -130,7 +136,7 @@ def generate(
             events.append(event)
         if on_event is not None:
             on_event(event)
-        if watch is not None and watch(event):
+        if watch is not None and watch(event) and watch.stopped:
             raise _StopStringReached
 
     generator = torch.Generator().manual_seed(seed) if seed is not None else None

@@ -62,22 +62,33 @@ def held_back(text: str, stop: list[str]) -> int:
     return hold
 
 
-class StopWatch:
-    """Feed it decoder events; it returns True once the final left-to-right text holds a stop string."""
+class FinalText:
+    """Feed it decoder events; it keeps the final left-to-right text, cut before the first stop string.
 
-    def __init__(self, stop: list[str], decode: Callable[[list[int]], str], eos_token_ids: set[int], limit: int):
-        self.stop = stop
+    Calling it returns True when that text grew. `stopped` says a stop string was reached (nothing
+    after it counts), and `ready` is the part safe to show now: all of it once stopped, otherwise
+    without a tail that could still become a stop string or a multi-byte character.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], eos_token_ids: set[int], limit: int, stop: list[str] = ()):
         self.decode = decode
+        self.stop = list(stop)
         self.prefix = PrefixStream(eos_token_ids, limit)
-        self.reached = False
+        self.text = ""
+        self.stopped = False
 
     @property
     def tokens(self) -> list[int]:
         """The final tokens so far, in text order."""
         return self.prefix.tokens
 
+    @property
+    def ready(self) -> str:
+        return self.text if self.stopped else self.text[: len(self.text) - held_back(self.text, self.stop)]
+
     def __call__(self, event: dict) -> bool:
         self.prefix(event)
-        if not self.reached and self.prefix.pop():
-            self.reached = cut_at_stop(self.decode(self.prefix.tokens), self.stop)[1]
-        return self.reached
+        if self.stopped or not self.prefix.pop():
+            return False
+        self.text, self.stopped = cut_at_stop(self.decode(self.prefix.tokens), self.stop)
+        return True

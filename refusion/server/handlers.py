@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
-from ..decoding import DECODERS, Generation, PrefixStream
+from ..decoding import DECODERS, Generation
 from ..decoding.dispatch import NEEDS_MASK, check_options, default_decoder
-from ..decoding.streaming import cut_at_stop, held_back
+from ..decoding.streaming import FinalText
 from ..errors import RefusionError
 from ..model import eos_token_ids
 from . import protocol
@@ -218,20 +218,18 @@ async def stream(prepared: Prepared, engine: Engine, model_name: str) -> AsyncIt
     task.add_done_callback(lambda _: queue.put_nowait(end))
     tokenizer, chat = engine.tokenizer, prepared.kind == "chat.completion"
     chunk = Chunks(prepared.kind, model_name)
-    final = PrefixStream(eos_token_ids(tokenizer, engine.model), limit=prepared.job.options["max_new_tokens"])
-    sent, stopped = "", False
+    final = FinalText(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), eos_token_ids(tokenizer, engine.model),
+                      prepared.job.options["max_new_tokens"], prepared.stop)
+    sent = ""
     try:
         if chat:
             yield sse(chunk.make(protocol.ChatDelta(role="assistant", content="")))
         while (event := await queue.get()) is not end:
             if prepared.stream_events:
                 yield sse(readable(event, tokenizer), event="refusion.decode")
-            final(event)
-            if stopped or not final.pop():
+            if not final(event):
                 continue
-            text = tokenizer.decode(final.tokens, skip_special_tokens=True)
-            text, stopped = cut_at_stop(text, prepared.stop)
-            ready = text if stopped else text[: len(text) - held_back(text, prepared.stop)]
+            ready = final.ready
             if len(ready) > len(sent) and ready.startswith(sent):
                 yield sse(chunk.text(ready[len(sent):]))
                 sent = ready
