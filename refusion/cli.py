@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "refusion.server.cli",
     "refusion.repro.cli",
     "refusion.distill.cli",
+    "refusion.bench.cli",
 ]
 
 
@@ -48,6 +49,34 @@ def add_decoder_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--steps", type=int, default=None, help="mdm: total denoising steps (default max-new-tokens)")
     group.add_argument("--block-length", type=int, default=None, help="mdm / fast-dllm: tokens per semi-autoregressive block (default 32)")
     group.add_argument("--threshold", type=float, default=None, help="fast-dllm: unmask every token above this confidence (default 0.9)")
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """Where and how the model runs: device, dtype, CPU threads."""
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="inference dtype (default auto: bfloat16 on a GPU or a CPU with native bf16 "
+                            "(AVX512-BF16 or AMX), else float32)")
+    group.add_argument("--threads", default="auto",
+                       help="CPU threads (default auto: the cores other processes leave idle, at least 1)")
+
+
+def apply_runtime_options(args: argparse.Namespace):
+    """Set the thread count; return (dtype, device, threads) for `load`."""
+    import torch
+
+    from .hardware import resolve_dtype, set_threads
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise RefusionError(f"unknown device {device!r} (expected cpu, cuda, cuda:N, ...)") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RefusionError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+    threads = set_threads(args.threads)
+    return resolve_dtype(args.dtype, device), device, threads
 
 
 def decoder_options(args: argparse.Namespace) -> dict:

@@ -31,7 +31,7 @@ def decode(
     positions = torch.arange(prompt_len).unsqueeze(0)
     tokens: list[int] = []
     for step in range(max_new_tokens):
-        logits = runner(input_ids, positions, cache)[:, -1]  # [1, V]
+        logits = runner(input_ids, positions, cache, logits_to_keep=1)[:, -1]  # [1, V]
         token, _ = choose(logits, temperature, generator)
         tokens.append(int(token))
         emit({"event": "commit", "step": step + 1, "positions": [step], "tokens": [tokens[-1]], "phase": "ar"})

@@ -14,13 +14,14 @@ import torch
 
 from ..errors import RefusionError
 from ..model import eos_token_ids as find_eos_token_ids
-from . import autoregressive, fast_dllm, masked_diffusion, plan_infill
+from . import autoregressive, fast_dllm, lossless, masked_diffusion, plan_infill
 from .generation import EventCallback, Generation
 from .runner import DecodeOutput, ModelRunner
 from .streaming import FinalText, cut_at_stop
 
-DECODERS = {"refusion": plan_infill, "ar": autoregressive, "mdm": masked_diffusion, "fast-dllm": fast_dllm}
-NEEDS_MASK = {"refusion", "mdm", "fast-dllm"}
+DECODERS = {"refusion": plan_infill, "lossless": lossless, "ar": autoregressive, "mdm": masked_diffusion,
+            "fast-dllm": fast_dllm}
+NEEDS_MASK = {"refusion", "lossless", "mdm", "fast-dllm"}
 
 
 class _StopStringReached(Exception):
@@ -164,6 +165,9 @@ def generate(
         trace=events if trace else None,
         settings={"max_new_tokens": int(max_new_tokens), "temperature": float(temperature), **options, **output.settings,
                   **({"stop": stop} if stop else {})},
+        forward_seconds=runner.stats.seconds,
+        forward_profile={width: list(entry) for width, entry in sorted(runner.stats.by_width.items())},
+        counters=dict(output.counters),
     )
     if return_state:
         result.state = output  # internal: cache and decode order, for tests and diagnostics

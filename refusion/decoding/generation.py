@@ -36,6 +36,12 @@ class Generation:
     """Per-step events (see module docstring) when asked for with `trace=True`."""
     settings: dict = field(default_factory=dict)
     """The decoder settings actually used (after defaults and rounding)."""
+    forward_seconds: float = 0.0
+    """Wall time spent inside the model's forward; the rest of `seconds` is the decoder's own work."""
+    forward_profile: dict = field(default_factory=dict)
+    """{tokens fed: [forwards, seconds]}: how many forwards fed that many new tokens, and their time."""
+    counters: dict = field(default_factory=dict)
+    """Decoder-specific counts, e.g. lossless `drafts_offered` and `drafts_accepted`."""
 
     @property
     def new_tokens(self) -> int:
@@ -49,6 +55,11 @@ class Generation:
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def engine_overhead(self) -> float:
+        """Share of the wall time spent outside the model's forward (0-1)."""
+        return max(0.0, 1 - self.forward_seconds / self.seconds) if self.seconds > 0 else 0.0
+
     def stats(self) -> dict:
         """The numbers a benchmark row or an API response reports."""
         return {
@@ -59,4 +70,5 @@ class Generation:
             "seconds": round(self.seconds, 4),
             "tokens_per_second": round(self.tokens_per_second, 3),
             "finish_reason": self.finish_reason,
+            **self.counters,
         }

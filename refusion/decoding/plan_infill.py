@@ -75,7 +75,7 @@ def plan(runner, state, prefix_ids, slot_starts, k, mask_id, temperature, genera
     input_ids = torch.cat([prefix_ids, torch.full_like(mask_positions, mask_id)], dim=1)
     position_ids = torch.cat([torch.arange(n_prefix).unsqueeze(0), mask_positions], dim=1)
     keep = kv_cache.length(state.cache) + n_prefix
-    logits = runner(input_ids, position_ids, state.cache)[0, n_prefix:]  # [n*k, V]
+    logits = runner(input_ids, position_ids, state.cache, logits_to_keep=mask_positions.shape[1])[0]  # [n*k, V]
     kv_cache.truncate(state.cache, keep)
     drafts, probs = choose(logits.view(len(slot_starts), k, -1), temperature, generator)  # [n, k]
     return drafts.cpu(), probs[:, 0].cpu()
@@ -189,7 +189,7 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
         for slot in slots:
             kv_cache.append(state.cache, kv_cache.select(slot.kv, 0, slot.length))
     else:
-        runner(torch.tensor([tokens]), torch.tensor([positions]), state.cache)  # exact causal KV
+        runner(torch.tensor([tokens]), torch.tensor([positions]), state.cache, logits_to_keep=1)  # exact causal KV
     return tokens, positions, eos_position
 
 

@@ -1,17 +1,18 @@
-"""Calling the model: one place that builds the forward's keyword arguments and counts forwards.
+"""Calling the model: one place that builds the forward's keyword arguments, counts forwards and times them.
 
 Works with any object that behaves like a transformers causal-LM forward: keyword arguments
-`input_ids`, `position_ids`, `past_key_values`, `use_cache`, `attention_mask`; it returns `.logits`
-and updates the cache it was given. Knows nothing about decoding strategies.
+`input_ids`, `position_ids`, `past_key_values`, `use_cache`, `attention_mask` (None = causal over
+the cache order, or an additive float mask [B, 1, S, cache + S]) and `logits_to_keep`; it returns
+`.logits` and updates the cache it was given. Knows nothing about decoding strategies.
 """
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-
-from .. import kv_cache
 
 
 def model_device(model) -> torch.device:
@@ -22,33 +23,55 @@ def model_device(model) -> torch.device:
 
 
 @dataclass
+class ForwardStats:
+    """Forwards counted and timed by the number of new tokens they fed (summed over the batch)."""
+
+    seconds: float = 0.0
+    by_width: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0.0]))  # width -> [count, seconds]
+
+    def add(self, width: int, seconds: float) -> None:
+        self.seconds += seconds
+        entry = self.by_width[width]
+        entry[0] += 1
+        entry[1] += seconds
+
+
+@dataclass
 class ModelRunner:
     model: object
     forward_passes: int = 0
     suppress_token_id: int | None = None
     """A token never to be predicted (the mask token: it is an input marker, not text)."""
+    stats: ForwardStats = field(default_factory=ForwardStats)
     device: torch.device = field(init=False)
 
     def __post_init__(self):
         self.device = model_device(self.model)
 
     @torch.no_grad()
-    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache, attention_mask=None) -> torch.Tensor:
-        """input_ids, position_ids: [B, S] appended after `cache` -> logits [B, S, V]."""
-        batch, new = input_ids.shape
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, kv_cache.length(cache) + new, dtype=torch.long, device=self.device)
+    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache, attention_mask=None,
+                 logits_to_keep: int = 0) -> torch.Tensor:
+        """input_ids, position_ids: [B, S] appended after `cache` -> logits [B, S, V].
+
+        `logits_to_keep=n` returns the logits of the last n positions only ([B, n, V]): the LM head
+        is a large share of a narrow forward, so decoders ask only for what they read.
+        """
+        started = time.perf_counter()
         output = self.model(
             input_ids=input_ids.to(self.device),
             position_ids=position_ids.to(self.device),
             past_key_values=cache,
             use_cache=True,
             attention_mask=attention_mask,
+            logits_to_keep=logits_to_keep,
         )
-        self.forward_passes += 1
         logits = output.logits
         if self.suppress_token_id is not None:
             logits[..., self.suppress_token_id] = torch.finfo(logits.dtype).min
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # so that the time below is the forward's, not its launch's
+        self.stats.add(input_ids.numel(), time.perf_counter() - started)
+        self.forward_passes += 1
         return logits
 
 
@@ -63,3 +86,5 @@ class DecodeOutput:
     """Prompt then generated tokens in the order they were committed (the cache's order)."""
     decode_order_positions: list[int] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    counters: dict = field(default_factory=dict)
+    """Decoder-specific counts (e.g. drafts offered and accepted), reported with the result."""

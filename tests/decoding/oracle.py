@@ -2,8 +2,8 @@
 
 The distribution at an input position depends only on (is the input the mask?, position id):
 - at a mask at generated offset j: `draft[j]` with probability `mask_conf[j]` (the MDM head);
-- at a real token at offset j-1 (or the prompt's last token for j = 0): `draft[j]` with probability
-  `ar_conf[j]` (the AR head, read one place later by verification).
+- at a real token at offset j-1 (or the prompt's last token for j = 0): `ar_token[j]` (by default
+  `draft[j]`) with probability `ar_conf[j]` (the AR head, read one place later by verification).
 Everything else shares the remaining mass. Its "KV cache" stores (token, position) per entry, so a
 test can read back exactly which tokens the cache covers and in which order. Every call is logged.
 """
@@ -42,15 +42,18 @@ class PositionOracle:
     draft: list[int]
     mask_conf: list[float]
     ar_conf: list[float]
+    ar_token: list[int] | None = None
     prompt_len: int = len(PROMPT)
     calls: list[Call] = field(default_factory=list)
 
     def __post_init__(self):
         self.config = SimpleNamespace(mask_token_id=MASK, max_position_embeddings=512)
+        self.ar_token = list(self.ar_token or self.draft)
 
-    def __call__(self, *, input_ids, position_ids, past_key_values, use_cache, attention_mask):
+    def __call__(self, *, input_ids, position_ids, past_key_values, use_cache, attention_mask=None, logits_to_keep=0):
         batch, length = input_ids.shape  # [B, S]
-        assert attention_mask.shape == (batch, kv_cache.length(past_key_values) + length)
+        if attention_mask is not None:  # causal when None; otherwise an additive 4D mask over cache + new
+            assert attention_mask.shape[-2:] == (length, kv_cache.length(past_key_values) + length)
         self.calls.append(Call(input_ids.tolist(), position_ids.tolist(), kv_cache.length(past_key_values)))
         logits = torch.empty(batch, length, VOCAB)
         for b in range(batch):
@@ -59,11 +62,13 @@ class PositionOracle:
                 if int(input_ids[b, s]) == MASK:
                     logits[b, s] = distribution(self.draft[offset], self.mask_conf[offset])
                 elif 0 <= offset + 1 < len(self.draft):
-                    logits[b, s] = distribution(self.draft[offset + 1], self.ar_conf[offset + 1])
+                    logits[b, s] = distribution(self.ar_token[offset + 1], self.ar_conf[offset + 1])
                 else:
                     logits[b, s] = distribution(0, 0.5)
         entry = torch.stack([input_ids, position_ids], dim=-1).float().unsqueeze(1)  # [B, 1, S, 2]
         past_key_values.update(entry, entry.clone(), 0)
+        if logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
         return SimpleNamespace(logits=logits, past_key_values=past_key_values)
 
 

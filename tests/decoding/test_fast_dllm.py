@@ -53,7 +53,7 @@ def test_causal_prefix_cache_is_refreshed_with_the_completed_block_only():
     # Block 0: from scratch, then against the prompt's KV. Block 1: block 0 and block 1 after the
     # prompt's KV (cut back to prompt + block 0), then block 1 alone. Later masks are never fed.
     assert fed(model) == [(0, P + 2, 0), (P, P + 2, P), (P, P + 4, P), (P + 2, P + 4, P + 2)]
-    assert all(call.attention_mask.dim() == 2 for call in model.calls)
+    assert all(call.attention_mask is None for call in model.calls)
 
 
 def test_bidirectional_recomputes_the_prefix_per_block_and_feeds_the_masked_suffix():

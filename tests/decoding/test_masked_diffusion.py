@@ -46,7 +46,7 @@ class ConfidenceModel(nn.Module):
         self.config = SimpleNamespace(mask_token_id=MASK, max_position_embeddings=512, refusion_objective=objective)
         self.calls: list[Call] = []
 
-    def forward(self, *, input_ids, position_ids, past_key_values, use_cache, attention_mask):
+    def forward(self, *, input_ids, position_ids, past_key_values, use_cache, attention_mask=None, logits_to_keep=0):
         _, length = input_ids.shape  # [1, S]
         self.calls.append(Call(input_ids[0].tolist(), position_ids[0].tolist(), kv_cache.length(past_key_values), attention_mask))
         logits = torch.stack([
@@ -55,7 +55,7 @@ class ConfidenceModel(nn.Module):
         ]).unsqueeze(0)  # [1, S, V]
         dummy = torch.zeros(1, 1, length, 1)
         kv_cache.append(past_key_values, [(dummy, dummy)])
-        return SimpleNamespace(logits=logits)
+        return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
 
 
 class Tokenizer:
@@ -139,7 +139,7 @@ def test_stops_after_the_block_holding_an_eos_and_ends_the_text_there():
 def test_causal_by_default_bidirectional_for_mdm_trained_models():
     causal = ConfidenceModel([11, 12], [0.9, 0.8])
     run(causal, max_new_tokens=2)
-    assert causal.calls[0].attention_mask.dim() == 2  # the runner's padding mask: the model stays causal
+    assert causal.calls[0].attention_mask is None  # the model's own causal mask
     bidirectional = ConfidenceModel([11, 12], [0.9, 0.8], objective="mdm")
     result = run(bidirectional, max_new_tokens=2)
     mask = bidirectional.calls[0].attention_mask

@@ -1,0 +1,102 @@
+"""Writing a bench result: a Markdown table, the JSON, the outputs, and a speed-against-quality figure."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+
+def machine(device: torch.device, dtype: torch.dtype, threads: int) -> dict:
+    """What the numbers were measured on."""
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    described = {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "device": str(device),
+                 "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
+                 "transformers": transformers.__version__}
+    if device.type == "cuda":
+        described["gpu"] = torch.cuda.get_device_name(device)
+    return described
+
+
+def _ms_by_width(row: dict) -> str:
+    return " ".join(f"{w}:{ms:g}" for w, ms in row["forward_ms_by_width"].items())
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['device']}"
+        + (f" ({m['gpu']})" if "gpu" in m else "") + f", {m['dtype']}; torch {m['torch']}, transformers {m['transformers']}.",
+        f"Model: {result['model']}; {len(result['prompts'])} prompts, at most {result['max_new_tokens']} new tokens, batch 1.",
+        "",
+        "| decoder | lossless | tokens/s | vs ar | tokens/forward | forwards | drafts accepted/forward | ms/forward by tokens fed "
+        "| engine overhead | peak MB | identical to ar | AR log-lik/token |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        drafts = row.get("drafts_accepted_per_forward")
+        loglik = row["ar_loglik_per_token"]
+        lines.append(
+            f"| {row['label']} | {'yes' if row['lossless'] else 'no'} | {row['tokens_per_second']:.2f} | {row['speedup_vs_ar']:.2f}x "
+            f"| {row['tokens_per_forward']:.2f} | {row['forward_passes']:.1f} | {'-' if drafts is None else f'{drafts:.2f}'} "
+            f"| {_ms_by_width(row)} | {100 * row['engine_overhead']:.1f}% | {row['peak_memory_mb']:.0f} "
+            f"| {100 * row['identical_to_ar']:.0f}% | {'-' if loglik is None else f'{loglik:.3f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> Path:
+    """Speed against ar (x) and AR log-likelihood per token (y), one labelled point per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for row in result["rows"]:
+        if row["ar_loglik_per_token"] is None:
+            continue
+        marker = "o" if row["lossless"] else "s"
+        axes.scatter(row["speedup_vs_ar"], row["ar_loglik_per_token"], marker=marker, s=50)
+        axes.annotate(row["label"], (row["speedup_vs_ar"], row["ar_loglik_per_token"]), fontsize=8,
+                      xytext=(4, 4), textcoords="offset points")
+    axes.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
+    axes.set_xlabel("tokens/s relative to ar (same run)")
+    axes.set_ylabel("AR log-likelihood per generated token")
+    m = result["machine"]
+    axes.set_title(f"{result['model']}: speed vs quality ({m['device']}, {m['dtype']}, circles = lossless)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def write(result: dict, directory: str | Path) -> list[Path]:
+    """bench.md, bench.json, outputs.jsonl (each row's text per prompt) and bench.png, written atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    outputs = result["outputs"]
+    files = {
+        "bench.md": markdown(result),
+        "bench.json": json.dumps({k: v for k, v in result.items() if k != "outputs"}, indent=1) + "\n",
+        "outputs.jsonl": "".join(json.dumps({"prompt": prompt, **{label: texts[i] for label, texts in outputs.items()}}) + "\n"
+                                 for i, prompt in enumerate(result["prompts"])),
+    }
+    written = []
+    for name, text in files.items():
+        temporary = directory / f".{name}.partial"
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, directory / name)
+        written.append(directory / name)
+    written.append(plot(result, directory / "bench.png"))
+    return written

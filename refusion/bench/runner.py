@@ -1,0 +1,213 @@
+"""Running decoder settings one after another on the same prompts and summarising each as a row.
+
+Everything is measured in one process on one model, so rows compare as ratios: speed against the
+`ar` row of the same run, and quality against `ar`'s text (identical share) and under the model's
+own AR head (mean log-likelihood per generated token). Each setting gets a warm-up generation
+that is not counted. Knows nothing about files or plots (see `report`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..decoding import generate
+from ..decoding.dispatch import DECODERS, check_options
+from ..errors import RefusionError
+
+LOSSLESS = {"ar", "lossless"}  # decoders whose text is the AR head's (greedy: identical; sampling: same distribution)
+GENERATE_KEYS = {"temperature", "seed"}  # generate() keywords a spec may set besides the decoder's options
+
+
+@dataclass
+class DecoderSpec:
+    """One row of the bench: a decoder and the keyword arguments `refusion.generate` takes for it."""
+
+    decoder: str
+    options: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        knobs = ",".join(f"{key}={value}" for key, value in self.options.items())
+        return f"{self.decoder}:{knobs}" if knobs else self.decoder
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return None if text.lower() == "none" else text
+
+
+def parse_specs(text: str) -> list[DecoderSpec]:
+    """'ar,lossless,refusion:kv=recompute,slot_size=8' -> three specs.
+
+    Specs are separated by commas; `NAME:key=value` sets options, and a further `key=value` after a
+    comma belongs to the spec before it. Options use `refusion.generate`'s keyword names.
+    """
+    specs: list[DecoderSpec] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if "=" in part and ":" not in part:
+            if not specs:
+                raise RefusionError(f"decoder spec {part!r} has no decoder name before it (write NAME:{part})")
+            key, value = part.split("=", 1)
+            specs[-1].options[key.strip().replace("-", "_")] = _value(value.strip())
+            continue
+        name, _, knobs = part.partition(":")
+        spec = DecoderSpec(name.strip())
+        if spec.decoder not in DECODERS:
+            raise RefusionError(f"unknown decoder {spec.decoder!r} in --decoders; choose from: {', '.join(DECODERS)}")
+        if knobs:
+            if "=" not in knobs:
+                raise RefusionError(f"decoder spec {part!r}: options are written key=value")
+            key, value = knobs.split("=", 1)
+            spec.options[key.strip().replace("-", "_")] = _value(value.strip())
+        specs.append(spec)
+    if not specs:
+        raise RefusionError("--decoders names no decoder")
+    return specs
+
+
+def check_specs(specs: list[DecoderSpec], max_new_tokens: int) -> None:
+    """Reject unknown or out-of-range options before any model is loaded."""
+    for spec in specs:
+        knobs = {k: v for k, v in spec.options.items() if k not in GENERATE_KEYS}
+        try:
+            check_options(spec.decoder, knobs, max_new_tokens)
+        except RefusionError as error:
+            raise RefusionError(f"{spec.label}: {error}") from None
+
+
+class PeakMemory:
+    """Peak resident memory (CPU) or peak allocated memory (CUDA) while the block runs, in MB."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_mb, self._running = device, 0.0, False
+
+    @staticmethod
+    def _rss_mb() -> float:
+        try:
+            with open("/proc/self/statm") as statm:
+                return int(statm.read().split()[1]) * 4096 / 2**20
+        except OSError:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def _watch(self) -> None:
+        while self._running:
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+            time.sleep(0.005)
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._running, self.peak_mb = True, self._rss_mb()
+            self._thread = threading.Thread(target=self._watch, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._running = False
+            self._thread.join()
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+
+@torch.no_grad()
+def ar_loglik(model, prompt_ids: torch.Tensor, tokens: list[int]) -> tuple[float, int]:
+    """Sum of the AR head's log-probabilities of `tokens` after the prompt, and their count."""
+    if not tokens:
+        return 0.0, 0
+    device = next(model.parameters()).device
+    ids = torch.cat([prompt_ids[0], torch.tensor(tokens)]).unsqueeze(0).to(device)
+    logits = model(input_ids=ids, logits_to_keep=len(tokens) + 1).logits[0, :-1].float()  # predicts each token
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids[0, -len(tokens):, None]).squeeze(-1)
+    return float(logprobs.sum()), len(tokens)
+
+
+def summarise(spec: DecoderSpec, generations, peak_mb: float, max_new_tokens: int) -> dict:
+    tokens = sum(g.new_tokens for g in generations)
+    seconds = sum(g.seconds for g in generations)
+    forwards = sum(g.forward_passes for g in generations)
+    inside = sum(g.forward_seconds for g in generations)
+    profile: dict[int, list] = {}
+    for g in generations:
+        for width, (count, secs) in g.forward_profile.items():
+            entry = profile.setdefault(int(width), [0, 0.0])
+            entry[0] += count
+            entry[1] += secs
+    counters: dict[str, int] = {}
+    for g in generations:
+        for key, value in g.counters.items():
+            counters[key] = counters.get(key, 0) + value
+    row = {
+        "decoder": spec.decoder,
+        "label": spec.label,
+        "settings": {"decoder": spec.decoder, "max_new_tokens": max_new_tokens, **spec.options},
+        "resolved_settings": {k: v for k, v in generations[0].settings.items() if k != "max_new_tokens"},
+        "lossless": spec.decoder in LOSSLESS,
+        "batch_size": 1,
+        "prompts": len(generations),
+        "new_tokens": tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(tokens / seconds, 3) if seconds else 0.0,
+        "tokens_per_forward": round(tokens / forwards, 4) if forwards else 0.0,
+        "forward_passes": round(forwards / len(generations), 2),
+        "forward_ms_by_width": {w: round(1000 * s / n, 2) for w, (n, s) in sorted(profile.items())},
+        "forwards_by_width": {w: n for w, (n, s) in sorted(profile.items())},
+        "engine_overhead": round(max(0.0, 1 - inside / seconds), 4) if seconds else 0.0,
+        "peak_memory_mb": round(peak_mb, 1),
+        **counters,
+    }
+    if "drafts_accepted" in counters and forwards:
+        row["drafts_accepted_per_forward"] = round(counters["drafts_accepted"] / forwards, 4)
+    return row
+
+
+def run_bench(model, tokenizer, prompts: list[str], specs: list[DecoderSpec], *, max_new_tokens: int = 96,
+              chat: bool = True, warmup: bool = True, progress: bool = True) -> dict:
+    """Run every spec over every prompt (batch 1); returns {"rows": [...], "outputs": {label: [text, ...]}}.
+
+    An `ar` row is run first when `specs` has none: every ratio needs it.
+    """
+    from tqdm.auto import tqdm
+
+    from ..prompting import encode_prompt
+
+    if not any(spec.decoder == "ar" and not spec.options for spec in specs):
+        specs = [DecoderSpec("ar"), *specs]
+    encoded = [encode_prompt(tokenizer, prompt, chat=chat) for prompt in prompts]
+    device = next(model.parameters()).device
+    rows, outputs, tokens_by_label = [], {}, {}
+    for spec in specs:
+        if warmup:
+            generate(model, tokenizer, encoded[0], decoder=spec.decoder, max_new_tokens=min(8, max_new_tokens), **spec.options)
+        generations = []
+        with PeakMemory(device) as memory:
+            for ids in tqdm(encoded, desc=spec.label, disable=not progress, leave=False):
+                generations.append(generate(model, tokenizer, ids, decoder=spec.decoder, max_new_tokens=max_new_tokens,
+                                            **spec.options))
+        row = summarise(spec, generations, memory.peak_mb, max_new_tokens)
+        loglik = [ar_loglik(model, ids, g.tokens) for ids, g in zip(encoded, generations)]
+        total, count = sum(s for s, _ in loglik), sum(n for _, n in loglik)
+        row["ar_loglik_per_token"] = round(total / count, 4) if count else None
+        rows.append(row)
+        outputs[spec.label] = [g.text for g in generations]
+        tokens_by_label[spec.label] = [g.tokens for g in generations]
+    baseline = next(row for row in rows if row["label"] == "ar")
+    for row in rows:
+        row["speedup_vs_ar"] = round(row["tokens_per_second"] / baseline["tokens_per_second"], 3) if baseline["tokens_per_second"] else None
+        same = [a == b for a, b in zip(tokens_by_label[row["label"]], tokens_by_label["ar"])]
+        row["identical_to_ar"] = round(sum(same) / len(same), 4)
+    return {"rows": rows, "outputs": outputs, "prompts": prompts}

@@ -1,0 +1,74 @@
+"""Defaults that fit the machine: the inference dtype and the number of CPU threads.
+
+bfloat16 where the hardware computes it natively (CUDA with bf16 support, or a CPU with
+AVX512-BF16 or AMX), float32 elsewhere: on a CPU without those instructions bf16 is emulated and
+slower. Threads: as many as there are idle cores we may run on, at least one. OpenMP threads that
+spin on cores another process is using were measured up to 24x slower than a single thread, so a
+busy machine gets fewer threads. `--dtype` and `--threads` override both.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import RefusionError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 matrix products natively (oneDNN's check)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def default_dtype(device: str | torch.device | None = None) -> torch.dtype:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else torch.float32
+
+
+def resolve_dtype(name: str | None, device: str | torch.device | None = None) -> torch.dtype:
+    """'auto' or None -> the machine's default; otherwise one of DTYPES by name."""
+    if name in (None, "auto"):
+        return default_dtype(device)
+    if name not in DTYPES:
+        raise RefusionError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """The cores we may use minus those other processes keep busy (1-minute load average), at least 1."""
+    cores = usable_cores()
+    try:
+        busy = int(os.getloadavg()[0] + 0.5)
+    except OSError:
+        busy = 0
+    return max(1, cores - busy)
+
+
+def set_threads(threads: int | str | None) -> int:
+    """Apply a thread count ('auto'/None: `default_threads()`); returns the count in force."""
+    if threads in (None, "auto"):
+        count = default_threads()
+    else:
+        try:
+            count = int(threads)
+        except ValueError:
+            raise RefusionError(f"threads must be auto or a positive integer, got {threads!r}") from None
+        if count < 1:
+            raise RefusionError(f"threads must be a positive integer, got {threads}")
+    torch.set_num_threads(count)
+    return count
