@@ -1,30 +1,30 @@
-"""Lossless decoding (`decoder="lossless"`): the masked-diffusion head drafts, the AR head decides.
+"""Lossless decoding (`decoder="lossless"`): the masked-diffusion head proposes, the AR head decides.
 
-Speculative decoding with the model as its own drafter (Leviathan et al. 2023; Chen et al. 2023),
-the drafts coming from `<|mask|>` positions as in TiDAR. Every forward feeds, after the cache:
+Speculative decoding with the model as its own drafter (Leviathan et al. 2023; Chen et al. 2023;
+TiDAR drafts with masks in the verifying forward). The text so far is known up to position T; its
+last token (or, on the first step, the whole prompt) is *pending*: committed, its KV not cached.
+Every forward feeds, after the cache, in one sequence with an additive 4D mask:
 
-    [pending tokens] [drafts d_1..d_n] [masks at the next n' + 1 positions]
+    pending (… T)  |  fallback: <mask> T+1, <mask> T+2  |  branch j: r_j T+1, <mask> T+2, <mask> T+3   (j = 1..b)
 
-`pending` are committed tokens whose KV is not cached yet (the prompt on the first step, then the
-token the AR head chose last). The logits at the last pending token and at each draft are the AR
-head's next-token distributions, exactly those the `ar` decoder computes at those places, so:
+Pending tokens see the cache and each other causally; the fallback and each branch see the cache,
+the pending tokens and themselves, never each other. The roots r_j are candidates for position T+1.
 
-- greedy: a draft is accepted iff it equals the AR argmax; at the first mismatch (or after the
-  last draft) the AR argmax itself is committed. The text is the `ar` decoder's text.
-- sampling (temperature > 0): a draft x drawn from q is accepted with probability min(1, p(x)/q(x))
-  and at the first rejection a token is drawn from max(0, p - q), normalised; after the last
-  accepted draft one more from p. The text is distributed exactly as the `ar` decoder's.
+- The AR head at the last pending token gives the token at T+1, exactly as the `ar` decoder would.
+- If it equals a root r_j (greedy: same token; sampling: the root accepted by multi-candidate
+  speculative sampling), r_j was fed at its true position after the true text, so its KV is exact
+  and its AR logits give the token at T+2 exactly too: two tokens from one forward.
+- The masks predict what comes next for the next forward's roots: branch j's mask at T+3 when r_j
+  matched, the fallback's mask at T+2 when none did. Greedy takes the b most likely tokens,
+  sampling draws b candidates independently.
 
-Each forward thus commits accepted + 1 tokens, and the KV of the pending tokens and accepted drafts
-it computed is exact (causal, true positions), so it stays in the cache. The masks, sitting after
-the drafts, predict the positions after them: the next forward's drafts. When a draft is
-rejected, the drafts and mask predictions after it were made for a different prefix; they remain
-the best guesses at hand and are offered again (any draft keeps the output exact; only the
-acceptance rate depends on it).
+Greedy output is token-identical to `ar` (up to floating-point differences between a narrow and a
+wide forward); sampled output is distributed exactly as `ar`'s. Only the pending tokens' and a
+matched root's KV are kept: the cache stays the exact causal cache of the text.
 
-The number of drafts adapts: the decoder keeps a running estimate of the chance that a draft is
-accepted and picks the n that maximises expected tokens per forward over the forward's cost,
-modelled as `1 + width_cost * (tokens fed - 1)` (0.02 fits a bf16 CPU forward of a few tokens).
+The branch count b adapts: the decoder counts how often the candidate of each rank matched and
+picks the b that maximises expected tokens per forward over the forward's cost, modelled as
+`1 + width_cost * (tokens fed - 1)` (0.02 fits a bf16 CPU forward of a few tokens; near 0 on a GPU).
 Knows nothing about tokenizers.
 """
 
@@ -33,54 +33,58 @@ from __future__ import annotations
 import torch
 
 from .. import kv_cache
+from ..attention import branch_mask
 from ..errors import RefusionError
 from .generation import EventCallback
 from .runner import DecodeOutput, ModelRunner
-from .sampling import speculative_verify
+from .sampling import draw, tempered, verify_candidates
 
-OPTIONS = {"draft_length": "auto", "max_draft_length": 8, "width_cost": 0.02}
-"""draft_length: drafts per forward, or "auto" to adapt it; max_draft_length: the adaptive upper bound;
-width_cost: the cost of one more fed token relative to a one-token forward (used by "auto")."""
+OPTIONS = {"branches": "auto", "max_branches": 4, "width_cost": 0.02}
+"""branches: candidate roots per forward, or "auto" to adapt; max_branches: the adaptive bound;
+width_cost: cost of one more fed token relative to a one-token forward (used by "auto")."""
 
-PRIOR_ACCEPTED, PRIOR_OFFERED, DECAY = 1.0, 2.0, 0.9
+FALLBACK = 2  # <mask> T+1, <mask> T+2
+BRANCH = 3  # root T+1, <mask> T+2, <mask> T+3
+PRIOR_RATE = (0.25, 0.13, 0.07, 0.06, 0.04, 0.03, 0.03, 0.02)  # chance the rank-i candidate matches (measured prior)
+PRIOR_WEIGHT, DECAY = 4.0, 0.95
 
 
 def validate_options(options: dict, max_new_tokens: int) -> None:
-    draft_length, most = options["draft_length"], options["max_draft_length"]
-    if draft_length != "auto" and not (isinstance(draft_length, int) or str(draft_length).isdigit()):
-        raise RefusionError(f"draft-length must be 'auto' or a whole number, got {draft_length!r}")
-    if draft_length != "auto" and int(draft_length) < 0:
-        raise RefusionError(f"draft-length must be >= 0, got {draft_length}")
-    if int(most) < 1:
-        raise RefusionError(f"max-draft-length must be a positive integer, got {most}")
+    branches, most = options["branches"], options["max_branches"]
+    if branches != "auto" and not (isinstance(branches, int) or str(branches).isdigit()):
+        raise RefusionError(f"branches must be 'auto' or a whole number >= 0, got {branches!r}")
+    if int(most) < 1 or int(most) > 64:
+        raise RefusionError(f"max-branches must lie in [1, 64], got {most}")
+    if branches != "auto" and int(branches) > int(most):
+        raise RefusionError(f"branches ({branches}) must not exceed max-branches ({most})")
     if not 0 <= float(options["width_cost"]) <= 1:
         raise RefusionError(f"width-cost must lie in [0, 1], got {options['width_cost']}")
 
 
-class DraftLength:
-    """Chooses how many drafts to offer from the acceptance seen so far (decayed counts, deterministic)."""
+class BranchCount:
+    """How many candidate roots to feed, from how often each rank matched (decayed counts; deterministic)."""
 
     def __init__(self, fixed: int | None, most: int, width_cost: float):
         self.fixed, self.most, self.width_cost = fixed, most, width_cost
-        self.accepted, self.offered = PRIOR_ACCEPTED, PRIOR_OFFERED
+        rates = [PRIOR_RATE[i] if i < len(PRIOR_RATE) else PRIOR_RATE[-1] for i in range(most)]
+        self.hits = [PRIOR_WEIGHT * rate for rate in rates]  # per rank: decayed matches
+        self.trials = [PRIOR_WEIGHT] * most  # per rank: decayed forwards that offered it
 
-    def update(self, accepted: int, offered: int) -> None:
-        """`offered` counts the drafts actually judged: the accepted ones and the first rejected one."""
-        self.accepted = DECAY * self.accepted + accepted
-        self.offered = DECAY * self.offered + offered
+    def update(self, offered: int, matched_rank: int | None) -> None:
+        for rank in range(offered):
+            self.hits[rank] = DECAY * self.hits[rank] + (rank == matched_rank)
+            self.trials[rank] = DECAY * self.trials[rank] + 1
 
-    def choose(self, budget: int) -> int:
-        """Drafts for the next forward; `budget` is how many tokens may still be committed after the AR one."""
+    def choose(self, pending: int = 1) -> int:
         if self.fixed is not None:
-            return min(self.fixed, budget)
-        rate = self.accepted / self.offered
+            return self.fixed
+        rates = [h / t for h, t in zip(self.hits, self.trials)]
 
-        def gain(n: int) -> float:  # expected tokens per forward over its relative cost, steady state
-            tokens = sum(rate**i for i in range(n + 1))
-            width = 2 * n + 2 if n else 1
-            return tokens / (1 + self.width_cost * (width - 1))
+        def gain(b: int) -> float:  # expected tokens per forward over its relative cost
+            width = pending + FALLBACK + BRANCH * b
+            return (1 + sum(rates[:b])) / (1 + self.width_cost * (width - 1))
 
-        return max(range(1, min(self.most, budget) + 1), key=gain, default=0)
+        return max(range(self.most + 1), key=gain)
 
 
 def decode(
@@ -90,8 +94,8 @@ def decode(
     max_new_tokens: int,
     eos_token_ids: set[int],
     mask_token_id: int,
-    draft_length: int | str = "auto",
-    max_draft_length: int = 8,
+    branches: int | str = "auto",
+    max_branches: int = 4,
     width_cost: float = 0.02,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
@@ -99,53 +103,60 @@ def decode(
 ) -> DecodeOutput:
     P = prompt_ids.shape[1]
     cache = kv_cache.new_cache()
-    chooser = DraftLength(None if draft_length == "auto" else int(draft_length), int(max_draft_length), float(width_cost))
-    pending = prompt_ids[0].tolist()  # committed, KV not yet cached
-    guesses: list[int] = []  # draft candidates for the positions right after `pending`
-    guess_q: torch.Tensor | None = None  # [len(guesses), V] their proposal distributions (sampling only)
+    counter = BranchCount(None if branches == "auto" else int(branches), int(max_branches), float(width_cost))
+    dtype = _logits_dtype(runner)
+    M = mask_token_id
+    pending = prompt_ids[0].tolist()  # committed, KV not cached yet
+    roots: list[int] = []  # candidates for the position after the pending tokens, best first
+    roots_q: torch.Tensor | None = None  # [V] the distribution they were drawn from (sampling)
     text: list[int] = []
-    offered_total = accepted_total = step = 0
+    step = offered_total = matched_total = 0
 
     while len(text) < max_new_tokens:
         step += 1
-        remaining = max_new_tokens - len(text)  # the AR token is always committed: up to remaining - 1 drafts
-        n = min(chooser.choose(remaining - 1), len(guesses))
-        n_next = chooser.choose(max(remaining - n - 2, 0)) if remaining - n > 1 else 0
-        drafts = guesses[:n]
-        masks = n_next + 1 if n_next else 0  # the first mask sits where the AR token will go
-        start = kv_cache.length(cache)  # == position of pending[0]: decode order is text order here
-        ids = pending + drafts + [mask_token_id] * masks
-        fed = torch.tensor([ids])
-        positions = torch.arange(start, start + len(ids)).unsqueeze(0)
-        read = n + 1 + masks  # logits at the last pending token, each draft, each mask
-        logits = runner(fed, positions, cache, logits_to_keep=read)[0]  # [read, V]
+        remaining = max_new_tokens - len(text)
+        b = min(len(roots), counter.choose()) if remaining > 1 else 0
+        masks = remaining > 1  # the next forward's candidates; useless when one token is left
+        past = kv_cache.length(cache)
+        T = past + len(pending) - 1  # position of the last pending token
+        L = len(pending)
+        groups = ([FALLBACK] if masks else []) + [BRANCH] * b
+        ids = list(pending) + ([M, M] if masks else [])
+        positions = list(range(T - L + 1, T + 1)) + ([T + 1, T + 2] if masks else [])
+        for root in roots[:b]:
+            ids += [root, M, M]
+            positions += [T + 1, T + 2, T + 3]
+        read = [L - 1] + ([L + 1] if masks else [])  # AR at T; fallback mask at T+2
+        for j in range(b):
+            base = L + FALLBACK + BRANCH * j
+            read += [base, base + 2]  # root j: AR at T+1; its mask at T+3
+        attention = branch_mask(past, L, groups, dtype, runner.device) if b else None
+        logits = runner(torch.tensor([ids]), torch.tensor([positions]), cache, attention,
+                        logits_to_keep=torch.tensor(read, device=runner.device))[0]  # [len(read), V]
 
-        q = guess_q[:n] if guess_q is not None else None
-        accepted, token, mask_tokens, mask_q = speculative_verify(
-            logits[: n + 1], torch.tensor(drafts, dtype=torch.long), q, logits[n + 1 :], temperature, generator)
-        new = drafts[:accepted] + [token]
-        offered = min(n, accepted + 1)
-        chooser.update(accepted, offered)
-        offered_total += offered
-        accepted_total += accepted
-        kv_cache.truncate(cache, start + len(pending) + accepted)  # exact KV: pending and accepted drafts
+        next_count = counter.choose() if masks else 0
+        token, matched, after, next_roots, next_q = _judge(logits, roots[:b], roots_q, masks, next_count,
+                                                           temperature, generator)
+        counter.update(b, matched)
+        offered_total += b
+        matched_total += matched is not None
+        if matched is None:  # exact KV: the cache before, the pending tokens and a matched root
+            kv_cache.truncate(cache, past + L)
+        else:
+            root = past + L + FALLBACK + BRANCH * matched
+            kv_cache.keep_indices(cache, torch.cat([torch.arange(past + L), torch.tensor([root])]))
 
+        new = [token] + ([after] if matched is not None else [])
         eos_at = next((i for i, t in enumerate(new) if t in eos_token_ids), None)
-        if eos_at is not None:
-            new = new[: eos_at + 1]
+        new = new[: eos_at + 1] if eos_at is not None else new
         new = new[:remaining]
         emit({"event": "commit", "step": step, "positions": list(range(len(text), len(text) + len(new))),
-              "tokens": new, "phase": "lossless", "drafted": n, "accepted": accepted})
+              "tokens": new, "phase": "lossless", "branches": b, "matched": matched})
         text += new
         if eos_at is not None:
             break
-        # Next drafts: this forward's guesses for the positions after the new token. When every draft
-        # was accepted the first mask stood where the new token now is, so its guess is not needed.
-        skip = 1 if accepted == n else 0
-        guesses = drafts[accepted + 1 :] + mask_tokens[skip:]
-        if temperature > 0:
-            guess_q = torch.cat([q[accepted + 1 :], mask_q[skip:]]) if n else mask_q[skip:]
-        pending = [token]
+        pending = [new[-1]]
+        roots, roots_q = next_roots, next_q
 
     return DecodeOutput(
         tokens=text,
@@ -153,6 +164,41 @@ def decode(
         cache=cache,
         decode_order_tokens=prompt_ids[0].tolist() + text[:-1] if text else prompt_ids[0].tolist(),
         decode_order_positions=list(range(P + max(len(text) - 1, 0))),
-        settings={"draft_length": draft_length, "max_draft_length": int(max_draft_length), "width_cost": float(width_cost)},
-        counters={"drafts_offered": offered_total, "drafts_accepted": accepted_total},
+        settings={"branches": branches, "max_branches": int(max_branches), "width_cost": float(width_cost)},
+        counters={"drafts_offered": offered_total, "drafts_accepted": matched_total},
     )
+
+
+def _logits_dtype(runner: ModelRunner) -> torch.dtype:
+    try:
+        return next(runner.model.parameters()).dtype
+    except (AttributeError, StopIteration, TypeError):
+        return torch.float32
+
+
+def _judge(logits, roots, roots_q, masks, next_count, temperature, generator):
+    """Read one forward's logits (rows: AR at T, fallback mask, then per root: AR at T+1, mask at T+3).
+
+    Returns (token at T+1, index of the matched root or None, token at T+2 when matched,
+    next roots, their distribution).
+    """
+    b = len(roots)
+    if temperature == 0:
+        picks = [logits.argmax(-1)]
+        candidates = logits[1::2].topk(next_count, dim=-1).indices if masks and next_count else None
+        flat = torch.cat(picks + ([candidates.flatten()] if candidates is not None else [])).tolist()  # one host sync
+        argmax, top = flat[: len(logits)], flat[len(logits) :]
+        token = argmax[0]
+        matched = roots.index(token) if token in roots else None
+        after = argmax[2 + 2 * matched] if matched is not None else None
+        source = 0 if matched is None else matched + 1  # fallback, or the matched root's mask
+        next_roots = top[source * next_count : (source + 1) * next_count] if candidates is not None else []
+        return token, matched, after, next_roots, None
+    p = tempered(logits[0], temperature)
+    token, matched = verify_candidates(p, roots, roots_q, generator)
+    after = draw(tempered(logits[2 + 2 * matched], temperature), 1, generator)[0] if matched is not None else None
+    if not masks:
+        return token, matched, after, [], None
+    row = 1 if matched is None else 3 + 2 * matched
+    q = tempered(logits[row], temperature)
+    return token, matched, after, draw(q, next_count, generator), q

@@ -28,40 +28,35 @@ def probability_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def speculative_verify(ar_logits: torch.Tensor, drafts: torch.Tensor, draft_q: torch.Tensor | None,
-                       mask_logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):
-    """Judge drafts against the AR head, pick the token after them, and draw the masks' guesses.
 
-    ar_logits [n+1, V]: the AR head's next-token logits before each of the n drafts and after the last;
-    drafts [n]; draft_q [n, V]: the distributions the drafts were drawn from (sampling only);
-    mask_logits [m, V]. Returns (accepted, token, mask_tokens, mask_q): the length of the accepted
-    prefix of drafts, the AR head's token after it, a guess per mask and (sampling) their distributions.
+def tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(logits / temperature) in float64 on the CPU (where the generator lives)."""
+    return torch.softmax(logits.double().cpu() / temperature, dim=-1)
 
-    Greedy: a draft is accepted iff it is the AR argmax, and the token is the AR argmax. Sampling:
-    the speculative-sampling rule, so that the committed tokens are distributed exactly as tokens
-    drawn one by one from the AR head at this temperature.
+
+def draw(probs: torch.Tensor, count: int, generator: torch.Generator | None = None) -> list[int]:
+    """`count` independent draws (with replacement) from each row of probs [..., V] -> flat list."""
+    if count == 0:
+        return []
+    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), count, replacement=True, generator=generator).flatten().tolist()
+
+
+def verify_candidates(p: torch.Tensor, candidates: list[int], q: torch.Tensor | None,
+                      generator: torch.Generator | None = None) -> tuple[int, int | None]:
+    """Sample the next token from p [V] using candidates drawn i.i.d. from q [V]; (token, index of the candidate taken).
+
+    Recursive rejection (multi-candidate speculative sampling): candidate j is accepted with
+    probability min(1, p_j(x)/q(x)), where p_1 = p and each rejection replaces p_j by the normalised
+    max(0, p_j - q); if all are rejected, the token is drawn from the last residual. The token is
+    distributed exactly as a draw from p, whatever q is.
     """
-    n = drafts.shape[0]
-    if temperature == 0:
-        picks = torch.cat([ar_logits.argmax(-1), mask_logits.argmax(-1)]).tolist()  # one host sync
-        ar, mask_tokens = picks[: n + 1], picks[n + 1 :]
-        drafted = drafts.tolist()
-        accepted = next((i for i in range(n) if drafted[i] != ar[i]), n)
-        return accepted, ar[accepted], mask_tokens, None
-    p = torch.softmax(ar_logits.double().cpu() / temperature, dim=-1)  # [n+1, V]
-    mask_q = torch.softmax(mask_logits.double().cpu() / temperature, dim=-1)  # [m, V]
-    accepted = n
-    if n:
-        rows = torch.arange(n)
-        ratio = p[rows, drafts] / draft_q[rows, drafts].clamp_min(1e-300)
-        uniform = torch.rand(n, dtype=torch.float64, generator=generator)
-        rejected = (uniform >= ratio.clamp(max=1.0)).nonzero()
-        accepted = int(rejected[0]) if len(rejected) else n
-    if accepted < n:
-        residual = (p[accepted] - draft_q[accepted]).clamp_min(0)
-        target = residual if residual.sum() > 0 else p[accepted]
-    else:
-        target = p[n]
-    token = int(torch.multinomial(target / target.sum(), 1, generator=generator))
-    mask_tokens = torch.multinomial(mask_q, 1, generator=generator).flatten().tolist() if len(mask_q) else []
-    return accepted, token, mask_tokens, mask_q
+    target = p
+    for index, candidate in enumerate(candidates):
+        ratio = float(target[candidate] / q[candidate]) if q[candidate] > 0 else float("inf")
+        if float(torch.rand((), dtype=torch.float64, generator=generator)) < min(1.0, ratio):
+            return candidate, index
+        residual = (target - q).clamp_min(0)
+        if residual.sum() <= 0:  # target == q: a rejection cannot happen, kept for numerical safety
+            break
+        target = residual / residual.sum()
+    return draw(target, 1, generator)[0], None

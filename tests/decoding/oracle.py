@@ -67,7 +67,9 @@ class PositionOracle:
                     logits[b, s] = distribution(0, 0.5)
         entry = torch.stack([input_ids, position_ids], dim=-1).float().unsqueeze(1)  # [B, 1, S, 2]
         past_key_values.update(entry, entry.clone(), 0)
-        if logits_to_keep:
+        if isinstance(logits_to_keep, torch.Tensor):
+            logits = logits[:, logits_to_keep.cpu()]
+        elif logits_to_keep:
             logits = logits[:, -logits_to_keep:]
         return SimpleNamespace(logits=logits, past_key_values=past_key_values)
 
