@@ -23,12 +23,17 @@ wide forward); sampled output is distributed exactly as `ar`'s. Only the pending
 matched root's KV are kept: the cache stays the exact causal cache of the text.
 
 The branch count b adapts: the decoder counts how often the candidate of each rank matched and
-picks the b that maximises expected tokens per forward over the forward's cost, modelled as
-`1 + width_cost * (tokens fed - 1)` (0.02 fits a bf16 CPU forward of a few tokens; near 0 on a GPU).
+picks the b that maximises expected tokens per forward over the forward's cost. That cost, by the
+number of tokens fed, is measured once per model (`width_cost="auto"`: on a GPU or a bf16 CPU 27
+tokens cost little more than one; in float32 on a CPU they do not), or modelled as
+`1 + width_cost * (tokens fed - 1)`. b = 0 feeds no masks: a plain `ar` step, so the mode
+never costs much more than `ar` where branches do not pay.
 Knows nothing about tokenizers.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -36,12 +41,13 @@ from .. import kv_cache
 from ..attention import branch_mask
 from ..errors import RefusionError
 from .generation import EventCallback
-from .runner import DecodeOutput, ModelRunner
+from .runner import DecodeOutput, ModelRunner, interpolate_cost, width_costs
 from .sampling import draw, tempered, verify_candidates
 
-OPTIONS = {"branches": "auto", "max_branches": 4, "width_cost": 0.02}
+OPTIONS = {"branches": "auto", "max_branches": 8, "width_cost": "auto"}
 """branches: candidate roots per forward, or "auto" to adapt; max_branches: the adaptive bound;
-width_cost: cost of one more fed token relative to a one-token forward (used by "auto")."""
+width_cost: "auto" (measure the model's forward cost by width once) or the cost of one more fed
+token relative to a one-token forward (used by branches="auto")."""
 
 FALLBACK = 2  # <mask> T+1, <mask> T+2
 BRANCH = 3  # root T+1, <mask> T+2, <mask> T+3
@@ -51,21 +57,27 @@ PRIOR_WEIGHT, DECAY = 4.0, 0.95
 
 def validate_options(options: dict, max_new_tokens: int) -> None:
     branches, most = options["branches"], options["max_branches"]
-    if branches != "auto" and not (isinstance(branches, int) or str(branches).isdigit()):
+    if branches != "auto" and not str(branches).isdigit():
         raise RefusionError(f"branches must be 'auto' or a whole number >= 0, got {branches!r}")
     if int(most) < 1 or int(most) > 64:
         raise RefusionError(f"max-branches must lie in [1, 64], got {most}")
     if branches != "auto" and int(branches) > int(most):
         raise RefusionError(f"branches ({branches}) must not exceed max-branches ({most})")
-    if not 0 <= float(options["width_cost"]) <= 1:
-        raise RefusionError(f"width-cost must lie in [0, 1], got {options['width_cost']}")
+    cost = options["width_cost"]
+    if cost != "auto":
+        try:
+            valid = 0 <= float(cost) <= 1
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise RefusionError(f"width-cost must be 'auto' or lie in [0, 1], got {cost!r}")
 
 
 class BranchCount:
     """How many candidate roots to feed, from how often each rank matched (decayed counts; deterministic)."""
 
-    def __init__(self, fixed: int | None, most: int, width_cost: float):
-        self.fixed, self.most, self.width_cost = fixed, most, width_cost
+    def __init__(self, fixed: int | None, most: int, cost: Callable[[int], float]):
+        self.fixed, self.most, self.cost = fixed, most, cost
         rates = [PRIOR_RATE[i] if i < len(PRIOR_RATE) else PRIOR_RATE[-1] for i in range(most)]
         self.hits = [PRIOR_WEIGHT * rate for rate in rates]  # per rank: decayed matches
         self.trials = [PRIOR_WEIGHT] * most  # per rank: decayed forwards that offered it
@@ -75,14 +87,14 @@ class BranchCount:
             self.hits[rank] = DECAY * self.hits[rank] + (rank == matched_rank)
             self.trials[rank] = DECAY * self.trials[rank] + 1
 
-    def choose(self, pending: int = 1) -> int:
+    def choose(self) -> int:
         if self.fixed is not None:
             return self.fixed
         rates = [h / t for h, t in zip(self.hits, self.trials)]
 
-        def gain(b: int) -> float:  # expected tokens per forward over its relative cost
-            width = pending + FALLBACK + BRANCH * b
-            return (1 + sum(rates[:b])) / (1 + self.width_cost * (width - 1))
+        def gain(b: int) -> float:  # expected tokens per forward over its relative cost (one pending token)
+            width = 1 + FALLBACK + BRANCH * b if b else 1
+            return (1 + sum(rates[:b])) / self.cost(width)
 
         return max(range(self.most + 1), key=gain)
 
@@ -96,14 +108,15 @@ def decode(
     mask_token_id: int,
     branches: int | str = "auto",
     max_branches: int = 4,
-    width_cost: float = 0.02,
+    width_cost: float | str = "auto",
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     emit: EventCallback = lambda event: None,
 ) -> DecodeOutput:
     P = prompt_ids.shape[1]
     cache = kv_cache.new_cache()
-    counter = BranchCount(None if branches == "auto" else int(branches), int(max_branches), float(width_cost))
+    counter = BranchCount(None if branches == "auto" else int(branches), int(max_branches),
+                          forward_cost(runner, width_cost) if branches == "auto" else None)
     dtype = _logits_dtype(runner)
     M = mask_token_id
     pending = prompt_ids[0].tolist()  # committed, KV not cached yet
@@ -115,8 +128,10 @@ def decode(
     while len(text) < max_new_tokens:
         step += 1
         remaining = max_new_tokens - len(text)
-        b = min(len(roots), counter.choose()) if remaining > 1 else 0
-        masks = remaining > 1  # the next forward's candidates; useless when one token is left
+        # Candidates and their masks reach position T+3: only worth feeding while the budget goes that far.
+        wanted = counter.choose() if remaining >= 3 else 0
+        b = min(len(roots), wanted)
+        masks = wanted > 0  # the fallback's masks give the next forward's candidates
         past = kv_cache.length(cache)
         T = past + len(pending) - 1  # position of the last pending token
         L = len(pending)
@@ -134,8 +149,7 @@ def decode(
         logits = runner(torch.tensor([ids]), torch.tensor([positions]), cache, attention,
                         logits_to_keep=torch.tensor(read, device=runner.device))[0]  # [len(read), V]
 
-        next_count = counter.choose() if masks else 0
-        token, matched, after, next_roots, next_q = _judge(logits, roots[:b], roots_q, masks, next_count,
+        token, matched, after, next_roots, next_q = _judge(logits, roots[:b], roots_q, masks, wanted,
                                                            temperature, generator)
         counter.update(b, matched)
         offered_total += b
@@ -164,9 +178,19 @@ def decode(
         cache=cache,
         decode_order_tokens=prompt_ids[0].tolist() + text[:-1] if text else prompt_ids[0].tolist(),
         decode_order_positions=list(range(P + max(len(text) - 1, 0))),
-        settings={"branches": branches, "max_branches": int(max_branches), "width_cost": float(width_cost)},
+        settings={"branches": branches, "max_branches": int(max_branches), "width_cost": width_cost},
         counters={"drafts_offered": offered_total, "drafts_accepted": matched_total},
     )
+
+
+def forward_cost(runner: ModelRunner, width_cost: float | str) -> Callable[[int], float]:
+    """Relative cost of a forward by tokens fed: measured once per model ("auto"), or linear."""
+    if width_cost == "auto":
+        if isinstance(runner.model, torch.nn.Module):
+            table = width_costs(runner.model)
+            return lambda width: interpolate_cost(table, width)
+        width_cost = 0.02  # a stand-in model: nothing worth timing
+    return lambda width: 1 + float(width_cost) * (width - 1)
 
 
 def _logits_dtype(runner: ModelRunner) -> torch.dtype:

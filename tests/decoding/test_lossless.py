@@ -1,0 +1,218 @@
+"""The lossless decoder against hand-derived expectations, and against `ar` on tiny real models.
+
+On the position oracle the AR head's token at offset j is `ar_token[j]` and a mask at offset j
+predicts `draft[j]`, whatever the context; so which candidate roots match, and hence every forward,
+can be derived by hand. With one branch: forward 1 feeds the prompt and two fallback masks; each
+later forward feeds the pending token, the fallback masks and one root (pending, M, M, root, M, M).
+"""
+
+import collections
+
+import pytest
+import torch
+
+import refusion
+from refusion import kv_cache
+from tests.decoding.oracle import EOS, MASK, PROMPT, VOCAB, PositionOracle, Tokenizer, cached_entries
+from tests.tiny_models import char_tokenizer, tiny_model
+
+P = len(PROMPT)
+DRAFT = [11, 12, 13, 14, 15, 16, 17, 18]
+
+
+def run(oracle, **options):
+    options = {"decoder": "lossless", "branches": 1, "trace": True, "return_state": True, **options}
+    return refusion.generate(oracle, Tokenizer(), torch.tensor([PROMPT]), **options)
+
+
+def commits(result):
+    return [(event["positions"], event["matched"]) for event in result.trace if event["event"] == "commit"]
+
+
+def test_every_root_matches_two_tokens_per_forward():
+    oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
+    result = run(oracle, max_new_tokens=8)
+    assert result.tokens == DRAFT
+    # prompt -> 11; then 12+13, 14+15, 16+17 through matched roots; the last token alone (no candidates needed).
+    assert result.forward_passes == 5
+    assert commits(result) == [([0], None), ([1, 2], 0), ([3, 4], 0), ([5, 6], 0), ([7], None)]
+    assert oracle.calls[0].input_ids == [PROMPT + [MASK, MASK]]
+    assert oracle.calls[0].position_ids == [[0, 1, 2, 3, 4]]
+    # pending 11 at offset 0; fallback masks at offsets 1, 2; root 12 at offset 1 with masks at 2, 3.
+    assert oracle.calls[1].input_ids == [[11, MASK, MASK, 12, MASK, MASK]]
+    assert oracle.calls[1].position_ids == [[P, P + 1, P + 2, P + 1, P + 2, P + 3]]
+    assert oracle.calls[1].past_length == P
+    # The matched root's KV stays, the pending token's too: the cache is the text in order.
+    assert oracle.calls[2].past_length == P + 2 and oracle.calls[2].input_ids[0][:1] == [13]
+    assert oracle.calls[4].input_ids == [[17]]  # one token left: a plain AR step
+    assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + DRAFT[:-1])]
+    assert result.counters == {"drafts_offered": 3, "drafts_accepted": 3}
+
+
+def test_a_rejected_root_commits_the_ar_token_and_takes_candidates_from_the_fallback():
+    ar = [11, 12, 13, 9, 15, 16, 17, 18]  # the AR head disagrees with the draft at offset 3
+    oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8, ar_token=ar)
+    result = run(oracle, max_new_tokens=8)
+    assert result.tokens == ar
+    # 11; 12+13 (root 12); root 14 at offset 3 loses to 9; root 15 (the fallback's guess) + 16; then two
+    # plain AR steps: candidates and their masks are fed only while the budget reaches three positions ahead.
+    assert commits(result) == [([0], None), ([1, 2], 0), ([3], None), ([4, 5], 0), ([6], None), ([7], None)]
+    assert oracle.calls[2].input_ids == [[13, MASK, MASK, 14, MASK, MASK]]
+    assert oracle.calls[3].input_ids == [[9, MASK, MASK, 15, MASK, MASK]]  # candidate from the fallback mask
+    assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + ar[:-1])]
+
+
+def test_the_rejected_roots_kv_is_dropped_and_a_matched_roots_kv_kept():
+    ar = [11, 12, 13, 9, 15, 16]
+    oracle = PositionOracle(DRAFT[:6], mask_conf=[0.9] * 6, ar_conf=[0.9] * 6, ar_token=ar)
+    result = run(oracle, max_new_tokens=6)
+    entries = cached_entries(result.state.cache)
+    assert (14, P + 3) not in entries and (13, P + 2) in entries
+    assert entries == [(t, p) for p, t in enumerate(PROMPT + ar[:-1])]
+
+
+def test_eos_from_a_matched_root_ends_the_text():
+    ar = [11, 12, EOS, 14]
+    oracle = PositionOracle([11, 12, 13, 14], mask_conf=[0.9] * 4, ar_conf=[0.9] * 4, ar_token=ar)
+    result = run(oracle, max_new_tokens=4)
+    assert result.tokens == [11, 12, EOS] and result.finish_reason == "stop"
+    assert result.forward_passes == 2
+
+
+def test_eos_as_the_ar_token_at_a_rejection_ends_the_text():
+    ar = [11, 12, 13, EOS, 15]
+    oracle = PositionOracle([11, 12, 13, 14, 15], mask_conf=[0.9] * 5, ar_conf=[0.9] * 5, ar_token=ar)
+    result = run(oracle, max_new_tokens=5)
+    assert result.tokens == [11, 12, 13, EOS] and result.forward_passes == 3
+
+
+def test_a_stop_string_inside_a_matched_pair_ends_the_decode():
+    oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
+    result = run(oracle, max_new_tokens=8, stop="13")
+    assert result.text == "11 12 " and result.finish_reason == "stop"
+    assert result.forward_passes == 2
+
+
+def test_zero_branches_is_plain_ar():
+    oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
+    result = run(oracle, max_new_tokens=8, branches=0)
+    assert result.tokens == DRAFT and result.forward_passes == 8
+    assert all(MASK not in call.input_ids[0] for call in oracle.calls)
+
+
+def test_several_branches_share_one_forward():
+    oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
+    result = run(oracle, max_new_tokens=8, branches=3)
+    assert result.tokens == DRAFT
+    second = oracle.calls[1].input_ids[0]
+    assert len(second) == 1 + 2 + 3 * 3 and second[3] == 12  # the likeliest candidate first
+    assert result.forward_passes == 5
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"branches": -1}, "branches"), ({"branches": "many"}, "branches"), ({"max_branches": 0}, "max-branches"),
+    ({"branches": 9}, "must not exceed"), ({"width_cost": 2}, "width-cost"), ({"width_cost": "cheap"}, "width-cost"),
+])
+def test_bad_options_are_one_clear_error(options, message):
+    oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
+    with pytest.raises(refusion.RefusionError, match=message):
+        refusion.generate(oracle, Tokenizer(), torch.tensor([PROMPT]), decoder="lossless", max_new_tokens=4,
+                          **{"branches": 1, **options})
+
+
+# --- sampling: the output distribution is the AR head's --------------------------------------
+
+
+def exact_distribution(token: int, prob: float) -> torch.Tensor:
+    """The oracle's AR distribution as the decoder sees it: the mask token is never predicted."""
+    probs = torch.full((VOCAB,), (1 - prob) / (VOCAB - 1))
+    probs[token] = prob
+    probs[MASK] = 0
+    return probs / probs.sum()
+
+
+def chi_square(counts: collections.Counter, expected: torch.Tensor, total: int) -> float:
+    return sum((counts.get(t, 0) - total * float(p)) ** 2 / (total * float(p)) for t, p in enumerate(expected) if p > 0)
+
+
+def test_sampled_tokens_follow_the_ar_head_not_the_drafts():
+    # The drafts' distribution (mask head) differs from the AR head's at every offset, so rejections,
+    # residual draws and matched roots all occur. The oracle's AR head ignores context: each offset's
+    # token is an independent draw from `exact_distribution(ar_token[j], ar_conf[j])` at temperature 1.
+    ar_token, ar_conf = [11, 12, 13, 14, 15, 16], [0.5, 0.4, 0.6, 0.3, 0.5, 0.5]
+    draft, mask_conf = [11, 15, 13, 14, 17, 16], [0.9, 0.8, 0.2, 0.9, 0.9, 0.9]
+    runs = 1500
+    counts = [collections.Counter() for _ in range(6)]
+    matched = 0
+    for seed in range(runs):
+        oracle = PositionOracle(draft, mask_conf=mask_conf, ar_conf=ar_conf, ar_token=ar_token)
+        result = refusion.generate(oracle, Tokenizer(), torch.tensor([PROMPT]), decoder="lossless", branches=2,
+                                   max_new_tokens=6, temperature=1.0, seed=seed, trace=True)
+        for offset, token in enumerate(result.tokens):
+            counts[offset][token] += 1
+        matched += sum(event["matched"] is not None for event in result.trace)
+    assert matched > runs / 2, "the scenario must exercise matched candidates"
+    for offset in (1, 2, 3):  # offset 0 comes from the prompt's forward alone
+        total = sum(counts[offset].values())
+        statistic = chi_square(counts[offset], exact_distribution(ar_token[offset], ar_conf[offset]), total)
+        assert statistic < 42.3, (offset, statistic, counts[offset])  # chi-square, 18 degrees of freedom, p = 0.001
+
+
+def test_sampling_on_a_tiny_model_matches_ar_over_many_seeds():
+    tokenizer = char_tokenizer()
+    model = tiny_model("llama", vocab_size=128, seed=3)
+    model.config.mask_token_id = 127
+    ids = refusion.encode_prompt(tokenizer, "Hi")
+    # The AR distribution of the second token, exactly: sum over the first token of p(x1) p(x2 | x1).
+    temperature = 0.05  # a random model's logits are flat: sharpen them so a few hundred runs tell
+    with torch.no_grad():
+        first = torch.softmax(model(input_ids=ids).logits[0, -1].double() / temperature, -1)
+        first[127] = 0
+        first /= first.sum()
+        second = torch.zeros(128, dtype=torch.float64)
+        for token in first.nonzero().flatten().tolist():
+            if first[token] < 1e-6:
+                continue
+            logits = model(input_ids=torch.cat([ids, torch.tensor([[token]])], 1)).logits[0, -1].double()
+            logits[127] = -float("inf")
+            second += first[token] * torch.softmax(logits / temperature, -1)
+    runs = 400
+    seen, matched = collections.Counter(), 0
+    for seed in range(runs):
+        result = refusion.generate(model, tokenizer, ids, decoder="lossless", branches=2, width_cost=0.0,
+                                   max_new_tokens=4, temperature=temperature, seed=seed, trace=True)
+        seen[result.tokens[1]] += 1  # decided by the candidates the first forward's masks proposed
+        matched += result.trace[1]["matched"] is not None
+    support = [t for t in range(128) if second[t] * runs >= 5]
+    rest = 1 - float(second[support].sum())
+    statistic = sum((seen.get(t, 0) - runs * float(second[t])) ** 2 / (runs * float(second[t])) for t in support)
+    if rest * runs >= 5:
+        other = runs - sum(seen.get(t, 0) for t in support)
+        statistic += (other - runs * rest) ** 2 / (runs * rest)
+    assert statistic < 60, (statistic, len(support))
+    assert 0.1 * runs < matched < 0.9 * runs, "both matched candidates and rejections must occur"
+
+
+# --- tiny real models: greedy output equals ar -----------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "llama"])
+@pytest.mark.parametrize("branches", ["auto", 1, 3])
+def test_greedy_output_equals_ar_and_the_cache_is_the_causal_cache_of_the_text(kind, branches):
+    tokenizer = char_tokenizer()
+    for seed in range(3):
+        model = tiny_model(kind, vocab_size=128, seed=seed)
+        model.config.mask_token_id = 127
+        ids = refusion.encode_prompt(tokenizer, "Add 2 and 3.")
+        ar = refusion.generate(model, tokenizer, ids, decoder="ar", max_new_tokens=40)
+        result = refusion.generate(model, tokenizer, ids, decoder="lossless", branches=branches, width_cost=0.0,
+                                   max_new_tokens=40, return_state=True)
+        assert result.tokens == ar.tokens
+        text = ids[0].tolist() + result.tokens[:-1]
+        with torch.no_grad():
+            fresh = kv_cache.new_cache()
+            model(input_ids=torch.tensor([text]), past_key_values=fresh, use_cache=True)
+        for (keys, values), (want_keys, want_values) in zip(kv_cache.layer_tensors(result.state.cache),
+                                                            kv_cache.layer_tensors(fresh)):
+            torch.testing.assert_close(keys, want_keys, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(values, want_values, rtol=1e-4, atol=1e-5)
