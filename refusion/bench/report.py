@@ -40,17 +40,20 @@ def markdown(result: dict) -> str:
         f"Model: {result['model']}; {len(result['prompts'])} prompts, at most {result['max_new_tokens']} new tokens, batch 1.",
         "",
         "| decoder | lossless | tokens/s | vs ar | tokens/forward | forwards | drafts accepted/forward | ms/forward by tokens fed "
-        "| engine overhead | peak MB | identical to ar | AR log-lik/token |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| engine overhead | peak MB | identical to ar | logit gap where it leaves ar (median / max) | AR log-lik/token |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         drafts = row.get("drafts_accepted_per_forward")
         loglik = row["ar_loglik_per_token"]
+        gap = row.get("divergence_logit_gap")
+        gap = "-" if gap is None else f"{gap['median']:.3f} / {gap['max']:.3f}"
         lines.append(
             f"| {row['label']} | {'yes' if row['lossless'] else 'no'} | {row['tokens_per_second']:.2f} | {row['speedup_vs_ar']:.2f}x "
             f"| {row['tokens_per_forward']:.2f} | {row['forward_passes']:.1f} | {'-' if drafts is None else f'{drafts:.2f}'} "
             f"| {_ms_by_width(row)} | {100 * row['engine_overhead']:.1f}% | {row['peak_memory_mb']:.0f} "
-            f"| {100 * row['identical_to_ar']:.0f}% | {'-' if loglik is None else f'{loglik:.3f}'} |"
+            f"| {100 * row['identical_to_ar']:.0f}% | {gap} "
+            f"| {'-' if loglik is None else f'{loglik:.3f}'} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -136,6 +136,22 @@ def ar_loglik(model, prompt_ids: torch.Tensor, tokens: list[int]) -> tuple[float
     return float(logprobs.sum()), len(tokens)
 
 
+@torch.no_grad()
+def divergence_gap(model, prompt_ids: torch.Tensor, tokens: list[int], reference: list[int]) -> float | None:
+    """Where `tokens` first leaves `reference`: |logit difference| the AR head gives the two tokens there.
+
+    A small gap is a near-tie that floating-point differences between forwards of different widths
+    can flip; None when neither text departs from the other (one may be a prefix of the other).
+    """
+    first = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), None)
+    if first is None:
+        return None
+    device = next(model.parameters()).device
+    ids = torch.cat([prompt_ids[0], torch.tensor(reference[:first], dtype=torch.long)]).unsqueeze(0).to(device)
+    logits = model(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
+    return abs(float(logits[tokens[first]] - logits[reference[first]]))
+
+
 def summarise(spec: DecoderSpec, generations, peak_mb: float, max_new_tokens: int) -> dict:
     tokens = sum(g.new_tokens for g in generations)
     seconds = sum(g.seconds for g in generations)
@@ -208,6 +224,10 @@ def run_bench(model, tokenizer, prompts: list[str], specs: list[DecoderSpec], *,
     baseline = next(row for row in rows if row["label"] == "ar")
     for row in rows:
         row["speedup_vs_ar"] = round(row["tokens_per_second"] / baseline["tokens_per_second"], 3) if baseline["tokens_per_second"] else None
-        same = [a == b for a, b in zip(tokens_by_label[row["label"]], tokens_by_label["ar"])]
-        row["identical_to_ar"] = round(sum(same) / len(same), 4)
+        pairs = list(zip(tokens_by_label[row["label"]], tokens_by_label["ar"]))
+        row["identical_to_ar"] = round(sum(a == b for a, b in pairs) / len(pairs), 4)
+        gaps = [divergence_gap(model, ids, a, b) for ids, (a, b) in zip(encoded, pairs) if a != b]
+        gaps = sorted(g for g in gaps if g is not None)
+        # Where the text leaves ar's: how close the AR head's two choices were (logits), median and largest.
+        row["divergence_logit_gap"] = {"median": round(gaps[len(gaps) // 2], 4), "max": round(gaps[-1], 4)} if gaps else None
     return {"rows": rows, "outputs": outputs, "prompts": prompts}
