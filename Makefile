@@ -30,10 +30,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	@echo "== refusion-smollm2-135m, plan-and-infill decoding =="
-	$(BIN)/refusion generate "$(DEMO_PROMPT)" --model refusion-smollm2-135m --decoder refusion --max-new-tokens 96
-	@echo "== the same model, one token per forward (AR) =="
+	@echo "== refusion-smollm2-135m, lossless decoding: the mask head drafts, the AR head checks (ar's text) =="
+	$(BIN)/refusion generate "$(DEMO_PROMPT)" --model refusion-smollm2-135m --decoder lossless --max-new-tokens 96
+	@echo "== the same model, one token per forward (ar) =="
 	$(BIN)/refusion generate "$(DEMO_PROMPT)" --model refusion-smollm2-135m --decoder ar --max-new-tokens 96
+	@echo "== the same model, the paper's plan-and-infill (refusion) =="
+	$(BIN)/refusion generate "$(DEMO_PROMPT)" --model refusion-smollm2-135m --decoder refusion --max-new-tokens 96
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -27,28 +27,30 @@ COMMAND_MODULES = [
 ]
 
 
+DECODER_HELP = ("refusion (plan-and-infill, the paper's method), lossless (drafts from the mask head checked by the "
+                "AR head: ar's text, faster), ar (one token per forward), or mdm / fast-dllm for masked-diffusion "
+                "models. Default: lossless when the model has a mask token (mdm when it was trained with the "
+                "mdm objective), else ar")
+
+
 def add_decoder_options(parser: argparse.ArgumentParser) -> None:
-    """The decoding knobs shared by generate, eval and serve. None means the decoder's default."""
+    """The decoding knobs shared by generate, eval, serve and bench, from the decoders' declarations.
+
+    Values are read as text and checked by the declarations (`refusion.decoding.options`), so a bad
+    value gets the same message here, in the API and in the server. None means the default.
+    """
+    from .decoding.dispatch import DECODERS
+    from .decoding.options import MAX_NEW_TOKENS, SEED, TEMPERATURE, all_options
+
     group = parser.add_argument_group("decoding")
-    group.add_argument("--decoder", default=None,
-                       help="refusion (plan-and-infill), ar (one token per forward), or mdm / fast-dllm for "
-                            "masked-diffusion models. Default: refusion when the model has a mask token, else ar")
-    group.add_argument("--max-new-tokens", type=int, default=256, help="generation budget in tokens (default 256)")
-    group.add_argument("--slot-size", type=int, default=None, help="tokens per slot, k (default 4)")
-    group.add_argument("--blocks", type=int, default=None,
-                       help="serial blocks, B; the generation length over B must be a multiple of k "
-                            "(default: blocks of at most 4 slots)")
-    group.add_argument("--slot-threshold", type=float, default=None,
-                       help="plan: write in parallel every slot whose first token is above this probability (default 0.6)")
-    group.add_argument("--token-threshold", type=float, default=None,
-                       help="verify: accept drafted tokens whose AR probability is above this (default 0.3)")
-    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    group.add_argument("--kv", choices=["reuse", "recompute"], default=None,
-                       help="after parallel completion, reuse each slot's own KV (default) or recompute it causally")
-    group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
-    group.add_argument("--steps", type=int, default=None, help="mdm: total denoising steps (default max-new-tokens)")
-    group.add_argument("--block-length", type=int, default=None, help="mdm / fast-dllm: tokens per semi-autoregressive block (default 32)")
-    group.add_argument("--threshold", type=float, default=None, help="fast-dllm: unmask every token above this confidence (default 0.9)")
+    group.add_argument("--decoder", default=None, help=DECODER_HELP)
+    for option in (MAX_NEW_TOKENS, TEMPERATURE, SEED):
+        group.add_argument(f"--{option.flag}", default=option.default, metavar="N" if option.kind is int else "X",
+                           help=option.describe())
+    for name, (option, decoders) in all_options(DECODERS).items():
+        metavar = "{" + ",".join(option.choices) + "}" if option.choices else name.split("_")[-1].upper()
+        group.add_argument(f"--{option.flag}", default=None, metavar=metavar,
+                           help=f"[{', '.join(decoders)}] {option.describe()}")
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
@@ -80,22 +82,16 @@ def apply_runtime_options(args: argparse.Namespace):
 
 
 def decoder_options(args: argparse.Namespace) -> dict:
-    return {
-        "decoder": args.decoder,
-        "max_new_tokens": args.max_new_tokens,
-        "slot_size": args.slot_size,
-        "blocks": args.blocks,
-        "slot_threshold": args.slot_threshold,
-        "token_threshold": args.token_threshold,
-        "temperature": args.temperature,
-        "kv": args.kv,
-        "seed": args.seed,
-        "steps": args.steps, "block_length": args.block_length, "threshold": args.threshold,
-    }
+    """decoder, max_new_tokens, temperature, seed and every decoder option, as parsed (None = default)."""
+    from .decoding.dispatch import DECODERS
+    from .decoding.options import all_options
+
+    names = ["decoder", "max_new_tokens", "temperature", "seed", *all_options(DECODERS)]
+    return {name: getattr(args, name) for name in names}
 
 
 def resolve_decoder(requested: str | None, model) -> str:
-    """The decoder to use: as requested, or refusion when the model has a mask token, else ar."""
+    """The decoder to use: as requested, or the model's default (`default_decoder`)."""
     from .decoding.dispatch import default_decoder
 
     if requested:
@@ -107,24 +103,25 @@ def resolve_decoder(requested: str | None, model) -> str:
 
 
 def precheck_decoder_options(options: dict) -> None:
-    """Reject bad settings before spending time loading a model."""
+    """Check and convert the parsed values in place, before spending time loading a model."""
     from .decoding.dispatch import DECODERS, check_options
+    from .decoding.options import MAX_NEW_TOKENS, SEED, TEMPERATURE
 
     decoder = options["decoder"]
     if decoder is not None and decoder not in DECODERS:
         raise RefusionError(f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
-    if options["max_new_tokens"] < 1:
-        raise RefusionError(f"max-new-tokens must be a positive integer, got {options['max_new_tokens']}")
+    for option in (MAX_NEW_TOKENS, TEMPERATURE, SEED):
+        if options.get(option.name) is not None:
+            options[option.name] = option.check(options[option.name])
     knobs = {k: v for k, v in options.items() if k not in ("decoder", "max_new_tokens", "temperature", "seed")}
-    check_options(decoder or "refusion", knobs, options["max_new_tokens"])
+    checked = check_options(decoder or "refusion", knobs, options["max_new_tokens"] or 1)
+    options.update({name: checked[name] for name, value in knobs.items() if value is not None and name in checked})
 
 
 def generate_command(args: argparse.Namespace) -> None:
     """Generate text for one prompt and report its speed."""
     from . import generate, load
     from .decoding.dispatch import check_stop
-    from .decoding.streaming import FinalText
-    from .model import eos_token_ids
     from .prompting import encode_prompt
 
     if not args.prompt.strip():
@@ -132,28 +129,22 @@ def generate_command(args: argparse.Namespace) -> None:
     options = decoder_options(args)
     precheck_decoder_options(options)
     stop = check_stop(args.stop)
-    model, tokenizer = load(args.model)
+    dtype, device, _ = apply_runtime_options(args)
+    model, tokenizer = load(args.model, dtype=dtype, device=device)
     options["decoder"] = resolve_decoder(options["decoder"], model)
     input_ids = encode_prompt(tokenizer, args.prompt, chat=args.chat)
 
-    final = FinalText(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), eos_token_ids(tokenizer, model),
-                      args.max_new_tokens, stop)
-    shown = ""
+    def show(text: str) -> None:
+        """Print text as soon as it is final (generate holds back what could become a stop string)."""
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
-    def show_final_text(event: dict) -> None:
-        """Print text once it is final, holding back what could still become a stop string."""
-        nonlocal shown
-        if final(event) and len(final.ready) > len(shown) and final.ready.startswith(shown):
-            sys.stdout.write(final.ready[len(shown):])
-            sys.stdout.flush()
-            shown = final.ready
-
-    result = generate(model, tokenizer, input_ids, on_event=None if args.json else show_final_text, stop=stop, **options)
+    result = generate(model, tokenizer, input_ids, on_text=None if args.json else show, stop=stop, **options)
     if args.json:
         print(json.dumps({"text": result.text, "model": args.model, **result.stats(), "prompt_tokens": result.prompt_tokens,
                           "settings": result.settings}))
         return
-    sys.stdout.write(result.text[len(shown):] + "\n")
+    sys.stdout.write("\n")
     stats = result.stats()
     print(f"[{stats['decoder']}] {stats['new_tokens']} tokens in {stats['seconds']:.2f}s = {stats['tokens_per_second']:.1f} tok/s, "
           f"{stats['forward_passes']} forwards, {stats['tokens_per_forward']:.2f} tokens/forward", file=sys.stderr)
@@ -172,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", metavar="TEXT",
                      help="end the generation as soon as the text holds TEXT (cut before it); repeatable")
     gen.add_argument("--json", action="store_true", help="print one JSON object with the text and speed statistics")
+    add_runtime_options(gen)
     gen.set_defaults(func=generate_command)
 
     for name in COMMAND_MODULES:

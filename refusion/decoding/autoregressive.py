@@ -5,6 +5,8 @@ Greedy output equals transformers' `generate(do_sample=False)`. Knows nothing ab
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .. import kv_cache
@@ -12,7 +14,7 @@ from .generation import EventCallback
 from .runner import DecodeOutput, ModelRunner
 from .sampling import choose
 
-OPTIONS: dict = {}
+OPTIONS: tuple = ()
 
 
 def decode(
@@ -24,6 +26,7 @@ def decode(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     emit: EventCallback = lambda event: None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> DecodeOutput:
     prompt_len = prompt_ids.shape[1]
     cache = kv_cache.new_cache()
@@ -35,7 +38,7 @@ def decode(
         token, _ = choose(logits, temperature, generator)
         tokens.append(int(token))
         emit({"event": "commit", "step": step + 1, "positions": [step], "tokens": [tokens[-1]], "phase": "ar"})
-        if tokens[-1] in eos_token_ids:
+        if tokens[-1] in eos_token_ids or should_stop():
             break
         input_ids = token.view(1, 1).cpu()
         positions = torch.tensor([[prompt_len + step]])

@@ -9,6 +9,7 @@ RefusionError for values that make no sense. The tokenizer is only asked for `eo
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 
@@ -16,16 +17,13 @@ from ..errors import RefusionError
 from ..model import eos_token_ids as find_eos_token_ids
 from . import autoregressive, fast_dllm, lossless, masked_diffusion, plan_infill
 from .generation import EventCallback, Generation
+from .options import MAX_NEW_TOKENS, SEED, TEMPERATURE, options_of
 from .runner import DecodeOutput, ModelRunner
 from .streaming import FinalText, cut_at_stop
 
 DECODERS = {"refusion": plan_infill, "lossless": lossless, "ar": autoregressive, "mdm": masked_diffusion,
             "fast-dllm": fast_dllm}
 NEEDS_MASK = {"refusion", "lossless", "mdm", "fast-dllm"}
-
-
-class _StopStringReached(Exception):
-    """Raised from the event callback to end a decode whose text reached a stop string."""
 
 
 def register_decoder(name: str, module, needs_mask: bool = True) -> None:
@@ -36,22 +34,29 @@ def register_decoder(name: str, module, needs_mask: bool = True) -> None:
 
 
 def default_decoder(model) -> str:
-    """refusion for a model with a mask token, ar for one without."""
-    return "refusion" if getattr(model.config, "mask_token_id", None) is not None else "ar"
+    """lossless for a model with a mask token (ar's text, faster: see BENCHMARKS.md), mdm for one trained
+    with the masked-diffusion objective, ar for one without a mask token."""
+    if getattr(model.config, "mask_token_id", None) is None:
+        return "ar"
+    return "mdm" if getattr(model.config, "refusion_objective", None) == "mdm" else "lossless"
 
 
 def check_options(decoder: str, options: dict, max_new_tokens: int) -> dict:
-    """Fill defaults and reject options the decoder does not take or values that make no sense."""
-    defaults = DECODERS[decoder].OPTIONS
-    unknown = sorted(name for name, value in options.items() if value is not None and name not in defaults)
+    """Fill defaults and reject options the decoder does not take or values that make no sense.
+
+    Each value is checked by its declaration (`refusion.decoding.options`), then the decoder's
+    `validate_options` checks how they combine. Options given as None take their defaults.
+    """
+    module = DECODERS[decoder]
+    declared = options_of(module)
+    given = {name: value for name, value in options.items() if value is not None}
+    unknown = sorted(name for name in given if name not in declared)
     if unknown:
-        raise RefusionError(f"decoder {decoder!r} does not take {', '.join(unknown)}")
-    resolved = {name: (options.get(name) if options.get(name) is not None else default) for name, default in defaults.items()}
-    for name in ("slot_threshold", "token_threshold", "threshold"):
-        if name in resolved and not 0.0 <= float(resolved[name]) <= 1.0:
-            raise RefusionError(f"{name.replace('_', '-')} must lie in [0, 1], got {resolved[name]}")
-    if hasattr(DECODERS[decoder], "validate_options"):  # a decoder's checks of its own options
-        DECODERS[decoder].validate_options(resolved, max_new_tokens)
+        takes = ", ".join(declared) or "no options"
+        raise RefusionError(f"decoder {decoder!r} does not take {', '.join(unknown)} (it takes: {takes})")
+    resolved = {name: option.check(given[name]) if name in given else option.default for name, option in declared.items()}
+    if hasattr(module, "validate_options"):
+        module.validate_options(resolved, max_new_tokens)
     return resolved
 
 
@@ -81,38 +86,38 @@ def generate(
     *,
     decoder: str = "refusion",
     max_new_tokens: int = 256,
-    slot_size: int | None = None,
-    blocks: int | None = None,
-    slot_threshold: float | None = None,
-    token_threshold: float | None = None,
     temperature: float = 0.0,
-    kv: str | None = None,
     trace: bool = False,
     on_event: EventCallback | None = None,
     seed: int | None = None,
     stop: list[str] | str | None = None,
+    on_text: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
     return_state: bool = False,
     **decoder_options,
 ) -> Generation:
     """Generate up to `max_new_tokens` after `input_ids` with the named decoder.
 
-    Options left as None take the decoder's defaults; an option the decoder does not use is an
-    error rather than silently ignored. `on_event` receives each decode event as it happens
+    `decoder_options` are the decoder's own (`refusion.DECODERS[decoder].OPTIONS` declares each
+    with its default, range and help); left out or None, they take their defaults; an option the
+    decoder does not take is an error rather than silently ignored. `on_event` receives each decode event as it happens
     (see `refusion.decoding.generation`); `trace=True` also keeps them on the result. Decoding
     ends as soon as the final left-to-right text holds one of the `stop` strings; the text is cut
     before it and `finish_reason` is "stop".
+
+    `on_text` receives the text as it becomes final, in order, never a part that could still turn
+    into a stop string; the pieces add up to `result.text`. `should_stop` is asked between decode
+    steps; once it returns True the decode ends there (`finish_reason` "cancelled"), e.g. when the
+    client that asked for it has gone.
     """
     if decoder not in DECODERS:
         raise RefusionError(f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
-    if int(max_new_tokens) < 1:
-        raise RefusionError(f"max-new-tokens must be a positive integer, got {max_new_tokens}")
-    if temperature is None or temperature < 0:
-        raise RefusionError(f"temperature must be >= 0, got {temperature}")
+    max_new_tokens = MAX_NEW_TOKENS.check(max_new_tokens)
+    temperature = TEMPERATURE.check(0.0 if temperature is None else temperature)
+    seed = None if seed is None else SEED.check(seed)
     prompt_ids = _as_prompt_ids(input_ids)
     stop = check_stop(stop)
-    options = dict(decoder_options, slot_size=slot_size, blocks=blocks, slot_threshold=slot_threshold,
-                   token_threshold=token_threshold, kv=kv)
-    options = check_options(decoder, options, int(max_new_tokens))
+    options = check_options(decoder, decoder_options, int(max_new_tokens))
     extra = {}
     if decoder in NEEDS_MASK:
         mask_id = getattr(model.config, "mask_token_id", None)
@@ -129,30 +134,43 @@ def generate(
         )
 
     eos = find_eos_token_ids(tokenizer, model)
-    watch = FinalText(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), eos, int(max_new_tokens), stop) if stop else None
+    final = FinalText(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), eos, int(max_new_tokens), stop)
     events: list[dict] = []
+    shown = ""
 
     def emit(event: dict) -> None:
+        nonlocal shown
         if trace:
             events.append(event)
         if on_event is not None:
             on_event(event)
-        if watch is not None and watch(event) and watch.stopped:
-            raise _StopStringReached
+        if final(event) and on_text is not None and len(final.ready) > len(shown):
+            on_text(final.ready[len(shown):])
+            shown = final.ready
+
+    cancelled = False
+
+    def stop_now() -> bool:
+        """Asked by decoders between steps: a stop string was reached, or the caller cancelled."""
+        nonlocal cancelled
+        if final.stopped:
+            return True
+        cancelled = cancelled or (should_stop is not None and bool(should_stop()))
+        return cancelled
 
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     runner = ModelRunner(model, suppress_token_id=getattr(model.config, "mask_token_id", None))
     started = time.perf_counter()
-    try:
-        output: DecodeOutput = DECODERS[decoder].decode(
-            runner, prompt_ids, max_new_tokens=int(max_new_tokens), eos_token_ids=eos, temperature=float(temperature),
-            generator=generator, emit=emit, **extra, **options,
-        )
-    except _StopStringReached:
-        output = DecodeOutput(tokens=watch.tokens, forward_passes=runner.forward_passes)
+    output: DecodeOutput = DECODERS[decoder].decode(
+        runner, prompt_ids, max_new_tokens=int(max_new_tokens), eos_token_ids=eos, temperature=float(temperature),
+        generator=generator, emit=emit, should_stop=stop_now, **extra, **options,
+    )
     seconds = time.perf_counter() - started
-    tokens = output.tokens[: int(max_new_tokens)]
+    # Stopped early, a decoder may hold tokens ahead of a gap: the text is the final left-to-right prefix.
+    tokens = final.tokens if final.stopped or cancelled else output.tokens[: int(max_new_tokens)]
     text, stopped_at_string = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop)
+    if on_text is not None and len(text) > len(shown) and text.startswith(shown):
+        on_text(text[len(shown):])  # the tail held back while it could still have become a stop string
     stopped = stopped_at_string or (bool(tokens) and tokens[-1] in eos)
     result = Generation(
         tokens=tokens,
@@ -161,7 +179,7 @@ def generate(
         forward_passes=output.forward_passes,
         seconds=seconds,
         prompt_tokens=prompt_ids.shape[1],
-        finish_reason="stop" if stopped else "length",
+        finish_reason="stop" if stopped else "cancelled" if cancelled else "length",
         trace=events if trace else None,
         settings={"max_new_tokens": int(max_new_tokens), "temperature": float(temperature), **options, **output.settings,
                   **({"stop": stop} if stop else {})},

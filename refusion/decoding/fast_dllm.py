@@ -19,21 +19,22 @@ complete block holds an EOS (see `masked_diffusion`). Cache handling goes throug
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .. import kv_cache
-from ..errors import RefusionError
+from . import masked_diffusion
 from .generation import EventCallback
+from .options import Option
 from .masked_diffusion import attention_mask_for, block_spans, finish, first_eos, is_bidirectional, predict
 from .runner import DecodeOutput, ModelRunner
 
-OPTIONS = {"threshold": 0.9, "block_length": 32}
+OPTIONS = (
+    Option("threshold", 0.9, "fast-dllm: unmask every token above this confidence", float, 0.0, 1.0),
+    masked_diffusion.OPTIONS[1],  # block_length, as in mdm
+)
 """threshold: unmask every token above this confidence (at least one per step); block_length: tokens per block."""
-
-
-def validate_options(options: dict, max_new_tokens: int) -> None:
-    if int(options["block_length"]) < 1:
-        raise RefusionError(f"block-length must be a positive integer, got {options['block_length']}")
 
 
 def confident(confidence: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -65,6 +66,7 @@ def decode(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     emit: EventCallback = lambda event: None,
+    should_stop: Callable[[], bool] = lambda: False,
     threshold: float = 0.9,
     block_length: int = 32,
 ) -> DecodeOutput:
@@ -92,6 +94,8 @@ def decode(
             relative = (positions - P).tolist()
             emit({"event": "plan", "step": step, "block": block, "slots": (masked + start).tolist(), "selected": relative})
             emit({"event": "commit", "step": step, "positions": relative, "tokens": tokens[chosen].tolist(), "phase": "fast-dllm"})
+            if should_stop():
+                return finish(x, P, end, mask_token_id, eos_token_ids, runner, emit, step, settings)
             feed_from = block_start
         if first_eos(x[P : P + end].tolist(), eos_token_ids) is not None:
             return finish(x, P, end, mask_token_id, eos_token_ids, runner, emit, step, settings)

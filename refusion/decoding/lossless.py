@@ -41,13 +41,17 @@ from .. import kv_cache
 from ..attention import branch_mask
 from ..errors import RefusionError
 from .generation import EventCallback
+from .options import Option
 from .runner import DecodeOutput, ModelRunner, interpolate_cost, width_costs
 from .sampling import draw, tempered, verify_candidates
 
-OPTIONS = {"branches": "auto", "max_branches": 8, "width_cost": "auto"}
-"""branches: candidate roots per forward, or "auto" to adapt; max_branches: the adaptive bound;
-width_cost: "auto" (measure the model's forward cost by width once) or the cost of one more fed
-token relative to a one-token forward (used by branches="auto")."""
+OPTIONS = (
+    Option("branches", "auto", "lossless: candidate tokens verified per forward (0 = plain ar steps); auto adapts "
+           "it to the acceptance seen and the forward's cost", int, low=0, high=64, auto=True),
+    Option("max_branches", 8, "lossless: the most candidates branches=auto may use", int, low=1, high=64),
+    Option("width_cost", "auto", "lossless: cost of one more fed token relative to a one-token forward; auto "
+           "measures the model once", float, 0.0, 1.0, auto=True),
+)
 
 FALLBACK = 2  # <mask> T+1, <mask> T+2
 BRANCH = 3  # root T+1, <mask> T+2, <mask> T+3
@@ -56,21 +60,10 @@ PRIOR_WEIGHT, DECAY = 4.0, 0.95
 
 
 def validate_options(options: dict, max_new_tokens: int) -> None:
+    """Reject combinations that make no sense (each value alone is checked by its `Option`)."""
     branches, most = options["branches"], options["max_branches"]
-    if branches != "auto" and not str(branches).isdigit():
-        raise RefusionError(f"branches must be 'auto' or a whole number >= 0, got {branches!r}")
-    if int(most) < 1 or int(most) > 64:
-        raise RefusionError(f"max-branches must lie in [1, 64], got {most}")
-    if branches != "auto" and int(branches) > int(most):
+    if branches != "auto" and branches > most:
         raise RefusionError(f"branches ({branches}) must not exceed max-branches ({most})")
-    cost = options["width_cost"]
-    if cost != "auto":
-        try:
-            valid = 0 <= float(cost) <= 1
-        except (TypeError, ValueError):
-            valid = False
-        if not valid:
-            raise RefusionError(f"width-cost must be 'auto' or lie in [0, 1], got {cost!r}")
 
 
 class BranchCount:
@@ -112,6 +105,7 @@ def decode(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     emit: EventCallback = lambda event: None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> DecodeOutput:
     P = prompt_ids.shape[1]
     cache = kv_cache.new_cache()
@@ -167,7 +161,7 @@ def decode(
         emit({"event": "commit", "step": step, "positions": list(range(len(text), len(text) + len(new))),
               "tokens": new, "phase": "lossless", "branches": b, "matched": matched})
         text += new
-        if eos_at is not None:
+        if eos_at is not None or should_stop():
             break
         pending = [new[-1]]
         roots, roots_q = next_roots, next_q
@@ -206,11 +200,10 @@ def _judge(logits, roots, roots_q, masks, next_count, temperature, generator):
     Returns (token at T+1, index of the matched root or None, token at T+2 when matched,
     next roots, their distribution).
     """
-    b = len(roots)
     if temperature == 0:
-        picks = [logits.argmax(-1)]
         candidates = logits[1::2].topk(next_count, dim=-1).indices if masks and next_count else None
-        flat = torch.cat(picks + ([candidates.flatten()] if candidates is not None else [])).tolist()  # one host sync
+        picks = [logits.argmax(-1)] + ([candidates.flatten()] if candidates is not None else [])
+        flat = torch.cat(picks).tolist()  # one host sync
         argmax, top = flat[: len(logits)], flat[len(logits) :]
         token = argmax[0]
         matched = roots.index(token) if token in roots else None

@@ -21,24 +21,27 @@ ReFusion- or AR-trained model knows). This module knows nothing about tokenizers
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .. import kv_cache
 from ..attention import bidirectional_mask
 from ..errors import RefusionError
 from .generation import EventCallback
+from .options import Option
 from .runner import DecodeOutput, ModelRunner
 from .sampling import choose
 
-OPTIONS = {"steps": None, "block_length": 32}
-"""steps: total denoising steps (default: max_new_tokens, one token per step); block_length: tokens per block."""
+OPTIONS = (
+    Option("steps", None, "mdm: total denoising steps", int, low=1, none_means="max-new-tokens, one token per step"),
+    Option("block_length", 32, "tokens per semi-autoregressive block", int, low=1),
+)
 
 
 def validate_options(options: dict, max_new_tokens: int) -> None:
-    """Reject option values that make no sense before a model is loaded."""
+    """Reject combinations that make no sense (each value alone is checked by its `Option`)."""
     block_length = options["block_length"]
-    if int(block_length) < 1:
-        raise RefusionError(f"block-length must be a positive integer, got {block_length}")
     steps = options.get("steps")
     if steps is not None:
         blocks = len(block_spans(max_new_tokens, int(block_length)))
@@ -142,6 +145,7 @@ def decode(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     emit: EventCallback = lambda event: None,
+    should_stop: Callable[[], bool] = lambda: False,
     steps: int | None = None,
     block_length: int = 32,
 ) -> DecodeOutput:
@@ -160,6 +164,8 @@ def decode(
             relative = [p - P for p in positions]
             emit({"event": "plan", "step": step, "block": block, "slots": (masked - P).tolist(), "selected": relative})
             emit({"event": "commit", "step": step, "positions": relative, "tokens": tokens, "phase": "mdm"})
+            if should_stop():
+                return finish(x, P, end, mask_token_id, eos_token_ids, runner, emit, step, settings)
         if first_eos(x[P : P + end].tolist(), eos_token_ids) is not None:
             return finish(x, P, end, mask_token_id, eos_token_ids, runner, emit, step, settings)
     return finish(x, P, L, mask_token_id, eos_token_ids, runner, emit, step, settings)

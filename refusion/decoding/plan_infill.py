@@ -17,16 +17,28 @@ sequence sorted by position. This module knows nothing about tokenizers or chat 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from .. import kv_cache
 from ..errors import RefusionError
 from .generation import EventCallback
+from .options import Option
 from .runner import DecodeOutput, ModelRunner
 from .sampling import choose, probability_of
 
-OPTIONS = {"slot_size": 4, "blocks": None, "slot_threshold": 0.6, "token_threshold": 0.3, "kv": "reuse"}
+OPTIONS = (
+    Option("slot_size", 4, "tokens per slot, k", int, low=1),
+    Option("blocks", None, "serial blocks, B; the generation length over B must be a whole number of k-token slots",
+           int, low=1, none_means="blocks of at most 4 slots"),
+    Option("slot_threshold", 0.6, "plan: write in parallel every slot whose first token is above this probability",
+           float, 0.0, 1.0),
+    Option("token_threshold", 0.3, "verify: accept drafted tokens whose AR probability is above this", float, 0.0, 1.0),
+    Option("kv", "reuse", "after parallel completion: reuse each slot's own KV (the paper's default), recompute it "
+           "causally in one more forward (the paper's ablation), or exact: the recomputed KV at no extra forward "
+           "(the committed tokens ride at the head of the next plan)", str, choices=("reuse", "recompute", "exact")),
+)
 
 
 @dataclass
@@ -47,38 +59,64 @@ class Slot:
 
 @dataclass
 class State:
-    """The decoded sequence in decode order and the cache that covers it."""
+    """The decoded sequence in decode order and the cache that covers it.
+
+    The cache covers the first `cached` tokens of the decode order; the rest are *pending*:
+    committed, their KV not computed yet. They ride at the head of the next plan forward, which
+    computes their exact causal KV as a side effect (the prompt on the first step; with
+    `kv="exact"`, the slots a parallel completion committed).
+    """
 
     prompt_len: int
     cache: object
     tokens: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     eos_position: int | None = None  # absolute position of the earliest committed EOS
+    cached: int = 0
 
-    def commit(self, tokens: list[int], positions: list[int]) -> None:
+    def commit(self, tokens: list[int], positions: list[int], with_kv: bool) -> None:
+        """Append to the decode order; `with_kv`: the cache already holds their KV (appended by the caller)."""
+        if with_kv and self.cached != len(self.tokens):
+            raise RuntimeError("tokens with KV committed behind pending ones")
         self.tokens += tokens
         self.positions += positions
+        if with_kv:
+            self.cached = len(self.tokens)
+
+    @property
+    def pending(self) -> tuple[list[int], list[int]]:
+        return self.tokens[self.cached :], self.positions[self.cached :]
 
 
 # --- step 1: plan -----------------------------------------------------------------------------
 
 
-def plan(runner, state, prefix_ids, slot_starts, k, mask_id, temperature, generator):
-    """Feed every masked slot after the cache; return drafts [n, k] and slot scores [n].
+def mask_positions(slot_starts: list[int], k: int) -> torch.Tensor:
+    """Positions of every token of the given slots: [n*k]."""
+    return (torch.tensor(slot_starts)[:, None] + torch.arange(k)).flatten()
 
-    On the very first step `prefix_ids` ([1, P] prompt) goes in the same pass and its KV is kept.
-    A slot's score is the probability of its first drafted token. The masks' KV is discarded.
-    """
-    n_prefix = prefix_ids.shape[1]
-    starts = torch.tensor(slot_starts)
-    mask_positions = (starts[:, None] + torch.arange(k)).reshape(1, -1)  # [1, n*k]
-    input_ids = torch.cat([prefix_ids, torch.full_like(mask_positions, mask_id)], dim=1)
-    position_ids = torch.cat([torch.arange(n_prefix).unsqueeze(0), mask_positions], dim=1)
-    keep = kv_cache.length(state.cache) + n_prefix
-    logits = runner(input_ids, position_ids, state.cache, logits_to_keep=mask_positions.shape[1])[0]  # [n*k, V]
-    kv_cache.truncate(state.cache, keep)
-    drafts, probs = choose(logits.view(len(slot_starts), k, -1), temperature, generator)  # [n, k]
+
+def read_plan(logits: torch.Tensor, n: int, k: int, temperature, generator):
+    """Drafts [n, k] and slot scores [n] (the probability of each slot's first token) from mask logits [n*k, V]."""
+    drafts, probs = choose(logits.view(n, k, -1), temperature, generator)
     return drafts.cpu(), probs[:, 0].cpu()
+
+
+def plan(runner, state, slot_starts, k, mask_id, temperature, generator):
+    """Feed the pending tokens, then every masked slot, after the cache; return drafts [n, k] and scores [n].
+
+    The pending tokens' KV is kept (it is exact: they come first, at their true positions); the
+    masks' KV is discarded.
+    """
+    pending, pending_positions = state.pending
+    positions = mask_positions(slot_starts, k)
+    input_ids = torch.tensor(pending + [mask_id] * len(positions)).unsqueeze(0)
+    position_ids = torch.cat([torch.tensor(pending_positions, dtype=torch.long), positions]).unsqueeze(0)
+    keep = kv_cache.length(state.cache) + len(pending)
+    logits = runner(input_ids, position_ids, state.cache, logits_to_keep=len(positions))[0]  # [n*k, V]
+    kv_cache.truncate(state.cache, keep)
+    state.cached = len(state.tokens)
+    return read_plan(logits, len(slot_starts), k, temperature, generator)
 
 
 def select_slots(scores: torch.Tensor, slot_threshold: float) -> list[int]:
@@ -100,20 +138,30 @@ def leading_true(mask: torch.Tensor) -> int:
     return int(mask.long().cumprod(0).sum())
 
 
-def verify_globally(runner, state, tokens, positions, k, token_threshold):
+def verify_globally(runner, state, tokens, positions, k, token_threshold, next_masks=(), mask_id=None):
     """Feed the drafts (tokens, positions: [1, m*k], slots concatenated in position order) causally after the cache.
 
-    Returns the length of the accepted prefix of the concatenation and each slot's own accepted
-    prefix. The cache is left holding the KV of all fed tokens; the caller keeps what it commits.
+    Returns the length of the accepted prefix of the concatenation, each slot's own accepted
+    prefix, and the logits of `next_masks` (positions of masks fed after the drafts, or None):
+    when every draft is committed, they are the predictions the next plan forward would make.
+    The cache is left holding the KV of the drafts (the masks' is cut); the caller keeps what it commits.
     """
-    logits = runner(tokens, positions, state.cache)[0]  # [m*k, V]
+    n = tokens.shape[1]
+    if len(next_masks):
+        tokens = torch.cat([tokens, torch.full((1, len(next_masks)), mask_id)], dim=1)
+        positions = torch.cat([positions, torch.as_tensor(next_masks).view(1, -1)], dim=1)
+    before = kv_cache.length(state.cache)
+    logits = runner(tokens, positions, state.cache)[0]  # [m*k (+ masks), V]
+    kv_cache.truncate(state.cache, before + n)
+    plan_logits, logits = (logits[n:], logits[:n]) if len(next_masks) else (None, logits)
+    tokens = tokens[:, :n]
     probs = torch.ones(tokens.shape[1])
     probs[1:] = probability_of(logits[:-1], tokens[0, 1:].to(logits.device)).cpu()  # AR prob, one place earlier
     is_start = torch.zeros(tokens.shape[1], dtype=torch.bool)
     is_start[::k] = True
     passed = accepted_mask(probs, is_start, token_threshold)
     per_slot = [leading_true(passed[i : i + k]) for i in range(0, tokens.shape[1], k)]
-    return leading_true(passed), per_slot
+    return leading_true(passed), per_slot, plan_logits
 
 
 # --- step 3: parallel iterative completion ------------------------------------------------------
@@ -167,11 +215,16 @@ def end_at_eos(slots, eos_token_ids) -> int | None:
     return None
 
 
-def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_ids, generator, emit, step):
-    """Finish every selected slot (at most k rounds), then commit them in position order."""
+def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_ids, generator, emit, step, should_stop):
+    """Finish every selected slot (at most k rounds), then commit them in position order.
+
+    Returns None, committing nothing, when `should_stop()` says so between rounds.
+    """
     reuse = options["kv"] == "reuse"
     eos_position = None
     for _ in range(k + 1):
+        if should_stop():
+            return None
         # The earliest slot holding an accepted EOS ends the text (an earlier slot may find one later).
         eos_position = end_at_eos(slots, eos_token_ids) or eos_position
         drafting = [slot for slot in slots if not slot.done]
@@ -188,21 +241,16 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
     if reuse:
         for slot in slots:
             kv_cache.append(state.cache, kv_cache.select(slot.kv, 0, slot.length))
-    else:
+    elif options["kv"] == "recompute":
         runner(torch.tensor([tokens]), torch.tensor([positions]), state.cache, logits_to_keep=1)  # exact causal KV
-    return tokens, positions, eos_position
+    # kv="exact": the tokens stay pending and ride at the head of the next plan forward.
+    return tokens, positions, eos_position, options["kv"] != "exact"
 
 
 def validate_options(options: dict, max_new_tokens: int) -> None:
-    """Reject settings that make no sense before a model is loaded (called by `check_options`)."""
-    if options["kv"] not in ("reuse", "recompute"):
-        raise RefusionError(f"kv must be 'reuse' or 'recompute', got {options['kv']!r}")
+    """Reject combinations that make no sense (each value alone is checked by its `Option`)."""
     k, blocks = options["slot_size"], options["blocks"]
-    if int(k) < 1:
-        raise RefusionError(f"slot-size must be a positive integer, got {k}")
     if blocks is not None:
-        if int(blocks) < 1:
-            raise RefusionError(f"blocks must be a positive integer, got {blocks}")
         length, _ = generation_length(max_new_tokens, k, blocks)
         if length % blocks or (length // blocks) % k:
             raise RefusionError(
@@ -239,19 +287,25 @@ def decode(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     emit: EventCallback = lambda event: None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> DecodeOutput:
     k = slot_size
     length, blocks = generation_length(max_new_tokens, k, blocks)
     block_len = length // blocks
     options = {"token_threshold": token_threshold, "kv": kv, "temperature": temperature}
     P = prompt_ids.shape[1]
+    # The prompt is pending: it rides with the first plan.
     state = State(prompt_len=P, cache=kv_cache.new_cache(), tokens=prompt_ids[0].tolist(), positions=list(range(P)))
-    prefix_ids = prompt_ids  # fed with the first plan, then it lives in the cache
     committed: dict[int, int] = {}  # absolute position -> token
     step = 0
+    riding: tuple | None = None  # (slot starts, drafts, scores) of a plan computed inside the last verify forward
 
-    def record(tokens, positions, phase):
-        state.commit(tokens, positions)
+    def block_slots(block: int) -> list[int]:
+        start = P + block * block_len
+        return list(range(start, start + block_len, k))
+
+    def record(tokens, positions, phase, with_kv):
+        state.commit(tokens, positions, with_kv)
         committed.update(zip(positions, tokens))
         emit({"event": "commit", "step": step, "positions": [p - P for p in positions], "tokens": tokens, "phase": phase})
 
@@ -262,7 +316,9 @@ def decode(
         keep = [i for i, p in enumerate(state.positions) if p <= eos_position]
         dropped = [p for p in state.positions if p > eos_position]
         if dropped:
-            kv_cache.keep_indices(state.cache, torch.tensor(keep))
+            cached_keep = [i for i in keep if i < state.cached]
+            kv_cache.keep_indices(state.cache, torch.tensor(cached_keep, dtype=torch.long))
+            state.cached = len(cached_keep)
             state.tokens = [state.tokens[i] for i in keep]
             state.positions = [state.positions[i] for i in keep]
             for p in dropped:
@@ -270,12 +326,14 @@ def decode(
             emit({"event": "drop", "step": step, "positions": [p - P for p in dropped]})
 
     for block in range(blocks):
-        block_start = P + block * block_len
-        masked = list(range(block_start, block_start + block_len, k))  # starts of still-masked slots
-        while masked:
+        masked = block_slots(block)  # starts of still-masked slots
+        while masked and not should_stop():
             step += 1
-            drafts, scores = plan(runner, state, prefix_ids, masked, k, mask_token_id, temperature, generator)
-            prefix_ids = prompt_ids[:, :0]
+            if riding is not None and riding[0] == masked:
+                _, drafts, scores = riding  # the plan a separate forward would make, already computed
+            else:
+                drafts, scores = plan(runner, state, masked, k, mask_token_id, temperature, generator)
+            riding = None
             chosen = select_slots(scores, slot_threshold)
             slots = [Slot(start=masked[i], tokens=drafts[i], length=k) for i in chosen]
             selected = {slot.start for slot in slots}
@@ -285,14 +343,23 @@ def decode(
             before = kv_cache.length(state.cache)
             drafts_flat = torch.cat([slot.tokens for slot in slots]).unsqueeze(0)  # [1, m*k]
             positions_flat = torch.cat([torch.arange(s.start, s.start + k) for s in slots]).unsqueeze(0)
-            prefix, per_slot = verify_globally(runner, state, drafts_flat, positions_flat, k, token_threshold)
+            # The next plan's masks ride after the drafts: if every draft is committed, they predict
+            # exactly what a separate plan forward after those drafts would.
+            upcoming = [start for start in masked if start not in selected]
+            if not upcoming and block + 1 < blocks:
+                upcoming = block_slots(block + 1)
+            ride_positions = mask_positions(upcoming, k) if upcoming else ()
+            prefix, per_slot, plan_logits = verify_globally(runner, state, drafts_flat, positions_flat, k,
+                                                            token_threshold, ride_positions, mask_token_id)
             flat = drafts_flat[0].tolist()
             eos_hits = [i for i, t in enumerate(flat[:prefix]) if t in eos_token_ids]
             keep = eos_hits[0] + 1 if eos_hits else (prefix // k) * k
+            if keep == len(flat) and not eos_hits and plan_logits is not None:
+                riding = (upcoming, *read_plan(plan_logits, len(upcoming), k, temperature, generator))
             if keep:  # whole leading slots (or up to an EOS) were accepted: their KV is exact
                 kv_cache.truncate(state.cache, before + keep)
                 positions = positions_flat[0, :keep].tolist()
-                record(flat[:keep], positions, "verify")
+                record(flat[:keep], positions, "verify", with_kv=True)
                 done = {slot.start for slot in slots[: -(-keep // k)]}
                 masked[:] = [start for start in masked if start not in done]
                 if eos_hits:
@@ -302,14 +369,17 @@ def decode(
             kv_cache.truncate(state.cache, before)
             for slot, accepted in zip(slots, per_slot):
                 slot.accepted = accepted
-            tokens, positions, eos_position = complete_in_parallel(
-                runner, state, slots, k, options, mask_token_id, eos_token_ids, generator, emit, step
+            completed = complete_in_parallel(
+                runner, state, slots, k, options, mask_token_id, eos_token_ids, generator, emit, step, should_stop
             )
-            record(tokens, positions, "complete")
+            if completed is None:
+                break
+            tokens, positions, eos_position, with_kv = completed
+            record(tokens, positions, "complete", with_kv)
             masked[:] = [start for start in masked if start not in selected]
             if eos_position is not None:
                 stop_at(eos_position, masked)
-        if state.eos_position is not None:
+        if state.eos_position is not None or should_stop():
             break
 
     text_order = [committed[p] for p in sorted(committed)]
@@ -321,6 +391,7 @@ def decode(
         cache=state.cache,
         decode_order_tokens=state.tokens,
         decode_order_positions=state.positions,
+        cached=state.cached,
         settings={"slot_size": k, "blocks": blocks, "generation_length": length, "slot_threshold": slot_threshold,
                   "token_threshold": token_threshold, "kv": kv},
     )

@@ -135,6 +135,8 @@ class DecodeOutput:
     decode_order_tokens: list[int] = field(default_factory=list)
     """Prompt then generated tokens in the order they were committed (the cache's order)."""
     decode_order_positions: list[int] = field(default_factory=list)
+    cached: int | None = None
+    """How many tokens of the decode order the cache covers (None: all); the rest were never needed again."""
     settings: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)
     """Decoder-specific counts (e.g. drafts offered and accepted), reported with the result."""

@@ -62,18 +62,46 @@ def held_back(text: str, stop: list[str]) -> int:
     return hold
 
 
+class IncrementalDecoder:
+    """Text of a growing token list, decoding only a short window per new token (as TGI and vLLM do).
+
+    Decoding the window from `prefix_offset` with and without the new tokens and keeping the
+    difference gives the same text as decoding everything (spaces that depend on the previous
+    token included); a difference ending in an incomplete character waits for more tokens.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str]):
+        self.decode = decode
+        self.tokens: list[int] = []
+        self.text = ""
+        self.prefix_offset = self.read_offset = 0
+
+    def add(self, tokens: list[int]) -> str:
+        """Append tokens; return the text they completed (possibly empty)."""
+        self.tokens += tokens
+        before = self.decode(self.tokens[self.prefix_offset : self.read_offset])
+        after = self.decode(self.tokens[self.prefix_offset :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        delta = after[len(before) :]
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
+        self.text += delta
+        return delta
+
+
 class FinalText:
     """Feed it decoder events; it keeps the final left-to-right text, cut before the first stop string.
 
     Calling it returns True when that text grew. `stopped` says a stop string was reached (nothing
     after it counts), and `ready` is the part safe to show now: all of it once stopped, otherwise
-    without a tail that could still become a stop string or a multi-byte character.
+    without a tail that could still become a stop string or a multi-byte character. Text is
+    decoded incrementally: each event costs a short window, not the whole prefix.
     """
 
     def __init__(self, decode: Callable[[list[int]], str], eos_token_ids: set[int], limit: int, stop: list[str] = ()):
-        self.decode = decode
         self.stop = list(stop)
         self.prefix = PrefixStream(eos_token_ids, limit)
+        self.decoder = IncrementalDecoder(decode)
         self.text = ""
         self.stopped = False
 
@@ -88,7 +116,14 @@ class FinalText:
 
     def __call__(self, event: dict) -> bool:
         self.prefix(event)
-        if self.stopped or not self.prefix.pop():
+        if self.stopped:
             return False
-        self.text, self.stopped = cut_at_stop(self.decode(self.prefix.tokens), self.stop)
+        new = self.prefix.pop()
+        if not new or not self.decoder.add(new):
+            return False
+        # A stop string can only begin in the part not yet searched, or straddle its start.
+        longest = max((len(s) for s in self.stop), default=0)
+        start = max(0, len(self.text) - longest)
+        tail, self.stopped = cut_at_stop(self.decoder.text[start:], self.stop)
+        self.text = self.decoder.text[:start] + tail
         return True

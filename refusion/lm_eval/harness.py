@@ -18,7 +18,12 @@ from ..errors import RefusionError
 
 log = logging.getLogger(__name__)
 
-DECODER_KNOBS = ("slot_size", "blocks", "slot_threshold", "token_threshold", "kv", "steps", "block_length", "threshold")
+def decoder_knobs() -> tuple[str, ...]:
+    """Every decoder option any decoder declares (refusion.decoding.options): the model_args it takes."""
+    from ..decoding.dispatch import DECODERS
+    from ..decoding.options import all_options
+
+    return tuple(all_options(DECODERS))
 
 
 @register_model("refusion")
@@ -31,13 +36,16 @@ class RefusionLM(LM):
         from .. import load
         from ..cli import resolve_decoder
 
-        unknown = sorted(set(knobs) - set(DECODER_KNOBS))
+        unknown = sorted(set(knobs) - set(decoder_knobs()))
         if unknown:
             raise RefusionError(f"refusion model_args do not include {', '.join(unknown)}; "
-                                f"decoder knobs are: {', '.join(DECODER_KNOBS)}")
+                                f"decoder knobs are: {', '.join(decoder_knobs())}")
         if batch_size not in (None, 1, "1", "auto"):
             log.warning("refusion decodes one request at a time; batch_size=%s runs as 1", batch_size)
         if model is None:
+            if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+                log.warning("device %s asked for, but torch sees no CUDA GPU: running on the CPU", device)
+                device = "cpu"
             model, tokenizer = load(pretrained, dtype=dtype, device=device)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.name = str(pretrained)

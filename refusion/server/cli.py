@@ -14,9 +14,10 @@ def serve_command(args: argparse.Namespace) -> None:
     and a live page at / that shows every position go from masked to planned to accepted.
 
     The decoding options below are the server's defaults; each request may override them with the
-    extra body fields decoder, slot_size, blocks, slot_threshold, token_threshold, kv.
+    extra body fields decoder and the decoder options (slot_size, blocks, slot_threshold, token_threshold, kv,
+    branches, steps, block_length, threshold, ...: the same names as the flags below, with underscores).
     """
-    from ..cli import decoder_options, precheck_decoder_options, resolve_decoder
+    from ..cli import apply_runtime_options, decoder_options, precheck_decoder_options, resolve_decoder
     from ..model import load
     from .handlers import Limits, ServerConfig
 
@@ -35,7 +36,8 @@ def serve_command(args: argparse.Namespace) -> None:
     from .app import create_app
 
     print(f"loading {args.model} ...", file=sys.stderr)
-    model, tokenizer = load(args.model)
+    dtype, device, _ = apply_runtime_options(args)
+    model, tokenizer = load(args.model, dtype=dtype, device=device)
     defaults["decoder"] = resolve_decoder(defaults["decoder"], model)
     limits = Limits(max_tokens=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
                     max_body_bytes=args.max_body_bytes, max_waiting=args.max_waiting)
@@ -63,7 +65,7 @@ def check_can_listen(host: str, port: int) -> None:
 
 
 def register(subparsers) -> None:
-    from ..cli import DEFAULT_MODEL, add_decoder_options
+    from ..cli import DEFAULT_MODEL, add_decoder_options, add_runtime_options
 
     parser = subparsers.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API with a live page",
                                    description=inspect.cleandoc(serve_command.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,6 +75,7 @@ def register(subparsers) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     add_decoder_options(parser)
+    add_runtime_options(parser)
     limits = parser.add_argument_group("limits (answered with HTTP 4xx)")
     limits.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens a request may ask for (default 4096)")
     limits.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt in tokens (default: the model's context)")

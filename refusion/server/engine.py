@@ -1,8 +1,7 @@
 """One model, many clients: generations run one at a time, in arrival order, on a worker thread.
 
 A request waits for its turn in a FIFO; a client that leaves while waiting is taken out of the
-line, and one that leaves while decoding stops it at the next decode event (the event callback
-raises). The model is only ever called from the single worker thread, so requests never
+line, and one that leaves while decoding stops it at the decoder's next step (`should_stop`). The model is only ever called from the single worker thread, so requests never
 interleave on its state. Knows nothing about HTTP or the OpenAI protocol.
 """
 
@@ -22,15 +21,12 @@ class QueueFull(Exception):
     """Too many requests already wait for the model."""
 
 
-class Cancelled(Exception):
-    """Raised from the event callback to stop a decode nobody waits for any more."""
-
-
 @dataclass
 class Job:
     prompt_ids: object  # [1, P] token ids
     options: dict  # keyword arguments of refusion.generate
     listener: Callable[[dict], None] | None = None  # gets each decode event, on the worker thread
+    on_text: Callable[[str], None] | None = None  # gets the text as it becomes final, on the worker thread
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -79,23 +75,18 @@ class Engine:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _decode(self, job: Job) -> Generation | None:
-        def on_event(event: dict) -> None:
-            if job.cancelled.is_set():
-                raise Cancelled
-            if job.listener is not None:
-                job.listener(event)
-
         if job.cancelled.is_set():
             self.counters.cancelled_decoding += 1
             return None
         try:
-            result = generate(self.model, self.tokenizer, job.prompt_ids, on_event=on_event, **job.options)
-        except Cancelled:
-            self.counters.cancelled_decoding += 1
-            return None
+            result = generate(self.model, self.tokenizer, job.prompt_ids, on_event=job.listener, on_text=job.on_text,
+                              should_stop=job.cancelled.is_set, **job.options)
         except Exception:
             self.counters.failed += 1
             raise
+        if result.finish_reason == "cancelled":
+            self.counters.cancelled_decoding += 1
+            return None
         self.counters.served += 1
         return result
 

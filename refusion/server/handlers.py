@@ -16,9 +16,8 @@ from typing import AsyncIterator, Callable
 
 from ..decoding import DECODERS, Generation
 from ..decoding.dispatch import NEEDS_MASK, check_options, default_decoder
-from ..decoding.streaming import FinalText
+from ..decoding.options import options_of
 from ..errors import RefusionError
-from ..model import eos_token_ids
 from . import protocol
 from .engine import Engine, Job
 
@@ -142,13 +141,14 @@ def decoding_options(request, max_tokens: int, model, defaults: dict) -> dict:
         raise ApiError(400, f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}", "decoder")
     if decoder in NEEDS_MASK and getattr(model.config, "mask_token_id", None) is None:
         raise ApiError(400, f"decoder {decoder!r} needs a model with a <|mask|> token; this one has none: use 'ar'", "decoder")
-    takes = DECODERS[decoder].OPTIONS
+    takes = options_of(DECODERS[decoder])
     knobs = {name: value for name, value in defaults.items() if name in takes and value is not None}
     knobs.update({name: value for name, value in request.knobs().items() if value is not None})
     try:
-        check_options(decoder, knobs, max_tokens)
+        checked = check_options(decoder, knobs, max_tokens)
     except RefusionError as error:
         raise ApiError(400, str(error), named_last(str(error), request.knobs())) from error
+    knobs = {name: checked[name] for name in knobs}
     temperature = request.temperature if request.temperature is not None else defaults.get("temperature") or 0.0
     seed = request.seed if request.seed is not None else defaults.get("seed")
     return {"decoder": decoder, "max_new_tokens": max_tokens, "temperature": float(temperature), "seed": seed, **knobs}
@@ -213,26 +213,24 @@ async def stream(prepared: Prepared, engine: Engine, model_name: str) -> AsyncIt
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     end = object()
-    prepared.job.listener = lambda event: loop.call_soon_threadsafe(queue.put_nowait, event)
+    if prepared.stream_events:
+        prepared.job.listener = lambda event: loop.call_soon_threadsafe(queue.put_nowait, ("event", event))
+    prepared.job.on_text = lambda text: loop.call_soon_threadsafe(queue.put_nowait, ("text", text))
     task = asyncio.ensure_future(engine.run(prepared.job))
     task.add_done_callback(lambda _: queue.put_nowait(end))
     tokenizer, chat = engine.tokenizer, prepared.kind == "chat.completion"
     chunk = Chunks(prepared.kind, model_name)
-    final = FinalText(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), eos_token_ids(tokenizer, engine.model),
-                      prepared.job.options["max_new_tokens"], prepared.stop)
     sent = ""
     try:
         if chat:
             yield sse(chunk.make(protocol.ChatDelta(role="assistant", content="")))
-        while (event := await queue.get()) is not end:
-            if prepared.stream_events:
-                yield sse(readable(event, tokenizer), event="refusion.decode")
-            if not final(event):
-                continue
-            ready = final.ready
-            if len(ready) > len(sent) and ready.startswith(sent):
-                yield sse(chunk.text(ready[len(sent):]))
-                sent = ready
+        while (item := await queue.get()) is not end:
+            kind, value = item
+            if kind == "event":
+                yield sse(readable(value, tokenizer), event="refusion.decode")
+            else:  # text that just became final (generate holds back what could become a stop string)
+                yield sse(chunk.text(value))
+                sent += value
         try:
             result = task.result()
         except Exception as error:  # the decode failed after the stream started: say so in-band

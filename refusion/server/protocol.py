@@ -4,7 +4,8 @@ Fields follow the order of OpenAI's API reference. OpenAI fields that this serve
 are accepted only at their neutral value (e.g. `n=1`, `logprobs=None`); anything else is rejected
 by `unsupported()` with a 400 naming the field, never silently ignored. Unknown fields are
 rejected too (`extra="forbid"`), so a misspelt extension is an error, not a no-op.
-Knows nothing about models or decoding.
+The decoder options' fields come from their declarations (`refusion.decoding.options`); otherwise
+this module knows nothing about models or decoding.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model
 
 # Wide enough for every real request; stops absurd values before they reach a decoder.
 Temperature = Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)]
-Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-PositiveInt = Annotated[StrictInt, Field(ge=1)]
 Stop = StrictStr | Annotated[list[Annotated[StrictStr, Field(min_length=1)]], Field(max_length=4)] | None
 
 
@@ -30,29 +29,34 @@ class StreamOptions(Request):
     include_usage: StrictBool = False
 
 
-class RefusionOptions(Request):
+class RefusionFields(Request):
     """ReFusion extensions: send them as extra body fields (openai client: `extra_body={...}`).
 
     Each one left out takes the server's default (the `refusion serve` decoding options).
     """
 
     decoder: StrictStr | None = None
-    """refusion (plan-and-infill) or ar (one token per forward), or any registered decoder."""
-    slot_size: PositiveInt | None = None
-    """Tokens per slot, k."""
-    blocks: PositiveInt | None = None
-    """Serial blocks, B; max_tokens rounded up to k must split into B blocks of whole slots."""
-    slot_threshold: Probability | None = None
-    """Plan: decode in parallel every slot whose first token is above this probability."""
-    token_threshold: Probability | None = None
-    """Verify: accept drafted tokens whose AR probability is above this."""
-    kv: Literal["reuse", "recompute"] | None = None
-    """After parallel completion: reuse each slot's own KV, or recompute it causally."""
+    """refusion (plan-and-infill), lossless, ar (one token per forward), or any registered decoder."""
     stream_events: StrictBool = False
     """With stream=true: also send every raw decode step as an SSE `event: refusion.decode`."""
 
     def knobs(self) -> dict:
-        return {name: getattr(self, name) for name in ("slot_size", "blocks", "slot_threshold", "token_threshold", "kv")}
+        """The decoder options the request set (every decoder's, as declared in refusion.decoding)."""
+        return {name: getattr(self, name) for name in DECODER_OPTION_NAMES}
+
+
+def _decoder_option_fields() -> dict:
+    """One optional field per declared decoder option; its value is checked where decoding is set up."""
+    from ..decoding.dispatch import DECODERS
+    from ..decoding.options import all_options
+
+    value = StrictInt | StrictFloat | StrictStr | None
+    return {name: (value, Field(None, description=option.describe())) for name, (option, _) in all_options(DECODERS).items()}
+
+
+_FIELDS = _decoder_option_fields()
+DECODER_OPTION_NAMES = tuple(_FIELDS)
+RefusionOptions = create_model("RefusionOptions", __base__=RefusionFields, **_FIELDS)
 
 
 class OpenAICompletionFields(Request):

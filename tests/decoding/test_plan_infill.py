@@ -108,7 +108,7 @@ def test_no_slot_above_threshold_selects_the_single_best_in_confidence_order():
     result = run(oracle, max_new_tokens=6, slot_size=2, blocks=1, slot_threshold=0.6, token_threshold=0.5)
     assert result.tokens == draft
     assert plans(result) == [([0, 2, 4], [2]), ([0, 4], [4]), ([0], [0])]
-    assert result.forward_passes == 6
+    assert result.forward_passes == 4  # plan, then three verifies; each of the first two carries the next plan
     # The cache holds slots in the order they were written, each at its true position.
     order = [(13, 5), (14, 6), (15, 7), (16, 8), (11, 3), (12, 4)]
     assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT)] + order
@@ -119,8 +119,8 @@ def test_blocks_are_decoded_one_after_another():
     oracle = PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=[HIGH] * 4)
     result = run(oracle, max_new_tokens=4, slot_size=2, blocks=2, slot_threshold=0.5, token_threshold=0.5)
     assert plans(result) == [([0], [0]), ([2], [2])]
-    assert result.forward_passes == 4
-    assert oracle.calls[2].input_ids == [[MASK, MASK]] and oracle.calls[2].position_ids == [[5, 6]]
+    assert result.forward_passes == 3  # block 1's plan rides along block 0's verification
+    assert oracle.calls[1].input_ids == [[11, 12, MASK, MASK]] and oracle.calls[1].position_ids == [[3, 4, 5, 6]]
 
 
 def test_eos_in_global_verification_ends_the_text():
@@ -150,7 +150,7 @@ def test_eos_drops_a_slot_that_was_committed_further_ahead_and_its_kv():
     assert plans(result) == [([0, 2, 4], [4]), ([0, 2], [2]), ([0], [0])]
     assert [e["positions"] for e in result.trace if e["event"] == "drop"] == [[4, 5]]
     assert result.tokens == [11, 12, 13, EOS]
-    assert result.forward_passes == 6
+    assert result.forward_passes == 5  # the second plan rides along the first verification
     assert cached_entries(result.state.cache)[P:] == [(13, 5), (EOS, 6), (11, 3), (12, 4)]
 
 
@@ -217,3 +217,60 @@ def test_an_earlier_slot_finding_eos_later_ends_the_text_before_a_later_slots_eo
     assert result.forward_passes == 6  # plan, verify, then two rounds of draft + verify
     assert commits(result) == [("complete", [0, 1, 2])]
     assert cached_entries(result.state.cache)[P:] == [(11, 3), (12, 4), (EOS, 5)]
+
+
+# --- one forward does the work of two, with the same choices -------------------------------------
+
+
+def test_a_plan_rides_along_a_verification_that_commits_every_draft():
+    draft = [11, 12, 13, 14]
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=[HIGH] * 4)
+    result = run(oracle, max_new_tokens=4, slot_size=2, blocks=2, slot_threshold=0.5, token_threshold=0.5)
+    assert plans(result) == [([0], [0]), ([2], [2])]  # the same choices as separate plan forwards make
+    assert result.tokens == draft
+    # plan block 0; verify block 0 with block 1's masks after the drafts; verify block 1. (Was 4 forwards.)
+    assert result.forward_passes == 3
+    assert oracle.calls[1].input_ids == [[11, 12, MASK, MASK]]
+    assert oracle.calls[1].position_ids == [[P, P + 1, P + 2, P + 3]]
+    assert oracle.calls[2].input_ids == [[13, 14]] and oracle.calls[2].past_length == P + 2
+    assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + draft)]  # masks' KV cut
+
+
+def test_a_plan_riding_a_verification_that_fails_is_discarded():
+    draft = [11, 12, 13, 14]
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=[HIGH, LOW, HIGH, HIGH])
+    result = run(oracle, max_new_tokens=4, slot_size=2, blocks=2, slot_threshold=0.5, token_threshold=0.5)
+    assert result.tokens == draft
+    # Slot 0 needs completion (draft + verify); block 1 is then planned by its own forward.
+    assert result.forward_passes == 6
+    assert oracle.calls[4].input_ids == [[MASK, MASK]] and oracle.calls[4].position_ids == [[P + 2, P + 3]]
+
+
+def test_exact_kv_rides_the_committed_tokens_along_the_next_plan():
+    draft = [11, 12, 13, 14, 15, 16, 17, 18]
+    ar = [HIGH, HIGH, LOW, HIGH, HIGH, HIGH, HIGH, HIGH]
+    options = dict(max_new_tokens=8, slot_size=4, blocks=2, slot_threshold=0.5, token_threshold=0.5)
+    exact = run(PositionOracle(draft, [HIGH] * 8, ar), kv="exact", **options)
+    recompute = run(PositionOracle(draft, [HIGH] * 8, ar), kv="recompute", **options)
+    reuse_oracle = PositionOracle(draft, [HIGH] * 8, ar)
+    reuse = run(reuse_oracle, kv="reuse", **options)
+    assert exact.tokens == recompute.tokens == reuse.tokens == draft
+    assert plans(exact) == plans(recompute)
+    # recompute: plan, verify, draft, verify, recompute, plan, verify; exact drops the recompute.
+    assert (recompute.forward_passes, exact.forward_passes, reuse.forward_passes) == (7, 6, 6)
+    exact_oracle = PositionOracle(draft, [HIGH] * 8, ar)
+    run(exact_oracle, kv="exact", **options)
+    block_1_plan = exact_oracle.calls[4]
+    assert block_1_plan.input_ids == [[11, 12, 13, 14, MASK, MASK, MASK, MASK]]  # committed slot first, then masks
+    assert block_1_plan.position_ids == [list(range(P, P + 8))]
+    # The cache is the causal cache of the decode order, as recompute's, at reuse's forward count.
+    assert cached_entries(exact.state.cache) == cached_entries(recompute.state.cache)
+
+
+def test_exact_kv_leaves_tokens_committed_last_out_of_the_cache():
+    draft = [11, 12, 13, 14]
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=[HIGH, LOW, HIGH, HIGH])
+    result = run(oracle, max_new_tokens=4, slot_size=4, blocks=1, slot_threshold=0.5, token_threshold=0.5, kv="exact")
+    assert result.tokens == draft
+    assert result.state.cached == P  # nothing after them needs their KV, so no forward computes it
+    assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT)]

@@ -52,6 +52,22 @@ def test_recompute_cache_equals_a_fresh_causal_forward_over_the_decode_order(kin
 
 
 @pytest.mark.parametrize("kind", ["qwen3", "llama"])
+def test_exact_kv_makes_recomputes_choices_and_cache_without_its_extra_forwards(kind, tokenizer):
+    model = with_mask(kind)
+    recompute = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv="recompute", trace=True, **LOOSE)
+    exact = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv="exact", trace=True, return_state=True, **LOOSE)
+    assert exact.tokens == recompute.tokens
+    rounds = sum(1 for event in recompute.trace if event["event"] == "commit" and event["phase"] == "complete")
+    assert rounds > 0 and exact.forward_passes == recompute.forward_passes - rounds
+    state = exact.state
+    covered = state.cached
+    expected = fresh_cache(model, state.decode_order_tokens[:covered], state.decode_order_positions[:covered])
+    for (keys, values), (want_keys, want_values) in zip(kv_cache.layer_tensors(state.cache), kv_cache.layer_tensors(expected)):
+        torch.testing.assert_close(keys, want_keys, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(values, want_values, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "llama"])
 def test_reuse_keeps_one_cache_entry_per_decoded_token_and_exact_prompt_kv(kind, tokenizer):
     model = with_mask(kind)
     result = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv="reuse", return_state=True, **LOOSE)
@@ -97,7 +113,7 @@ def test_refusion_with_one_token_slots_and_zero_thresholds_is_greedy_ar_after_th
     model = with_mask("llama")
     result = refusion.generate(model, tokenizer, prompt_ids(tokenizer), max_new_tokens=8, slot_size=1, blocks=8,
                                slot_threshold=0.0, token_threshold=0.0, trace=True)
-    assert result.forward_passes == 16  # plan + verify per token
+    assert result.forward_passes == 9  # one plan, then a verify per token carrying the next token's plan
     assert [e["positions"] for e in result.trace if e["event"] == "commit"] == [[i] for i in range(8)]
 
 

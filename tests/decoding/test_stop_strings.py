@@ -30,10 +30,10 @@ def test_refusion_stops_after_the_block_that_completes_it():
     oracle = PositionOracle(DRAFT, mask_conf=[HIGH] * 6, ar_conf=[HIGH] * 6)
     options = dict(decoder="refusion", max_new_tokens=6, slot_size=2, blocks=3, slot_threshold=0.5, token_threshold=0.5)
     whole = run(oracle, **options)
-    assert whole.forward_passes == 6 and whole.finish_reason == "length"  # plan + verify per block
+    assert whole.forward_passes == 4 and whole.finish_reason == "length"  # one plan, a verify per block (carrying the next plan)
     stopped = run(PositionOracle(DRAFT, [HIGH] * 6, [HIGH] * 6), **options, stop="13")
     assert stopped.tokens == [11, 12, 13, 14] and stopped.text == "11 12 "
-    assert stopped.forward_passes == 4 and stopped.finish_reason == "stop"
+    assert stopped.forward_passes == 3 and stopped.finish_reason == "stop"
 
 
 def test_a_slot_written_ahead_does_not_stop_the_text_before_the_gap_is_filled():
@@ -44,7 +44,7 @@ def test_a_slot_written_ahead_does_not_stop_the_text_before_the_gap_is_filled():
     commits = [event["positions"] for event in result.trace if event["event"] == "commit"]
     assert commits == [[2, 3], [0, 1]]
     assert result.tokens == [11, 12, 13, 14] and result.text == "11 12 "
-    assert result.forward_passes == 4  # slot 2 (offsets 4-5) is never decoded
+    assert result.forward_passes == 3  # slot 2 (offsets 4-5) is never decoded; plan 2 rides along verify 1
 
 
 def test_a_stop_string_that_never_appears_changes_nothing():
