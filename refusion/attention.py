@@ -18,23 +18,30 @@ def bidirectional_mask(batch: int, query_len: int, key_len: int, dtype: torch.dt
     return mask
 
 
-def branch_mask(past: int, prefix: int, branches: list[int], dtype: torch.dtype, device=None) -> torch.Tensor:
-    """Additive mask [1, 1, S, past + S] for a forward that feeds a causal prefix, then several branches.
 
-    Every fed token sees the `past` cached tokens; the `prefix` tokens see each other causally; each
-    branch (of the given lengths, laid out one after another) sees the prefix and itself causally,
-    never another branch. So one sequence holds alternatives that would otherwise need a batch.
+def segment_mask(past: int, segments: list[tuple[int, int | None, int]], dtype: torch.dtype, device=None) -> torch.Tensor:
+    """Additive mask [1, 1, S, past + S] for several token segments fed side by side in one forward.
+
+    `segments` are (length, parent, visible), laid out one after another: each segment sees the
+    `past` cached tokens, itself causally, and the first `visible` tokens of segment `parent`
+    (an earlier one) when parent is not None. So one sequence holds what would otherwise need a
+    batch of rows, each with its own copy of the cache.
     """
-    fed = prefix + sum(branches)
-    hidden = torch.finfo(dtype).min
-    mask = torch.full((fed, past + fed), hidden, dtype=dtype, device=device)
-    mask[:, :past] = 0
-    causal = torch.ones(fed, fed, dtype=torch.bool, device=device).tril()
-    group = torch.zeros(fed, dtype=torch.long, device=device)  # 0 = prefix, i = branch i
-    start = prefix
-    for index, length in enumerate(branches, 1):
-        group[start : start + length] = index
+    fed = sum(length for length, _, _ in segments)
+    visible = torch.zeros(fed, fed, dtype=torch.bool)
+    starts = []
+    start = 0
+    for length, parent, shown in segments:
+        starts.append(start)
+        visible[start : start + length, start : start + length] = torch.ones(length, length, dtype=torch.bool).tril()
+        if parent is not None:
+            visible[start : start + length, starts[parent] : starts[parent] + shown] = True
         start += length
-    visible = causal & ((group[None, :] == 0) | (group[None, :] == group[:, None]))
-    mask[:, past:] = mask[:, past:].masked_fill(visible, 0)
-    return mask[None, None]
+    mask = torch.zeros(fed, past + fed, dtype=dtype)
+    mask[:, past:] = torch.zeros(fed, fed, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
+    return mask[None, None].to(device)
+
+
+def branch_mask(past: int, prefix: int, branches: list[int], dtype: torch.dtype, device=None) -> torch.Tensor:
+    """A causal prefix, then branches that each see the prefix and themselves causally, never each other."""
+    return segment_mask(past, [(prefix, None, 0)] + [(length, 0, prefix) for length in branches], dtype, device)

@@ -114,7 +114,8 @@ def precheck_decoder_options(options: dict) -> None:
         if options.get(option.name) is not None:
             options[option.name] = option.check(options[option.name])
     knobs = {k: v for k, v in options.items() if k not in ("decoder", "max_new_tokens", "temperature", "seed")}
-    checked = check_options(decoder or "refusion", knobs, options["max_new_tokens"] or 1)
+    # Without --decoder, a ReFusion model decodes with lossless: its options are the ones to check.
+    checked = check_options(decoder or "lossless", knobs, options["max_new_tokens"] or 1)
     options.update({name: checked[name] for name, value in knobs.items() if value is not None and name in checked})
 
 

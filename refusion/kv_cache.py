@@ -68,3 +68,8 @@ def keep_indices(cache: DynamicCache, indices: torch.Tensor) -> None:
 def layer_tensors(cache: DynamicCache) -> LayerKV:
     """Every layer's (keys, values), for inspection and tests."""
     return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def segment(cache: DynamicCache, start: int, count: int) -> LayerKV:
+    """The keys/values of cached tokens start .. start+count-1: [B, H, count, D] per layer (views)."""
+    return [(layer.keys[..., start : start + count, :], layer.values[..., start : start + count, :]) for layer in cache.layers]

@@ -30,7 +30,7 @@ def cli(*args):
 
 
 def test_json_last_line_reports_the_speed(model_dirs):
-    run = cli("Hello", "--model", str(model_dirs / "masked"), "--max-new-tokens", "16", "--slot-size", "4",
+    run = cli("Hello", "--model", str(model_dirs / "masked"), "--decoder", "refusion", "--max-new-tokens", "16", "--slot-size", "4",
               "--blocks", "2", "--slot-threshold", "0.02", "--token-threshold", "0.02", "--json")
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout.strip().splitlines()[-1])
@@ -66,8 +66,12 @@ def test_stop_strings_end_the_generation_and_are_not_printed(model_dirs):
         (["hi", "--model", "/no/such/model"], "model not found"),
         (["   ", "--model", "{masked}"], "the prompt is empty"),
         (["x" * 300, "--model", "{masked}"], "exceeds the model's context"),
-        (["hi", "--model", "{masked}", "--token-threshold", "1.5"], "token-threshold must lie in [0, 1]"),
-        (["hi", "--model", "{masked}", "--slot-size", "4", "--blocks", "3", "--max-new-tokens", "32"], "must split into 3 blocks"),
+        (["hi", "--model", "{masked}", "--decoder", "refusion", "--token-threshold", "1.5"], "token-threshold must lie in [0, 1]"),
+        (["hi", "--model", "{masked}", "--token-threshold", "0.5"], "choose decoder refusion for token_threshold"),
+        (["hi", "--model", "{masked}", "--decoder", "lossless", "--branches", "lots"], "branches must be 'auto' or a whole number"),
+        (["hi", "--model", "{masked}", "--temperature", "nan"], "temperature must be a finite number"),
+        (["hi", "--model", "{masked}", "--seed", str(2**64)], "seed must lie in"),
+        (["hi", "--model", "{masked}", "--decoder", "refusion", "--slot-size", "4", "--blocks", "3", "--max-new-tokens", "32"], "must split into 3 blocks"),
         (["hi", "--model", "{plain}", "--decoder", "refusion"], "Convert it with `refusion train --objective refusion`"),
         (["hi", "--model", "{masked}", "--decoder", "beam"], "unknown decoder 'beam'"),
         (["hi", "--model", "{masked}", "--max-new-tokens", "0"], "max-new-tokens must be a positive integer"),

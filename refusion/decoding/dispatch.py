@@ -53,7 +53,9 @@ def check_options(decoder: str, options: dict, max_new_tokens: int) -> dict:
     unknown = sorted(name for name in given if name not in declared)
     if unknown:
         takes = ", ".join(declared) or "no options"
-        raise RefusionError(f"decoder {decoder!r} does not take {', '.join(unknown)} (it takes: {takes})")
+        owners = [name for name, other in DECODERS.items() if set(unknown) <= set(options_of(other))]
+        hint = f"; choose decoder {' or '.join(owners)} for {', '.join(unknown)}" if owners else ""
+        raise RefusionError(f"decoder {decoder!r} does not take {', '.join(unknown)} (it takes: {takes}){hint}")
     resolved = {name: option.check(given[name]) if name in given else option.default for name, option in declared.items()}
     if hasattr(module, "validate_options"):
         module.validate_options(resolved, max_new_tokens)

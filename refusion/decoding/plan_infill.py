@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from .. import kv_cache
+from ..attention import segment_mask
 from ..errors import RefusionError
 from .generation import EventCallback
 from .options import Option
@@ -167,38 +168,74 @@ def verify_globally(runner, state, tokens, positions, k, token_threshold, next_m
 # --- step 3: parallel iterative completion ------------------------------------------------------
 
 
-def slot_batch(slots, k):
-    """Tokens and position ids of several slots as a batch: [n, k] each."""
-    tokens = torch.stack([slot.tokens for slot in slots])
-    positions = torch.stack([torch.arange(slot.start, slot.start + k) for slot in slots])
-    return tokens, positions
+@dataclass
+class Segment:
+    """Tokens fed for one slot in a completion forward, and what its logits are for."""
+
+    slot: Slot
+    kind: str  # "draft": prefix + masks to fill; "verify": the filled slot; "outcome": masks after a verify row
+    ids: list[int]
+    start: int  # position of its first token
+    parent: int | None = None  # an outcome's verify segment (index)
+    visible: int = 0  # how many of the parent's tokens it sees: the accepted length it assumes
 
 
-def draft_round(runner, state, slots, k, mask_id, temperature, generator):
-    """Mask each slot's unaccepted tokens, predict them (each slot sees the cache and itself only)."""
-    tokens, positions = slot_batch(slots, k)
-    masked = torch.arange(k)[None, :] >= torch.tensor([s.accepted for s in slots])[:, None]  # [n, k]
-    inputs = tokens.masked_fill(masked, mask_id)
-    logits = runner(inputs, positions, kv_cache.repeat(state.cache, len(slots)))  # [n, k, V]
+def completion_forward(runner, state, slots, drafting, verifying, k, mask_id):
+    """One forward over every slot's segments, side by side in one sequence (each sees the cache and its own).
+
+    `drafting` slots feed their accepted prefix and masks (a draft round). `verifying` slots feed
+    their filled tokens (a verify round) and, when they may stay unfinished, one group of masks per
+    possible outcome a (accepted length after this verify) that sees the first a tokens: that group
+    predicts exactly what the next draft round would, so no separate draft forward is needed.
+    Returns the segments with their logits; the cache is left as it was.
+    """
+    segments: list[Segment] = []
+    for slot in drafting:
+        prefix = slot.tokens[: slot.accepted].tolist()
+        segments.append(Segment(slot, "draft", prefix + [mask_id] * (k - slot.accepted), slot.start))
+    for slot in verifying:
+        segments.append(Segment(slot, "verify", slot.tokens.tolist(), slot.start))
+        row = len(segments) - 1
+        for outcome in range(slot.accepted + 1, slot.length):
+            segments.append(Segment(slot, "outcome", [mask_id] * (k - outcome), slot.start + outcome, row, outcome))
+    ids = torch.tensor([[t for seg in segments for t in seg.ids]])
+    positions = torch.tensor([[seg.start + i for seg in segments for i in range(len(seg.ids))]])
+    layout = [(len(seg.ids), seg.parent, seg.visible) for seg in segments]
+    before = kv_cache.length(state.cache)
+    mask = segment_mask(before, layout, runner_dtype(runner), runner.device)
+    logits = runner(ids, positions, state.cache, mask)[0]  # [fed, V]
+    offset = 0
+    for seg in segments:
+        seg.logits = logits[offset : offset + len(seg.ids)]
+        if seg.kind == "verify":  # its own KV (cache and itself only), as the paper's reuse keeps it
+            seg.kv = kv_cache.segment(state.cache, before + offset, len(seg.ids))
+        offset += len(seg.ids)
+    kv_cache.truncate(state.cache, before)
+    return segments
+
+
+def runner_dtype(runner) -> torch.dtype:
+    try:
+        return next(runner.model.parameters()).dtype
+    except (AttributeError, StopIteration, TypeError):
+        return torch.float32
+
+
+def fill(slot, start: int, logits, temperature, generator) -> None:
+    """Replace the slot's tokens from `start` on with predictions from mask logits [k - start, V]."""
     predicted, _ = choose(logits, temperature, generator)
-    filled = torch.where(masked, predicted.cpu(), tokens)
-    for slot, row in zip(slots, filled):
-        slot.tokens = row
+    slot.tokens = torch.cat([slot.tokens[:start], predicted.cpu()])
 
 
-def verify_round(runner, state, slots, k, token_threshold):
-    """AR-verify each slot on its own; the first token after the accepted prefix always passes."""
-    tokens, positions = slot_batch(slots, k)
-    batch_cache = kv_cache.repeat(state.cache, len(slots))
-    logits = runner(tokens, positions, batch_cache)  # [n, k, V]
-    probs = torch.ones(tokens.shape)
-    probs[:, 1:] = probability_of(logits[:, :-1], tokens[:, 1:].to(logits.device)).cpu()
-    own_kv = kv_cache.tail(batch_cache, k)
-    for row, slot in enumerate(slots):
-        passed = probs[row] > token_threshold
-        passed[: slot.accepted + 1] = True
-        slot.accepted = min(slot.length, leading_true(passed))
-        slot.kv, slot.kv_exact = kv_cache.select(own_kv, row, k), slot.accepted
+def verify(slot, seg, token_threshold) -> None:
+    """AR-verify the slot on its own; the first token after the accepted prefix always passes."""
+    tokens = slot.tokens
+    probs = torch.ones(len(tokens))
+    probs[1:] = probability_of(seg.logits[:-1], tokens[1:].to(seg.logits.device)).cpu()
+    passed = probs > token_threshold
+    passed[: slot.accepted + 1] = True
+    slot.accepted = min(slot.length, leading_true(passed))
+    slot.kv, slot.kv_exact = seg.kv, slot.accepted
 
 
 def end_at_eos(slots, eos_token_ids) -> int | None:
@@ -222,20 +259,32 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
     """
     reuse = options["kv"] == "reuse"
     eos_position = None
-    for _ in range(k + 1):
+    filled: set[int] = set()  # starts of slots whose tokens are a fresh draft waiting for its verify
+    for _ in range(2 * k + 2):
         if should_stop():
             return None
         # The earliest slot holding an accepted EOS ends the text (an earlier slot may find one later).
         eos_position = end_at_eos(slots, eos_token_ids) or eos_position
-        drafting = [slot for slot in slots if not slot.done]
-        missing_kv = [slot for slot in slots if slot.done and slot.kv_exact < slot.length] if reuse else []
-        if not drafting and not missing_kv:
+        drafting = [slot for slot in slots if not slot.done and slot.start not in filled]
+        verifying = [slot for slot in slots if slot.start in filled or (reuse and slot.done and slot.kv_exact < slot.length)]
+        if not drafting and not verifying:
             break
-        if drafting:
-            draft_round(runner, state, drafting, k, mask_id, options["temperature"], generator)
-        verify_round(runner, state, drafting + missing_kv, k, options["token_threshold"])
-        emit({"event": "round", "step": step, "slots": [s.start - state.prompt_len for s in slots],
-              "accepted": [s.accepted for s in slots]})
+        segments = completion_forward(runner, state, slots, drafting, verifying, k, mask_id)
+        a_round = any(slot.start in filled for slot in verifying)  # a draft verified (not only KV for a done slot)
+        for seg in segments:
+            if seg.kind == "draft":
+                fill(seg.slot, seg.slot.accepted, seg.logits[seg.slot.accepted :], options["temperature"], generator)
+                filled.add(seg.slot.start)
+            elif seg.kind == "verify":
+                verify(seg.slot, seg, options["token_threshold"])
+                filled.discard(seg.slot.start)
+        for seg in segments:  # the next draft of each slot still unfinished: the group for its outcome
+            if seg.kind == "outcome" and not seg.slot.done and seg.visible == seg.slot.accepted:
+                fill(seg.slot, seg.visible, seg.logits, options["temperature"], generator)
+                filled.add(seg.slot.start)
+        if a_round:
+            emit({"event": "round", "step": step, "slots": [s.start - state.prompt_len for s in slots],
+                  "accepted": [s.accepted for s in slots]})
     tokens = [t for slot in slots for t in slot.tokens[: slot.length].tolist()]
     positions = [p for slot in slots for p in range(slot.start, slot.start + slot.length)]
     if reuse:

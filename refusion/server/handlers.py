@@ -147,7 +147,8 @@ def decoding_options(request, max_tokens: int, model, defaults: dict) -> dict:
     try:
         checked = check_options(decoder, knobs, max_tokens)
     except RefusionError as error:
-        raise ApiError(400, str(error), named_last(str(error), request.knobs())) from error
+        given = [name for name, value in request.knobs().items() if value is not None]
+        raise ApiError(400, str(error), named_last(str(error), given)) from error
     knobs = {name: checked[name] for name in knobs}
     temperature = request.temperature if request.temperature is not None else defaults.get("temperature") or 0.0
     seed = request.seed if request.seed is not None else defaults.get("seed")

@@ -33,7 +33,8 @@ def run_cli(argv, capsys) -> tuple[str, str]:
 def test_eval_json_summary_and_per_sample_file(model_dir, tmp_path, capsys):
     out_dir = tmp_path / "gsm8k-refusion"
     out, _ = run_cli(["eval", "--model", model_dir, "--task", "gsm8k", "--limit", "2", "--max-new-tokens", "16",
-                      "--slot-size", "4", "--blocks", "2", "--json", "--output", str(out_dir), "--no-progress"], capsys)
+                      "--decoder", "refusion", "--slot-size", "4", "--blocks", "2", "--json", "--output", str(out_dir),
+                      "--no-progress"], capsys)
     summary = json.loads(out.strip().splitlines()[-1])
     for key in ("task", "decoder", "accuracy", "tokens_per_second", "tokens_per_forward", "forward_passes", "samples",
                 "model", "settings"):
@@ -83,7 +84,8 @@ def test_python_api_scores_a_model_that_always_answers_right(model_dir):
     (["eval", "--task", "gsm9k"], "unknown task 'gsm9k'"),
     (["eval", "--task", "gsm8k", "--limit", "0"], "--limit must be a positive integer"),
     (["eval", "--task", "gsm8k", "--decoder", "ar", "--reference-settings"], "do not apply to --decoder ar"),
-    (["eval", "--task", "gsm8k", "--slot-size", "4", "--blocks", "3", "--max-new-tokens", "16"], "must split into 3 blocks"),
+    (["eval", "--task", "gsm8k", "--decoder", "refusion", "--slot-size", "4", "--blocks", "3", "--max-new-tokens", "16"],
+     "must split into 3 blocks"),
     (["plot", "nowhere.jsonl", "--output", "x.png"], "no such results file"),
 ])
 def test_bad_input_is_one_line_error(argv, message, capsys):

@@ -144,8 +144,11 @@ def test_openai_error_shape_and_limits(client):
     error(chat(client, model="gpt-4"), 404, "model")
     error(chat(client, decoder="nope"), 400, "decoder")
     error(chat(client, decoder="ar", slot_size=4), 400, "slot_size")
-    error(chat(client, slot_size=4, blocks=3, max_tokens=16), 400, "blocks")
-    error(chat(client, slot_threshold=1.5), 400, "slot_threshold")
+    error(chat(client, decoder="refusion", slot_size=4, blocks=3, max_tokens=16), 400, "blocks")
+    error(chat(client, decoder="refusion", slot_threshold=1.5), 400, "slot_threshold")
+    error(chat(client, slot_size=4), 400, "slot_size")  # the default decoder (lossless) has no slots
+    error(chat(client, decoder="lossless", branches=-1), 400, "branches")
+    error(chat(client, decoder="mdm", steps=0), 400, "steps")
     error(chat(client, temperature=-1), 400, "temperature")
     error(chat(client, unknown_field=1), 400, "unknown_field")
     error(chat(client, stream_events=True), 400, "stream_events")
