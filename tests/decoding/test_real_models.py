@@ -125,3 +125,27 @@ def test_gumbel_sampling_follows_the_softmax():
     frequencies = torch.bincount(tokens, minlength=3).float() / len(tokens)
     torch.testing.assert_close(frequencies, torch.softmax(logits[0], -1), atol=0.015, rtol=0)
     torch.testing.assert_close(probs, torch.softmax(logits, -1).gather(-1, tokens[:, None])[:, 0])
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "llama"])
+def test_segments_side_by_side_in_one_forward_see_only_the_cache_and_their_own_visible_part(kind):
+    """What the 4D segment mask promises: each segment's logits are those of a forward that fed it alone."""
+    from refusion.attention import segment_mask
+
+    model = tiny_model(kind, vocab_size=128)
+    context = torch.tensor([[5, 6, 7, 8, 9]])
+    first, second, third = [20, 21, 22], [30, 31], [40, 41]  # third sees the first two tokens of `first`
+    segments = [(3, None, 0), (2, None, 0), (2, 0, 2)]
+    positions = [[5, 6, 7, 5, 6, 7, 8]]
+
+    def after_context(ids, pos, mask=None):
+        cache = kv_cache.new_cache()
+        with torch.no_grad():
+            model(input_ids=context, past_key_values=cache, use_cache=True)
+            return model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([pos]), past_key_values=cache,
+                         use_cache=True, attention_mask=mask).logits[0]
+
+    together = after_context(first + second + third, positions[0], segment_mask(5, segments, torch.float32))
+    torch.testing.assert_close(together[:3], after_context(first, [5, 6, 7]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(together[3:5], after_context(second, [5, 6]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(together[5:], after_context(first[:2] + third, [5, 6, 7, 8])[2:], rtol=1e-4, atol=1e-5)
