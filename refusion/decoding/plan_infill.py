@@ -29,6 +29,10 @@ from .options import Option
 from .runner import DecodeOutput, ModelRunner
 from .sampling import choose, probability_of
 
+FUSE_LIMIT = 64
+"""Most tokens a slot may add to a forward for drafts of outcomes not known yet (wider slots fall back to
+a forward of their own for the outcomes past it)."""
+
 OPTIONS = (
     Option("slot_size", 4, "tokens per slot, k", int, low=1),
     Option("blocks", None, "serial blocks, B; the generation length over B must be a whole number of k-token slots",
@@ -139,30 +143,51 @@ def leading_true(mask: torch.Tensor) -> int:
     return int(mask.long().cumprod(0).sum())
 
 
-def verify_globally(runner, state, tokens, positions, k, token_threshold, next_masks=(), mask_id=None):
+def first_draft_rows(slots, k, mask_id) -> list[tuple[int, int, list[int]]]:
+    """(slot index, a, row) for the first completion draft of each slot, one row per accepted length a
+    the global verification may leave it with (smallest first, at most FUSE_LIMIT tokens a slot):
+    its first a tokens, then masks."""
+    rows = []
+    for index, slot in enumerate(slots):
+        for a in range(1, min(k, FUSE_LIMIT // k + 1)):
+            rows.append((index, a, slot.tokens[:a].tolist() + [mask_id] * (k - a)))
+    return rows
+
+
+def verify_globally(runner, state, tokens, positions, k, token_threshold, next_masks=(), mask_id=None, rows=()):
     """Feed the drafts (tokens, positions: [1, m*k], slots concatenated in position order) causally after the cache.
 
     Returns the length of the accepted prefix of the concatenation, each slot's own accepted
-    prefix, and the logits of `next_masks` (positions of masks fed after the drafts, or None):
-    when every draft is committed, they are the predictions the next plan forward would make.
-    The cache is left holding the KV of the drafts (the masks' is cut); the caller keeps what it commits.
+    prefix, the logits of `next_masks` (positions of masks fed after the drafts, or None): when
+    every draft is committed, they are the predictions the next plan forward would make; and the
+    logits of each of `rows` ((slot start, row tokens) fed beside them, each seeing only the
+    cache and itself: exactly a completion's first draft round). The cache is left holding the KV
+    of the drafts; the caller keeps what it commits.
     """
     n = tokens.shape[1]
     if len(next_masks):
         tokens = torch.cat([tokens, torch.full((1, len(next_masks)), mask_id)], dim=1)
         positions = torch.cat([positions, torch.as_tensor(next_masks).view(1, -1)], dim=1)
+    causal = tokens.shape[1]
+    attention = None
+    if rows:
+        tokens = torch.cat([tokens, torch.tensor([[t for _, row in rows for t in row]])], dim=1)
+        positions = torch.cat([positions, torch.tensor([[start + i for start, row in rows for i in range(len(row))]])], dim=1)
+        layout = [(causal, None, 0)] + [(len(row), None, 0) for _, row in rows]
+        attention = segment_mask(kv_cache.length(state.cache), layout, runner_dtype(runner), runner.device)
     before = kv_cache.length(state.cache)
-    logits = runner(tokens, positions, state.cache)[0]  # [m*k (+ masks), V]
+    logits = runner(tokens, positions, state.cache, attention)[0]  # [m*k (+ masks) (+ rows), V]
     kv_cache.truncate(state.cache, before + n)
-    plan_logits, logits = (logits[n:], logits[:n]) if len(next_masks) else (None, logits)
-    tokens = tokens[:, :n]
+    plan_logits = logits[n:causal] if len(next_masks) else None
+    row_logits = list(logits[causal:].split([len(row) for _, row in rows])) if rows else []
+    logits, tokens = logits[:n], tokens[:, :n]
     probs = torch.ones(tokens.shape[1])
     probs[1:] = probability_of(logits[:-1], tokens[0, 1:].to(logits.device)).cpu()  # AR prob, one place earlier
     is_start = torch.zeros(tokens.shape[1], dtype=torch.bool)
     is_start[::k] = True
     passed = accepted_mask(probs, is_start, token_threshold)
     per_slot = [leading_true(passed[i : i + k]) for i in range(0, tokens.shape[1], k)]
-    return leading_true(passed), per_slot, plan_logits
+    return leading_true(passed), per_slot, plan_logits, row_logits
 
 
 # --- step 3: parallel iterative completion ------------------------------------------------------
@@ -196,7 +221,11 @@ def completion_forward(runner, state, slots, drafting, verifying, k, mask_id):
     for slot in verifying:
         segments.append(Segment(slot, "verify", slot.tokens.tolist(), slot.start))
         row = len(segments) - 1
-        for outcome in range(slot.accepted + 1, slot.length):
+        budget = FUSE_LIMIT
+        for outcome in range(slot.accepted + 1, slot.length):  # likeliest (shortest acceptance) first
+            budget -= k - outcome
+            if budget < 0:
+                break  # an outcome past the budget gets its draft from a forward of its own
             segments.append(Segment(slot, "outcome", [mask_id] * (k - outcome), slot.start + outcome, row, outcome))
     ids = torch.tensor([[t for seg in segments for t in seg.ids]])
     positions = torch.tensor([[seg.start + i for seg in segments for i in range(len(seg.ids))]])
@@ -252,14 +281,22 @@ def end_at_eos(slots, eos_token_ids) -> int | None:
     return None
 
 
-def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_ids, generator, emit, step, should_stop):
+def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_ids, generator, emit, step, should_stop,
+                         first_drafts=None):
     """Finish every selected slot (at most k rounds), then commit them in position order.
 
+    `first_drafts` maps (slot start, accepted length) to the logits of that slot's first draft
+    round, computed beside the global verification; a slot found there skips its own draft forward.
     Returns None, committing nothing, when `should_stop()` says so between rounds.
     """
     reuse = options["kv"] == "reuse"
     eos_position = None
     filled: set[int] = set()  # starts of slots whose tokens are a fresh draft waiting for its verify
+    for slot in slots:
+        logits = (first_drafts or {}).get((slot.start, slot.accepted))
+        if logits is not None and not slot.done:
+            fill(slot, slot.accepted, logits[slot.accepted :], options["temperature"], generator)
+            filled.add(slot.start)
     for _ in range(2 * k + 2):
         if should_stop():
             return None
@@ -398,8 +435,11 @@ def decode(
             if not upcoming and block + 1 < blocks:
                 upcoming = block_slots(block + 1)
             ride_positions = mask_positions(upcoming, k) if upcoming else ()
-            prefix, per_slot, plan_logits = verify_globally(runner, state, drafts_flat, positions_flat, k,
-                                                            token_threshold, ride_positions, mask_token_id)
+            # Beside them, each slot's first completion draft for every acceptance it may get.
+            rows = first_draft_rows(slots, k, mask_token_id)
+            prefix, per_slot, plan_logits, row_logits = verify_globally(
+                runner, state, drafts_flat, positions_flat, k, token_threshold, ride_positions, mask_token_id,
+                [(slots[index].start, row) for index, _, row in rows])
             flat = drafts_flat[0].tolist()
             eos_hits = [i for i, t in enumerate(flat[:prefix]) if t in eos_token_ids]
             keep = eos_hits[0] + 1 if eos_hits else (prefix // k) * k
@@ -418,8 +458,10 @@ def decode(
             kv_cache.truncate(state.cache, before)
             for slot, accepted in zip(slots, per_slot):
                 slot.accepted = accepted
+            first_drafts = {(slots[index].start, a): logits for (index, a, _), logits in zip(rows, row_logits)}
             completed = complete_in_parallel(
-                runner, state, slots, k, options, mask_token_id, eos_token_ids, generator, emit, step, should_stop
+                runner, state, slots, k, options, mask_token_id, eos_token_ids, generator, emit, step, should_stop,
+                first_drafts,
             )
             if completed is None:
                 break
