@@ -19,23 +19,24 @@ def bidirectional_mask(batch: int, query_len: int, key_len: int, dtype: torch.dt
 
 
 
-def segment_mask(past: int, segments: list[tuple[int, int | None, int]], dtype: torch.dtype, device=None) -> torch.Tensor:
+
+def segment_mask(past: int, segments: list[tuple[int, list[tuple[int, int]]]], dtype: torch.dtype, device=None) -> torch.Tensor:
     """Additive mask [1, 1, S, past + S] for several token segments fed side by side in one forward.
 
-    `segments` are (length, parent, visible), laid out one after another: each segment sees the
-    `past` cached tokens, itself causally, and the first `visible` tokens of segment `parent`
-    (an earlier one) when parent is not None. So one sequence holds what would otherwise need a
-    batch of rows, each with its own copy of the cache.
+    `segments` are (length, sees), laid out one after another: each segment sees the `past` cached
+    tokens, itself causally, and for each (segment index, count) in `sees` the first `count`
+    tokens of that (earlier) segment. So one sequence holds what would otherwise need a batch of
+    rows, each with its own copy of the cache.
     """
-    fed = sum(length for length, _, _ in segments)
+    fed = sum(length for length, _ in segments)
     visible = torch.zeros(fed, fed, dtype=torch.bool)
     starts = []
     start = 0
-    for length, parent, shown in segments:
+    for length, sees in segments:
         starts.append(start)
         visible[start : start + length, start : start + length] = torch.ones(length, length, dtype=torch.bool).tril()
-        if parent is not None:
-            visible[start : start + length, starts[parent] : starts[parent] + shown] = True
+        for other, count in sees:
+            visible[start : start + length, starts[other] : starts[other] + count] = True
         start += length
     mask = torch.zeros(fed, past + fed, dtype=dtype)
     mask[:, past:] = torch.zeros(fed, fed, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
@@ -44,4 +45,4 @@ def segment_mask(past: int, segments: list[tuple[int, int | None, int]], dtype: 
 
 def branch_mask(past: int, prefix: int, branches: list[int], dtype: torch.dtype, device=None) -> torch.Tensor:
     """A causal prefix, then branches that each see the prefix and themselves causally, never each other."""
-    return segment_mask(past, [(prefix, None, 0)] + [(length, 0, prefix) for length in branches], dtype, device)
+    return segment_mask(past, [(prefix, [])] + [(length, [(0, prefix)]) for length in branches], dtype, device)

@@ -1,44 +1,46 @@
 """Lossless decoding (`decoder="lossless"`): the masked-diffusion head proposes, the AR head decides.
 
-Speculative decoding with the model as its own drafter (Leviathan et al. 2023; Chen et al. 2023;
-TiDAR drafts with masks in the verifying forward). The text so far is known up to position T; its
-last token (or, on the first step, the whole prompt) is *pending*: committed, its KV not cached.
-Every forward feeds, after the cache, in one sequence with an additive 4D mask:
+Speculative decoding with the model as its own drafter (Leviathan et al. 2023; Chen et al. 2023),
+drafts coming from `<|mask|>` positions fed in the verifying forward itself (as TiDAR does). The
+text is known up to position T; its last token (the whole prompt on the first step) is *pending*:
+committed, its KV not cached. Every forward feeds, after the cache, in one sequence under a 4D mask:
 
-    pending (… T)  |  fallback: <mask> T+1, <mask> T+2  |  branch j: r_j T+1, <mask> T+2, <mask> T+3   (j = 1..b)
+    pending (.. T) | root masks T+1 .. T+g | chain j: c_j1 .. c_jd at T+1 .. | masks after each c_ji
 
-Pending tokens see the cache and each other causally; the fallback and each branch see the cache,
-the pending tokens and themselves, never each other. The roots r_j are candidates for position T+1.
+Chain 0 is the likeliest continuation (d tokens); chains 1..b-1 are the other likeliest tokens for
+T+1 alone. After each chain token sit g masks that see the pending tokens and that chain up to
+there: what the mask head predicts if the text went that way. Every segment sees the cache and the
+pending tokens, and nothing of the other chains.
 
 - The AR head at the last pending token gives the token at T+1, exactly as the `ar` decoder would.
-- If it equals a root r_j (greedy: same token; sampling: the root accepted by multi-candidate
-  speculative sampling), r_j was fed at its true position after the true text, so its KV is exact
-  and its AR logits give the token at T+2 exactly too: two tokens from one forward.
-- The masks predict what comes next for the next forward's roots: branch j's mask at T+3 when r_j
-  matched, the fallback's mask at T+2 when none did. Greedy takes the b most likely tokens,
-  sampling draws b candidates independently.
+  If a chain starts with it, that chain token's own AR logits give the token after it, and so on
+  down the chain while the chain keeps agreeing: accepted chain tokens + one AR token per forward.
+  Greedy: agree = equal the AR argmax. Sampling: multi-candidate speculative sampling at T+1 and
+  the speculative-sampling rule along the chain, so the text is distributed exactly as `ar`'s.
+- The masks after the last accepted token (or the root masks when none was) give the next
+  forward's candidates: their second mask onwards sits after the AR token just committed.
 
-Greedy output is token-identical to `ar` (up to floating-point differences between a narrow and a
-wide forward); sampled output is distributed exactly as `ar`'s. Only the pending tokens' and a
-matched root's KV are kept: the cache stays the exact causal cache of the text.
+Only the pending tokens' and the accepted chain tokens' KV is kept: the cache stays the exact
+causal cache of the text. Greedy output is token-identical to `ar` up to floating-point
+differences between forwards of different widths.
 
-The branch count b adapts: the decoder counts how often the candidate of each rank matched and
-picks the b that maximises expected tokens per forward over the forward's cost. That cost, by the
-number of tokens fed, is measured once per model (`width_cost="auto"`: on a GPU or a bf16 CPU 27
-tokens cost little more than one; in float32 on a CPU they do not), or modelled as
-`1 + width_cost * (tokens fed - 1)`. b = 0 feeds no masks: a plain `ar` step, so the mode
-never costs much more than `ar` where branches do not pay.
+How many chains (b) and how deep (d) adapt: the decoder counts how often candidates of each rank
+and depth were accepted and picks the (b, d) that maximises expected tokens per forward over the
+forward's cost. That cost, by tokens fed, is measured once per model (`width_cost="auto"`: on a
+GPU or a bf16 CPU tens of tokens cost little more than one; in float32 on a CPU they do not), or
+modelled as `1 + width_cost * (tokens fed - 1)`. b = 0 feeds nothing extra: a plain `ar` step.
 Knows nothing about tokenizers.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from .. import kv_cache
-from ..attention import branch_mask
+from ..attention import segment_mask
 from ..errors import RefusionError
 from .generation import EventCallback
 from .options import Option
@@ -46,50 +48,99 @@ from .runner import DecodeOutput, ModelRunner, interpolate_cost, width_costs
 from .sampling import draw, tempered, verify_candidates
 
 OPTIONS = (
-    Option("branches", "auto", "lossless: candidate tokens verified per forward (0 = plain ar steps); auto adapts "
-           "it to the acceptance seen and the forward's cost", int, low=0, high=64, auto=True),
+    Option("branches", "auto", "lossless: candidate tokens for the next position verified per forward (0 = plain "
+           "ar steps); auto adapts it to the acceptance seen and the forward's cost", int, low=0, high=64, auto=True),
+    Option("depth", "auto", "lossless: tokens in the likeliest candidate chain; auto adapts it", int, low=1, high=16,
+           auto=True),
     Option("max_branches", 8, "lossless: the most candidates branches=auto may use", int, low=1, high=64),
+    Option("max_depth", 6, "lossless: the longest chain depth=auto may use", int, low=1, high=16),
     Option("width_cost", "auto", "lossless: cost of one more fed token relative to a one-token forward; auto "
            "measures the model once", float, 0.0, 1.0, auto=True),
 )
 
-FALLBACK = 2  # <mask> T+1, <mask> T+2
-BRANCH = 3  # root T+1, <mask> T+2, <mask> T+3
-PRIOR_RATE = (0.25, 0.13, 0.07, 0.06, 0.04, 0.03, 0.03, 0.02)  # chance the rank-i candidate matches (measured prior)
+PRIOR_RANK = (0.25, 0.13, 0.07, 0.06, 0.04, 0.03, 0.03, 0.02)  # chance the rank-i candidate for T+1 is right
+PRIOR_DEPTH = 0.3  # chance a chain token is right given the one before it was
 PRIOR_WEIGHT, DECAY = 4.0, 0.95
 
 
 def validate_options(options: dict, max_new_tokens: int) -> None:
     """Reject combinations that make no sense (each value alone is checked by its `Option`)."""
-    branches, most = options["branches"], options["max_branches"]
-    if branches != "auto" and branches > most:
-        raise RefusionError(f"branches ({branches}) must not exceed max-branches ({most})")
+    if options["branches"] != "auto" and options["branches"] > options["max_branches"]:
+        raise RefusionError(f"branches ({options['branches']}) must not exceed max-branches ({options['max_branches']})")
+    if options["depth"] != "auto" and options["depth"] > options["max_depth"]:
+        raise RefusionError(f"depth ({options['depth']}) must not exceed max-depth ({options['max_depth']})")
 
 
-class BranchCount:
-    """How many candidate roots to feed, from how often each rank matched (decayed counts; deterministic)."""
+def tree_width(pending: int, branches: int, depth: int) -> int:
+    """Tokens one forward feeds: pending, root masks, chain tokens, and masks after each chain token."""
+    if branches == 0:
+        return pending
+    group = depth + 1
+    nodes = depth + branches - 1
+    return pending + group + nodes * (1 + group)
 
-    def __init__(self, fixed: int | None, most: int, cost: Callable[[int], float]):
-        self.fixed, self.most, self.cost = fixed, most, cost
-        rates = [PRIOR_RATE[i] if i < len(PRIOR_RATE) else PRIOR_RATE[-1] for i in range(most)]
-        self.hits = [PRIOR_WEIGHT * rate for rate in rates]  # per rank: decayed matches
-        self.trials = [PRIOR_WEIGHT] * most  # per rank: decayed forwards that offered it
 
-    def update(self, offered: int, matched_rank: int | None) -> None:
-        for rank in range(offered):
-            self.hits[rank] = DECAY * self.hits[rank] + (rank == matched_rank)
-            self.trials[rank] = DECAY * self.trials[rank] + 1
+class Shape:
+    """How many chains and how deep, from how often candidates were accepted (decayed counts; deterministic)."""
 
-    def choose(self) -> int:
-        if self.fixed is not None:
-            return self.fixed
-        rates = [h / t for h, t in zip(self.hits, self.trials)]
+    def __init__(self, branches, depth, max_branches, max_depth, cost: Callable[[int], float] | None):
+        self.branches, self.depth = branches, depth
+        self.max_branches, self.max_depth, self.cost = max_branches, max_depth, cost
+        rank_prior = [PRIOR_RANK[min(i, len(PRIOR_RANK) - 1)] for i in range(max_branches)]
+        self.rank_hits = [PRIOR_WEIGHT * p for p in rank_prior]
+        self.rank_trials = [PRIOR_WEIGHT] * max_branches
+        self.depth_hits = [PRIOR_WEIGHT * PRIOR_DEPTH] * max_depth  # [i]: token i+1 of chain 0, given token i was right
+        self.depth_trials = [PRIOR_WEIGHT] * max_depth
 
-        def gain(b: int) -> float:  # expected tokens per forward over its relative cost (one pending token)
-            width = 1 + FALLBACK + BRANCH * b if b else 1
-            return (1 + sum(rates[:b])) / self.cost(width)
+    def update(self, branches: int, depth: int, rank: int | None, deeper: int) -> None:
+        """Offered `branches` x `depth`; the T+1 candidate of `rank` matched (None: none), and `deeper` more of chain 0."""
+        for i in range(branches):
+            self.rank_hits[i] = DECAY * self.rank_hits[i] + (rank == i)
+            self.rank_trials[i] = DECAY * self.rank_trials[i] + 1
+        if rank == 0:
+            for i in range(1, depth):
+                if i > deeper + 1:
+                    break
+                self.depth_hits[i] = DECAY * self.depth_hits[i] + (i <= deeper)
+                self.depth_trials[i] = DECAY * self.depth_trials[i] + 1
 
-        return max(range(self.most + 1), key=gain)
+    def choose(self, reach: int) -> tuple[int, int]:
+        """(branches, depth) for the next forward; chains no deeper than `reach`."""
+        most_depth = max(1, min(self.max_depth, reach))
+        if self.cost is None:  # fixed by the caller
+            return self.branches, min(self.depth, most_depth)
+        ranks = [h / t for h, t in zip(self.rank_hits, self.rank_trials)]
+        depths = [h / t for h, t in zip(self.depth_hits, self.depth_trials)]
+        branch_choices = [self.branches] if self.branches != "auto" else range(self.max_branches + 1)
+        depth_choices = [min(self.depth, most_depth)] if self.depth != "auto" else range(1, most_depth + 1)
+        best, shape = 1.0 / self.cost(1), (0, 1)
+        for b in branch_choices:
+            for d in depth_choices if b else ():
+                expected = 1 + sum(ranks[:b]) + ranks[0] * sum(_prefix_products(depths[1:d]))
+                gain = expected / self.cost(tree_width(1, b, d))
+                if gain > best:
+                    best, shape = gain, (b, d)
+        return shape
+
+
+def _prefix_products(values):
+    product = 1.0
+    for value in values:
+        product *= value
+        yield product
+
+
+@dataclass
+class Candidates:
+    """Proposals for the positions after the pending tokens: `first` for T+1 (best first), `chain` for T+2, ..."""
+
+    first: list[int]
+    chain: list[int]
+    first_q: torch.Tensor | None = None  # sampling: the distribution `first` was drawn from
+    chain_q: torch.Tensor | None = None  # sampling: [len(chain), V]
+
+
+NONE = Candidates([], [])
 
 
 def decode(
@@ -100,7 +151,9 @@ def decode(
     eos_token_ids: set[int],
     mask_token_id: int,
     branches: int | str = "auto",
-    max_branches: int = 4,
+    depth: int | str = "auto",
+    max_branches: int = 8,
+    max_depth: int = 6,
     width_cost: float | str = "auto",
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
@@ -109,62 +162,65 @@ def decode(
 ) -> DecodeOutput:
     P = prompt_ids.shape[1]
     cache = kv_cache.new_cache()
-    counter = BranchCount(None if branches == "auto" else int(branches), int(max_branches),
-                          forward_cost(runner, width_cost) if branches == "auto" else None)
+    adaptive = branches == "auto" or depth == "auto"
+    shape = Shape(branches, depth if depth == "auto" else int(depth), int(max_branches), int(max_depth),
+                  forward_cost(runner, width_cost) if adaptive else None)
     dtype = _logits_dtype(runner)
-    M = mask_token_id
     pending = prompt_ids[0].tolist()  # committed, KV not cached yet
-    roots: list[int] = []  # candidates for the position after the pending tokens, best first
-    roots_q: torch.Tensor | None = None  # [V] the distribution they were drawn from (sampling)
+    candidates = NONE
     text: list[int] = []
-    step = offered_total = matched_total = 0
+    step = offered_total = accepted_total = 0
 
     while len(text) < max_new_tokens:
         step += 1
         remaining = max_new_tokens - len(text)
-        # Candidates and their masks reach position T+3: only worth feeding while the budget goes that far.
-        wanted = counter.choose() if remaining >= 3 else 0
-        b = min(len(roots), wanted)
-        masks = wanted > 0  # the fallback's masks give the next forward's candidates
+        # A chain of d and its masks reach T+2d+1: fed only as far as the token budget reaches.
+        reach = (remaining - 1) // 2
+        wanted_b, wanted_d = shape.choose(reach) if reach >= 1 else (0, 1)
+        b = min(wanted_b, len(candidates.first))  # what this forward can offer
+        d = min(wanted_d, 1 + len(candidates.chain))
+        feed_masks = wanted_b > 0  # masks give the next forward its candidates
+        g = wanted_d + 1  # masks per group: a placeholder where the AR token goes, then the next chain
         past = kv_cache.length(cache)
-        T = past + len(pending) - 1  # position of the last pending token
-        L = len(pending)
-        groups = ([FALLBACK] if masks else []) + [BRANCH] * b
-        ids = list(pending) + ([M, M] if masks else [])
-        positions = list(range(T - L + 1, T + 1)) + ([T + 1, T + 2] if masks else [])
-        for root in roots[:b]:
-            ids += [root, M, M]
-            positions += [T + 1, T + 2, T + 3]
-        read = [L - 1] + ([L + 1] if masks else [])  # AR at T; fallback mask at T+2
-        for j in range(b):
-            base = L + FALLBACK + BRANCH * j
-            read += [base, base + 2]  # root j: AR at T+1; its mask at T+3
-        attention = branch_mask(past, L, groups, dtype, runner.device) if b else None
-        logits = runner(torch.tensor([ids]), torch.tensor([positions]), cache, attention,
-                        logits_to_keep=torch.tensor(read, device=runner.device))[0]  # [len(read), V]
+        T = past + len(pending) - 1
+        forward = Forward(pending, T, mask_token_id)
+        if feed_masks:
+            forward.root_group(g)
+        chains = [[candidates.first[0]] + candidates.chain[: d - 1]] if b else []
+        chains += [[token] for token in candidates.first[1:b]]
+        for chain in chains:
+            forward.chain(chain, g if feed_masks else 0)
+        logits = runner(forward.ids(), forward.positions(), cache,
+                        forward.mask(past, dtype, runner.device) if len(forward.segments) > 1 else None,
+                        logits_to_keep=torch.tensor(forward.read, device=runner.device))[0]
+        rows = dict(zip(forward.read_keys, logits))
 
-        token, matched, after, next_roots, next_q = _judge(logits, roots[:b], roots_q, masks, wanted,
-                                                           temperature, generator)
-        counter.update(b, matched)
-        offered_total += b
-        matched_total += matched is not None
-        if matched is None:  # exact KV: the cache before, the pending tokens and a matched root
-            kv_cache.truncate(cache, past + L)
+        token_after, path, rank = _walk(rows, chains, candidates.first_q, candidates.chain_q, temperature, generator)
+        deeper = len(path) - 1 if path else 0
+        if adaptive:
+            shape.update(b, d if b else 0, rank, deeper)
+        offered_total += sum(len(chain) for chain in chains)
+        accepted_total += len(path)
+
+        node = ("root",) if not path else ("chain", rank, len(path) - 1)
+        keep = list(range(past + len(pending))) + [past + forward.index[("chain", rank, i)] for i in range(len(path))]
+        if path:
+            kv_cache.keep_indices(cache, torch.tensor(keep))
         else:
-            root = past + L + FALLBACK + BRANCH * matched
-            kv_cache.keep_indices(cache, torch.cat([torch.arange(past + L), torch.tensor([root])]))
+            kv_cache.truncate(cache, past + len(pending))
 
-        new = [token] + ([after] if matched is not None else [])
+        new = [chains[rank][i] for i in range(len(path))] + [token_after]
         eos_at = next((i for i, t in enumerate(new) if t in eos_token_ids), None)
         new = new[: eos_at + 1] if eos_at is not None else new
         new = new[:remaining]
         emit({"event": "commit", "step": step, "positions": list(range(len(text), len(text) + len(new))),
-              "tokens": new, "phase": "lossless", "branches": b, "matched": matched})
+              "tokens": new, "phase": "lossless", "branches": len(chains), "depth": d if chains else 0,
+              "accepted": len(path)})
         text += new
         if eos_at is not None or should_stop():
             break
         pending = [new[-1]]
-        roots, roots_q = next_roots, next_q
+        candidates = _next_candidates(rows, node, g, wanted_b, temperature, generator) if feed_masks else NONE
 
     return DecodeOutput(
         tokens=text,
@@ -172,9 +228,110 @@ def decode(
         cache=cache,
         decode_order_tokens=prompt_ids[0].tolist() + text[:-1] if text else prompt_ids[0].tolist(),
         decode_order_positions=list(range(P + max(len(text) - 1, 0))),
-        settings={"branches": branches, "max_branches": int(max_branches), "width_cost": width_cost},
-        counters={"drafts_offered": offered_total, "drafts_accepted": matched_total},
+        settings={"branches": branches, "depth": depth, "max_branches": int(max_branches), "max_depth": int(max_depth),
+                  "width_cost": width_cost},
+        counters={"drafts_offered": offered_total, "drafts_accepted": accepted_total},
     )
+
+
+class Forward:
+    """One lossless forward's segments: pending tokens, root masks, candidate chains and their masks."""
+
+    def __init__(self, pending: list[int], last: int, mask_id: int):
+        self.mask_id, self.last = mask_id, last
+        first = last - len(pending) + 1
+        self.segments = [(list(pending), list(range(first, last + 1)), [])]  # (ids, positions, sees)
+        self.index: dict[tuple, int] = {}  # ("chain", j, i) -> offset of that chain token
+        self.read: list[int] = [len(pending) - 1]  # offsets whose logits are read
+        self.read_keys: list[tuple] = [("ar", "root")]
+        self.offset = len(pending)
+        self.chains = 0
+
+    def _add(self, ids, positions, sees) -> int:
+        start = self.offset
+        self.segments.append((ids, positions, sees))
+        self.offset += len(ids)
+        return start
+
+    def _group(self, after: tuple, first_position: int, size: int, sees) -> None:
+        start = self._add([self.mask_id] * size, list(range(first_position, first_position + size)), sees)
+        for i in range(1, size):  # the first mask sits where the AR token goes: not read
+            self.read.append(start + i)
+            self.read_keys.append(("mask", after, i))
+
+    def root_group(self, size: int) -> None:
+        self._group(("root",), self.last + 1, size, [(0, len(self.segments[0][0]))])
+
+    def chain(self, tokens: list[int], group: int) -> None:
+        j = self.chains
+        self.chains += 1
+        pending = (0, len(self.segments[0][0]))
+        segment = len(self.segments)
+        start = self._add(list(tokens), list(range(self.last + 1, self.last + 1 + len(tokens))), [pending])
+        for i in range(len(tokens)):
+            self.index[("chain", j, i)] = start + i
+            self.read.append(start + i)
+            self.read_keys.append(("ar", ("chain", j, i)))
+        if group:
+            for i in range(len(tokens)):
+                self._group(("chain", j, i), self.last + i + 2, group, [pending, (segment, i + 1)])
+
+    def ids(self) -> torch.Tensor:
+        return torch.tensor([[t for ids, _, _ in self.segments for t in ids]])
+
+    def positions(self) -> torch.Tensor:
+        return torch.tensor([[p for _, positions, _ in self.segments for p in positions]])
+
+    def mask(self, past: int, dtype, device) -> torch.Tensor:
+        return segment_mask(past, [(len(ids), sees) for ids, _, sees in self.segments], dtype, device)
+
+
+def _walk(rows, chains, first_q, chain_q, temperature, generator):
+    """Follow the AR head down the candidates: (the AR token after the accepted path, the accepted path, its chain)."""
+    ar_root = rows[("ar", "root")]
+    if temperature == 0:
+        keys = [("ar", "root")] + [("ar", ("chain", j, i)) for j, chain in enumerate(chains) for i in range(len(chain))]
+        picks = dict(zip(keys, torch.stack([rows[key] for key in keys]).argmax(-1).tolist()))  # one host sync
+        token = picks[("ar", "root")]
+        rank = next((j for j, chain in enumerate(chains) if chain[0] == token), None)
+        if rank is None:
+            return token, [], None
+        path = [0]
+        while True:
+            after = picks[("ar", ("chain", rank, path[-1]))]
+            nxt = path[-1] + 1
+            if nxt < len(chains[rank]) and chains[rank][nxt] == after:
+                path.append(nxt)
+            else:
+                return after, path, rank
+    p = tempered(ar_root, temperature)
+    token, rank = verify_candidates(p, [chain[0] for chain in chains], first_q, generator)
+    if rank is None:
+        return token, [], None
+    path = [0]
+    while True:
+        p = tempered(rows[("ar", ("chain", rank, path[-1]))], temperature)
+        nxt = path[-1] + 1
+        if rank == 0 and nxt < len(chains[0]):
+            after, taken = verify_candidates(p, [chains[0][nxt]], chain_q[nxt - 1], generator)
+            if taken is not None:
+                path.append(nxt)
+                continue
+            return after, path, rank
+        return draw(p, 1, generator)[0], path, rank
+
+
+def _next_candidates(rows, node, group, count, temperature, generator) -> Candidates:
+    """Candidates for the next forward from the masks after the last accepted token (or the root masks)."""
+    masks = [rows[("mask", node, i)] for i in range(1, group)]  # T'+1 (alternatives), then the chain
+    if temperature == 0:
+        first = masks[0].topk(count).indices.tolist()
+        chain = torch.stack(masks[1:]).argmax(-1).tolist() if len(masks) > 1 else []
+        return Candidates(first, chain)
+    qs = torch.stack([tempered(m, temperature) for m in masks])
+    first = draw(qs[0], count, generator)
+    chain = [draw(q, 1, generator)[0] for q in qs[1:]]
+    return Candidates(first, chain, qs[0], qs[1:])
 
 
 def forward_cost(runner: ModelRunner, width_cost: float | str) -> Callable[[int], float]:
@@ -192,30 +349,3 @@ def _logits_dtype(runner: ModelRunner) -> torch.dtype:
         return next(runner.model.parameters()).dtype
     except (AttributeError, StopIteration, TypeError):
         return torch.float32
-
-
-def _judge(logits, roots, roots_q, masks, next_count, temperature, generator):
-    """Read one forward's logits (rows: AR at T, fallback mask, then per root: AR at T+1, mask at T+3).
-
-    Returns (token at T+1, index of the matched root or None, token at T+2 when matched,
-    next roots, their distribution).
-    """
-    if temperature == 0:
-        candidates = logits[1::2].topk(next_count, dim=-1).indices if masks and next_count else None
-        picks = [logits.argmax(-1)] + ([candidates.flatten()] if candidates is not None else [])
-        flat = torch.cat(picks).tolist()  # one host sync
-        argmax, top = flat[: len(logits)], flat[len(logits) :]
-        token = argmax[0]
-        matched = roots.index(token) if token in roots else None
-        after = argmax[2 + 2 * matched] if matched is not None else None
-        source = 0 if matched is None else matched + 1  # fallback, or the matched root's mask
-        next_roots = top[source * next_count : (source + 1) * next_count] if candidates is not None else []
-        return token, matched, after, next_roots, None
-    p = tempered(logits[0], temperature)
-    token, matched = verify_candidates(p, roots, roots_q, generator)
-    after = draw(tempered(logits[2 + 2 * matched], temperature), 1, generator)[0] if matched is not None else None
-    if not masks:
-        return token, matched, after, [], None
-    row = 1 if matched is None else 3 + 2 * matched
-    q = tempered(logits[row], temperature)
-    return token, matched, after, draw(q, next_count, generator), q

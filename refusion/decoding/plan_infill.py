@@ -173,7 +173,7 @@ def verify_globally(runner, state, tokens, positions, k, token_threshold, next_m
     if rows:
         tokens = torch.cat([tokens, torch.tensor([[t for _, row in rows for t in row]])], dim=1)
         positions = torch.cat([positions, torch.tensor([[start + i for start, row in rows for i in range(len(row))]])], dim=1)
-        layout = [(causal, None, 0)] + [(len(row), None, 0) for _, row in rows]
+        layout = [(causal, [])] + [(len(row), []) for _, row in rows]
         attention = segment_mask(kv_cache.length(state.cache), layout, runner_dtype(runner), runner.device)
     before = kv_cache.length(state.cache)
     logits = runner(tokens, positions, state.cache, attention)[0]  # [m*k (+ masks) (+ rows), V]
@@ -229,7 +229,7 @@ def completion_forward(runner, state, slots, drafting, verifying, k, mask_id):
             segments.append(Segment(slot, "outcome", [mask_id] * (k - outcome), slot.start + outcome, row, outcome))
     ids = torch.tensor([[t for seg in segments for t in seg.ids]])
     positions = torch.tensor([[seg.start + i for seg in segments for i in range(len(seg.ids))]])
-    layout = [(len(seg.ids), seg.parent, seg.visible) for seg in segments]
+    layout = [(len(seg.ids), [] if seg.parent is None else [(seg.parent, seg.visible)]) for seg in segments]
     before = kv_cache.length(state.cache)
     mask = segment_mask(before, layout, runner_dtype(runner), runner.device)
     logits = runner(ids, positions, state.cache, mask)[0]  # [fed, V]

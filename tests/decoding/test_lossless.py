@@ -1,9 +1,9 @@
 """The lossless decoder against hand-derived expectations, and against `ar` on tiny real models.
 
 On the position oracle the AR head's token at offset j is `ar_token[j]` and a mask at offset j
-predicts `draft[j]`, whatever the context; so which candidate roots match, and hence every forward,
-can be derived by hand. With one branch: forward 1 feeds the prompt and two fallback masks; each
-later forward feeds the pending token, the fallback masks and one root (pending, M, M, root, M, M).
+predicts `draft[j]`, whatever the context; so which candidates are accepted, and hence every
+forward, can be derived by hand. Forward 1 feeds the prompt and the root masks; each later forward
+feeds the pending token, the root masks, the candidate chain and masks after each chain token.
 """
 
 import collections
@@ -18,75 +18,84 @@ from tests.tiny_models import char_tokenizer, tiny_model
 
 P = len(PROMPT)
 DRAFT = [11, 12, 13, 14, 15, 16, 17, 18]
+M = MASK
 
 
 def run(oracle, **options):
-    options = {"decoder": "lossless", "branches": 1, "trace": True, "return_state": True, **options}
+    options = {"decoder": "lossless", "branches": 1, "depth": 2, "trace": True, "return_state": True, **options}
     return refusion.generate(oracle, Tokenizer(), torch.tensor([PROMPT]), **options)
 
 
 def commits(result):
-    return [(event["positions"], event["matched"]) for event in result.trace if event["event"] == "commit"]
+    return [(event["positions"], event["accepted"]) for event in result.trace if event["event"] == "commit"]
 
 
-def test_every_root_matches_two_tokens_per_forward():
+def test_a_chain_the_ar_head_agrees_with_commits_all_its_tokens_and_one_more():
     oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
     result = run(oracle, max_new_tokens=8)
     assert result.tokens == DRAFT
-    # prompt -> 11; then 12+13, 14+15, 16+17 through matched roots; the last token alone (no candidates needed).
+    # prompt -> 11; chain 12 13 accepted + 14; then chains only as deep as the budget reaches (a chain
+    # of d and the masks after it span 2d + 1 positions): 15 + 16, then plain AR steps.
+    assert commits(result) == [([0], 0), ([1, 2, 3], 2), ([4, 5], 1), ([6], 0), ([7], 0)]
     assert result.forward_passes == 5
-    assert commits(result) == [([0], None), ([1, 2], 0), ([3, 4], 0), ([5, 6], 0), ([7], None)]
-    assert oracle.calls[0].input_ids == [PROMPT + [MASK, MASK]]
-    assert oracle.calls[0].position_ids == [[0, 1, 2, 3, 4]]
-    # pending 11 at offset 0; fallback masks at offsets 1, 2; root 12 at offset 1 with masks at 2, 3.
-    assert oracle.calls[1].input_ids == [[11, MASK, MASK, 12, MASK, MASK]]
-    assert oracle.calls[1].position_ids == [[P, P + 1, P + 2, P + 1, P + 2, P + 3]]
+    assert oracle.calls[0].input_ids == [PROMPT + [M, M, M]]  # root masks: offsets 0, 1, 2
+    assert oracle.calls[0].position_ids == [[0, 1, 2, 3, 4, 5]]
+    # pending 11; root masks at 1-3; chain 12 13 at 1-2; masks after 12 (at 2-4) and after 13 (at 3-5).
+    assert oracle.calls[1].input_ids == [[11, M, M, M, 12, 13, M, M, M, M, M, M]]
+    assert oracle.calls[1].position_ids == [[P, P + 1, P + 2, P + 3, P + 1, P + 2, P + 2, P + 3, P + 4, P + 3, P + 4, P + 5]]
     assert oracle.calls[1].past_length == P
-    # The matched root's KV stays, the pending token's too: the cache is the text in order.
-    assert oracle.calls[2].past_length == P + 2 and oracle.calls[2].input_ids[0][:1] == [13]
+    assert oracle.calls[2].past_length == P + 3 and oracle.calls[2].input_ids[0][:1] == [14]
     assert oracle.calls[4].input_ids == [[17]]  # one token left: a plain AR step
     assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + DRAFT[:-1])]
     assert result.counters == {"drafts_offered": 3, "drafts_accepted": 3}
 
 
-def test_a_rejected_root_commits_the_ar_token_and_takes_candidates_from_the_fallback():
+def test_one_candidate_a_forward_gives_two_tokens_when_it_matches():
+    oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
+    result = run(oracle, max_new_tokens=8, depth=1)
+    assert result.tokens == DRAFT
+    assert commits(result) == [([0], 0), ([1, 2], 1), ([3, 4], 1), ([5, 6], 1), ([7], 0)]
+    assert oracle.calls[1].input_ids == [[11, M, M, 12, M, M]]
+    assert oracle.calls[1].position_ids == [[P, P + 1, P + 2, P + 1, P + 2, P + 3]]
+
+
+def test_a_chain_rejected_midway_keeps_the_agreed_part_and_the_ar_token():
     ar = [11, 12, 13, 9, 15, 16, 17, 18]  # the AR head disagrees with the draft at offset 3
+    oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8, ar_token=ar)
+    result = run(oracle, max_new_tokens=8, depth=3)
+    assert result.tokens == ar
+    # 11; chain 12 13 14: 12 and 13 agree, 9 replaces 14; chain 15 16 (17 is past the budget's reach) ...
+    assert commits(result)[:2] == [([0], 0), ([1, 2, 3], 2)]
+    entries = cached_entries(result.state.cache)
+    assert (14, P + 3) not in entries and entries == [(t, p) for p, t in enumerate(PROMPT + ar[:-1])]
+
+
+def test_no_candidate_matching_takes_the_next_candidates_from_the_root_masks():
+    ar = [11, 7, 13, 14, 15, 16, 17, 18]
     oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8, ar_token=ar)
     result = run(oracle, max_new_tokens=8)
     assert result.tokens == ar
-    # 11; 12+13 (root 12); root 14 at offset 3 loses to 9; root 15 (the fallback's guess) + 16; then two
-    # plain AR steps: candidates and their masks are fed only while the budget reaches three positions ahead.
-    assert commits(result) == [([0], None), ([1, 2], 0), ([3], None), ([4, 5], 0), ([6], None), ([7], None)]
-    assert oracle.calls[2].input_ids == [[13, MASK, MASK, 14, MASK, MASK]]
-    assert oracle.calls[3].input_ids == [[9, MASK, MASK, 15, MASK, MASK]]  # candidate from the fallback mask
-    assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + ar[:-1])]
+    assert commits(result)[:2] == [([0], 0), ([1], 0)]
+    # Pending 7 at offset 1; candidates 13 14 from the root masks of the forward before (offsets 2, 3).
+    assert oracle.calls[2].input_ids[0][:6] == [7, M, M, M, 13, 14]
 
 
-def test_the_rejected_roots_kv_is_dropped_and_a_matched_roots_kv_kept():
-    ar = [11, 12, 13, 9, 15, 16]
-    oracle = PositionOracle(DRAFT[:6], mask_conf=[0.9] * 6, ar_conf=[0.9] * 6, ar_token=ar)
-    result = run(oracle, max_new_tokens=6)
-    entries = cached_entries(result.state.cache)
-    assert (14, P + 3) not in entries and (13, P + 2) in entries
-    assert entries == [(t, p) for p, t in enumerate(PROMPT + ar[:-1])]
-
-
-def test_eos_from_a_matched_root_ends_the_text():
-    ar = [11, 12, EOS, 14]
-    oracle = PositionOracle([11, 12, 13, 14], mask_conf=[0.9] * 4, ar_conf=[0.9] * 4, ar_token=ar)
-    result = run(oracle, max_new_tokens=4)
+def test_eos_inside_an_agreeing_chain_ends_the_text():
+    ar = [11, 12, EOS, 14, 15, 16, 17, 18]
+    oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8, ar_token=ar)
+    result = run(oracle, max_new_tokens=8)
     assert result.tokens == [11, 12, EOS] and result.finish_reason == "stop"
     assert result.forward_passes == 2
 
 
-def test_eos_as_the_ar_token_at_a_rejection_ends_the_text():
-    ar = [11, 12, 13, EOS, 15]
-    oracle = PositionOracle([11, 12, 13, 14, 15], mask_conf=[0.9] * 5, ar_conf=[0.9] * 5, ar_token=ar)
-    result = run(oracle, max_new_tokens=5)
-    assert result.tokens == [11, 12, 13, EOS] and result.forward_passes == 3
+def test_eos_as_the_ar_token_after_a_chain_ends_the_text():
+    ar = [11, 12, 13, EOS, 15, 16, 17, 18]
+    oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8, ar_token=ar)
+    result = run(oracle, max_new_tokens=8)
+    assert result.tokens == [11, 12, 13, EOS] and result.forward_passes == 2
 
 
-def test_a_stop_string_inside_a_matched_pair_ends_the_decode():
+def test_a_stop_string_inside_a_chain_ends_the_decode():
     oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
     result = run(oracle, max_new_tokens=8, stop="13")
     assert result.text == "11 12 " and result.finish_reason == "stop"
@@ -100,24 +109,24 @@ def test_zero_branches_is_plain_ar():
     assert all(MASK not in call.input_ids[0] for call in oracle.calls)
 
 
-def test_several_branches_share_one_forward():
+def test_several_candidates_for_the_next_position_share_one_forward():
     oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
-    result = run(oracle, max_new_tokens=8, branches=3)
+    result = run(oracle, max_new_tokens=8, branches=3, depth=1)
     assert result.tokens == DRAFT
     second = oracle.calls[1].input_ids[0]
-    assert len(second) == 1 + 2 + 3 * 3 and second[3] == 12  # the likeliest candidate first
+    assert len(second) == 1 + 2 + 3 * (1 + 2) and second[3] == 12  # the likeliest candidate first
     assert result.forward_passes == 5
 
 
 @pytest.mark.parametrize("options, message", [
     ({"branches": -1}, "branches"), ({"branches": "many"}, "branches"), ({"max_branches": 0}, "max-branches"),
     ({"branches": 9}, "must not exceed"), ({"width_cost": 2}, "width-cost"), ({"width_cost": "cheap"}, "width-cost"),
+    ({"depth": 0}, "depth"), ({"depth": 7}, "must not exceed max-depth"),
 ])
 def test_bad_options_are_one_clear_error(options, message):
     oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
     with pytest.raises(refusion.RefusionError, match=message):
-        refusion.generate(oracle, Tokenizer(), torch.tensor([PROMPT]), decoder="lossless", max_new_tokens=4,
-                          **{"branches": 1, **options})
+        refusion.generate(oracle, Tokenizer(), torch.tensor([PROMPT]), decoder="lossless", max_new_tokens=4, **options)
 
 
 # --- sampling: the output distribution is the AR head's --------------------------------------
@@ -147,10 +156,10 @@ def test_sampled_tokens_follow_the_ar_head_not_the_drafts():
     for seed in range(runs):
         oracle = PositionOracle(draft, mask_conf=mask_conf, ar_conf=ar_conf, ar_token=ar_token)
         result = refusion.generate(oracle, Tokenizer(), torch.tensor([PROMPT]), decoder="lossless", branches=2,
-                                   max_new_tokens=6, temperature=1.0, seed=seed, trace=True)
+                                   depth=2, max_new_tokens=6, temperature=1.0, seed=seed, trace=True)
         for offset, token in enumerate(result.tokens):
             counts[offset][token] += 1
-        matched += sum(event["matched"] is not None for event in result.trace)
+        matched += sum(event["accepted"] for event in result.trace)
     assert matched > runs / 2, "the scenario must exercise matched candidates"
     for offset in (1, 2, 3):  # offset 0 comes from the prompt's forward alone
         total = sum(counts[offset].values())
@@ -179,10 +188,10 @@ def test_sampling_on_a_tiny_model_matches_ar_over_many_seeds():
     runs = 400
     seen, matched = collections.Counter(), 0
     for seed in range(runs):
-        result = refusion.generate(model, tokenizer, ids, decoder="lossless", branches=2, width_cost=0.0,
+        result = refusion.generate(model, tokenizer, ids, decoder="lossless", branches=2, depth=1,
                                    max_new_tokens=4, temperature=temperature, seed=seed, trace=True)
         seen[result.tokens[1]] += 1  # decided by the candidates the first forward's masks proposed
-        matched += result.trace[1]["matched"] is not None
+        matched += result.trace[1]["accepted"] > 0
     support = [t for t in range(128) if second[t] * runs >= 5]
     rest = 1 - float(second[support].sum())
     statistic = sum((seen.get(t, 0) - runs * float(second[t])) ** 2 / (runs * float(second[t])) for t in support)
@@ -197,16 +206,16 @@ def test_sampling_on_a_tiny_model_matches_ar_over_many_seeds():
 
 
 @pytest.mark.parametrize("kind", ["qwen3", "llama"])
-@pytest.mark.parametrize("branches", ["auto", 1, 3])
-def test_greedy_output_equals_ar_and_the_cache_is_the_causal_cache_of_the_text(kind, branches):
+@pytest.mark.parametrize("shape", [{}, {"branches": 1, "depth": 1}, {"branches": 3, "depth": 4}])
+def test_greedy_output_equals_ar_and_the_cache_is_the_causal_cache_of_the_text(kind, shape):
     tokenizer = char_tokenizer()
     for seed in range(3):
         model = tiny_model(kind, vocab_size=128, seed=seed)
         model.config.mask_token_id = 127
         ids = refusion.encode_prompt(tokenizer, "Add 2 and 3.")
         ar = refusion.generate(model, tokenizer, ids, decoder="ar", max_new_tokens=40)
-        result = refusion.generate(model, tokenizer, ids, decoder="lossless", branches=branches, width_cost=0.0,
-                                   max_new_tokens=40, return_state=True)
+        result = refusion.generate(model, tokenizer, ids, decoder="lossless", width_cost=0.0, max_new_tokens=40,
+                                   return_state=True, **shape)
         assert result.tokens == ar.tokens
         text = ids[0].tolist() + result.tokens[:-1]
         with torch.no_grad():

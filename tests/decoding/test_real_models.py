@@ -135,7 +135,7 @@ def test_segments_side_by_side_in_one_forward_see_only_the_cache_and_their_own_v
     model = tiny_model(kind, vocab_size=128)
     context = torch.tensor([[5, 6, 7, 8, 9]])
     first, second, third = [20, 21, 22], [30, 31], [40, 41]  # third sees the first two tokens of `first`
-    segments = [(3, None, 0), (2, None, 0), (2, 0, 2)]
+    segments = [(3, []), (2, []), (2, [(0, 2)])]
     positions = [[5, 6, 7, 5, 6, 7, 8]]
 
     def after_context(ids, pos, mask=None):
