@@ -207,9 +207,11 @@ def run_bench(model, tokenizer, prompts: list[str], specs: list[DecoderSpec], *,
     device = next(model.parameters()).device
     rows, outputs, tokens_by_label = [], {}, {}
     for spec in specs:
-        if warmup:  # untimed: every prompt's prefill shape once (CPU kernels are built per shape), a short decode
+        if warmup:  # untimed: each prompt's first step (CPU kernels are built per input shape)
             for ids in encoded:
-                generate(model, tokenizer, ids, decoder=spec.decoder, max_new_tokens=min(4, max_new_tokens), **spec.options)
+                asked = []
+                generate(model, tokenizer, ids, decoder=spec.decoder, max_new_tokens=max_new_tokens,
+                         should_stop=lambda: bool(asked) or asked.append(1), **spec.options)
         generations = []
         with PeakMemory(device) as memory:
             for ids in tqdm(encoded, desc=spec.label, disable=not progress, leave=False):

@@ -8,8 +8,10 @@ committed, its KV not cached. Every forward feeds, after the cache, in one seque
     pending (.. T) | root masks T+1 .. T+g | chain j: c_j1 .. c_jd at T+1 .. | masks after each c_ji
 
 Chain 0 is the likeliest continuation (d tokens); chains 1..b-1 are the other likeliest tokens for
-T+1 alone. After each chain token sit g masks that see the pending tokens and that chain up to
-there: what the mask head predicts if the text went that way. Every segment sees the cache and the
+T+1 alone. After each chain token sit masks that see the pending tokens and that chain up to
+there: what the mask head predicts if the text went that way (g = d + 1 of them after a chain's
+last token, where a chain that is right all the way ends; two after the others, enough for one
+candidate when the chain breaks there). Every segment sees the cache and the
 pending tokens, and nothing of the other chains.
 
 - The AR head at the last pending token gives the token at T+1, exactly as the `ar` decoder would.
@@ -61,6 +63,7 @@ OPTIONS = (
 PRIOR_RANK = (0.25, 0.13, 0.07, 0.06, 0.04, 0.03, 0.03, 0.02)  # chance the rank-i candidate for T+1 is right
 PRIOR_DEPTH = 0.3  # chance a chain token is right given the one before it was
 PRIOR_WEIGHT, DECAY = 4.0, 0.95
+EXPLORE_EVERY = 16  # after this many plain steps in a row, offer one candidate anyway: acceptance may have changed
 
 
 def validate_options(options: dict, max_new_tokens: int) -> None:
@@ -71,13 +74,16 @@ def validate_options(options: dict, max_new_tokens: int) -> None:
         raise RefusionError(f"depth ({options['depth']}) must not exceed max-depth ({options['max_depth']})")
 
 
+INNER_GROUP = 2  # masks after a chain token that is not the chain's last: a placeholder and one candidate
+
+
 def tree_width(pending: int, branches: int, depth: int) -> int:
     """Tokens one forward feeds: pending, root masks, chain tokens, and masks after each chain token."""
     if branches == 0:
         return pending
     group = depth + 1
-    nodes = depth + branches - 1
-    return pending + group + nodes * (1 + group)
+    inner = min(INNER_GROUP, group)
+    return pending + group + (depth + group + (depth - 1) * inner) + (branches - 1) * (1 + group)
 
 
 class Shape:
@@ -91,6 +97,8 @@ class Shape:
         self.rank_trials = [PRIOR_WEIGHT] * max_branches
         self.depth_hits = [PRIOR_WEIGHT * PRIOR_DEPTH] * max_depth  # [i]: token i+1 of chain 0, given token i was right
         self.depth_trials = [PRIOR_WEIGHT] * max_depth
+        self.plain_steps = 0
+        self.exploring = 0  # steps left of an exploration: one to feed masks, one to verify their candidates
 
     def update(self, branches: int, depth: int, rank: int | None, deeper: int) -> None:
         """Offered `branches` x `depth`; the T+1 candidate of `rank` matched (None: none), and `deeper` more of chain 0."""
@@ -104,6 +112,18 @@ class Shape:
                 self.depth_hits[i] = DECAY * self.depth_hits[i] + (i <= deeper)
                 self.depth_trials[i] = DECAY * self.depth_trials[i] + 1
 
+    def state(self) -> dict:
+        return {"rank": (self.rank_hits, self.rank_trials), "depth": (self.depth_hits, self.depth_trials)}
+
+    def restore(self, state: dict | None) -> None:
+        """Continue from counts an earlier generation with this model left (shorter lists stay as they are)."""
+        if not state:
+            return
+        for name, (hits, trials) in state.items():
+            own_hits, own_trials = getattr(self, f"{name}_hits"), getattr(self, f"{name}_trials")
+            n = min(len(hits), len(own_hits))
+            own_hits[:n], own_trials[:n] = hits[:n], trials[:n]
+
     def choose(self, reach: int) -> tuple[int, int]:
         """(branches, depth) for the next forward; chains no deeper than `reach`."""
         most_depth = max(1, min(self.max_depth, reach))
@@ -111,15 +131,24 @@ class Shape:
             return self.branches, min(self.depth, most_depth)
         ranks = [h / t for h, t in zip(self.rank_hits, self.rank_trials)]
         depths = [h / t for h, t in zip(self.depth_hits, self.depth_trials)]
+        for i in range(2, len(depths)):  # a depth never tried is taken to do as well as the one before it
+            if self.depth_trials[i] == PRIOR_WEIGHT:
+                depths[i] = depths[i - 1]
         branch_choices = [self.branches] if self.branches != "auto" else range(self.max_branches + 1)
         depth_choices = [min(self.depth, most_depth)] if self.depth != "auto" else range(1, most_depth + 1)
         best, shape = 1.0 / self.cost(1), (0, 1)
+        if self.branches == "auto" and self.plain_steps >= EXPLORE_EVERY:
+            self.exploring, self.plain_steps = 2, 0
+        if self.exploring:  # candidates of one branch, as deep as allowed: shows whether they pay now
+            self.exploring -= 1
+            best, branch_choices = 0.0, [1]
         for b in branch_choices:
             for d in depth_choices if b else ():
                 expected = 1 + sum(ranks[:b]) + ranks[0] * sum(_prefix_products(depths[1:d]))
                 gain = expected / self.cost(tree_width(1, b, d))
                 if gain > best:
                     best, shape = gain, (b, d)
+        self.plain_steps = self.plain_steps + 1 if shape[0] == 0 else 0
         return shape
 
 
@@ -165,6 +194,8 @@ def decode(
     adaptive = branches == "auto" or depth == "auto"
     shape = Shape(branches, depth if depth == "auto" else int(depth), int(max_branches), int(max_depth),
                   forward_cost(runner, width_cost) if adaptive else None)
+    if adaptive:  # what this model's candidates achieved in earlier generations is the best prior
+        shape.restore(getattr(runner.model, "_refusion_lossless_stats", None))
     dtype = _logits_dtype(runner)
     pending = prompt_ids[0].tolist()  # committed, KV not cached yet
     candidates = NONE
@@ -217,10 +248,13 @@ def decode(
               "tokens": new, "phase": "lossless", "branches": len(chains), "depth": d if chains else 0,
               "accepted": len(path)})
         text += new
+        if adaptive:
+            _remember(runner.model, shape)
         if eos_at is not None or should_stop():
             break
         pending = [new[-1]]
-        candidates = _next_candidates(rows, node, g, wanted_b, temperature, generator) if feed_masks else NONE
+        candidates = (_next_candidates(rows, node, forward.group_size[node], wanted_b, temperature, generator)
+                      if feed_masks else NONE)
 
     return DecodeOutput(
         tokens=text,
@@ -246,6 +280,7 @@ class Forward:
         self.read_keys: list[tuple] = [("ar", "root")]
         self.offset = len(pending)
         self.chains = 0
+        self.group_size: dict[tuple, int] = {}  # masks after each node (root or chain token)
 
     def _add(self, ids, positions, sees) -> int:
         start = self.offset
@@ -254,6 +289,7 @@ class Forward:
         return start
 
     def _group(self, after: tuple, first_position: int, size: int, sees) -> None:
+        self.group_size[after] = size
         start = self._add([self.mask_id] * size, list(range(first_position, first_position + size)), sees)
         for i in range(1, size):  # the first mask sits where the AR token goes: not read
             self.read.append(start + i)
@@ -274,7 +310,8 @@ class Forward:
             self.read_keys.append(("ar", ("chain", j, i)))
         if group:
             for i in range(len(tokens)):
-                self._group(("chain", j, i), self.last + i + 2, group, [pending, (segment, i + 1)])
+                size = group if i == len(tokens) - 1 else min(INNER_GROUP, group)
+                self._group(("chain", j, i), self.last + i + 2, size, [pending, (segment, i + 1)])
 
     def ids(self) -> torch.Tensor:
         return torch.tensor([[t for ids, _, _ in self.segments for t in ids]])
@@ -332,6 +369,13 @@ def _next_candidates(rows, node, group, count, temperature, generator) -> Candid
     first = draw(qs[0], count, generator)
     chain = [draw(q, 1, generator)[0] for q in qs[1:]]
     return Candidates(first, chain, qs[0], qs[1:])
+
+
+def _remember(model, shape: Shape) -> None:
+    try:
+        model._refusion_lossless_stats = {name: (list(h), list(t)) for name, (h, t) in shape.state().items()}
+    except AttributeError:
+        pass  # a model object that takes no attributes: each generation starts from the prior
 
 
 def forward_cost(runner: ModelRunner, width_cost: float | str) -> Callable[[int], float]:

@@ -40,9 +40,10 @@ def test_a_chain_the_ar_head_agrees_with_commits_all_its_tokens_and_one_more():
     assert result.forward_passes == 5
     assert oracle.calls[0].input_ids == [PROMPT + [M, M, M]]  # root masks: offsets 0, 1, 2
     assert oracle.calls[0].position_ids == [[0, 1, 2, 3, 4, 5]]
-    # pending 11; root masks at 1-3; chain 12 13 at 1-2; masks after 12 (at 2-4) and after 13 (at 3-5).
-    assert oracle.calls[1].input_ids == [[11, M, M, M, 12, 13, M, M, M, M, M, M]]
-    assert oracle.calls[1].position_ids == [[P, P + 1, P + 2, P + 3, P + 1, P + 2, P + 2, P + 3, P + 4, P + 3, P + 4, P + 5]]
+    # pending 11; root masks at 1-3; chain 12 13 at 1-2; masks after 12 (at 2-3: the chain goes on) and
+    # after 13, the chain's last token (at 3-5).
+    assert oracle.calls[1].input_ids == [[11, M, M, M, 12, 13, M, M, M, M, M]]
+    assert oracle.calls[1].position_ids == [[P, P + 1, P + 2, P + 3, P + 1, P + 2, P + 2, P + 3, P + 3, P + 4, P + 5]]
     assert oracle.calls[1].past_length == P
     assert oracle.calls[2].past_length == P + 3 and oracle.calls[2].input_ids[0][:1] == [14]
     assert oracle.calls[4].input_ids == [[17]]  # one token left: a plain AR step
