@@ -55,7 +55,7 @@ OPTIONS = (
     Option("depth", "auto", "lossless: tokens in the likeliest candidate chain; auto adapts it", int, low=1, high=16,
            auto=True),
     Option("max_branches", 8, "lossless: the most candidates branches=auto may use", int, low=1, high=64),
-    Option("max_depth", 6, "lossless: the longest chain depth=auto may use", int, low=1, high=16),
+    Option("max_depth", 10, "lossless: the longest chain depth=auto may use", int, low=1, high=16),
     Option("width_cost", "auto", "lossless: cost of one more fed token relative to a one-token forward; auto "
            "measures the model once", float, 0.0, 1.0, auto=True),
 )
@@ -182,7 +182,7 @@ def decode(
     branches: int | str = "auto",
     depth: int | str = "auto",
     max_branches: int = 8,
-    max_depth: int = 6,
+    max_depth: int = 10,
     width_cost: float | str = "auto",
     temperature: float = 0.0,
     generator: torch.Generator | None = None,

@@ -122,7 +122,7 @@ def test_several_candidates_for_the_next_position_share_one_forward():
 @pytest.mark.parametrize("options, message", [
     ({"branches": -1}, "branches"), ({"branches": "many"}, "branches"), ({"max_branches": 0}, "max-branches"),
     ({"branches": 9}, "must not exceed"), ({"width_cost": 2}, "width-cost"), ({"width_cost": "cheap"}, "width-cost"),
-    ({"depth": 0}, "depth"), ({"depth": 7}, "must not exceed max-depth"),
+    ({"depth": 0}, "depth"), ({"depth": 12}, "must not exceed max-depth"),
 ])
 def test_bad_options_are_one_clear_error(options, message):
     oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
