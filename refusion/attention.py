@@ -46,3 +46,4 @@ def segment_mask(past: int, segments: list[tuple[int, list[tuple[int, int]]]], d
 def branch_mask(past: int, prefix: int, branches: list[int], dtype: torch.dtype, device=None) -> torch.Tensor:
     """A causal prefix, then branches that each see the prefix and themselves causally, never each other."""
     return segment_mask(past, [(prefix, [])] + [(length, [(0, prefix)]) for length in branches], dtype, device)
+
