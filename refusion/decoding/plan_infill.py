@@ -12,6 +12,13 @@ cut into slots of `slot_size` tokens decoded in any order. Each step:
 The decoded sequence lives in *decode order* (prompt, then slots as they were accepted), each
 token with its true position id, and the KV cache covers exactly that sequence. The text is the
 sequence sorted by position. This module knows nothing about tokenizers or chat templates.
+
+The choices are the paper's; the forwards are fewer, each doing what two did (oracle tests hold
+the counts): the prompt and, with `kv="exact"`, the tokens a completion committed ride at the head
+of the next plan (their exact KV at no extra forward); the next plan's masks ride after the drafts
+of a verification that commits them all; each slot's first completion draft, for every acceptance
+it may get, rides beside the global verification; each verify round carries the next round's draft
+for every outcome; parallel slots sit side by side in one sequence under a 4D mask (one cache).
 """
 
 from __future__ import annotations
