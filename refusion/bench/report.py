@@ -65,14 +65,16 @@ def plot(result: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for row in result["rows"]:
-        if row["ar_loglik_per_token"] is None:
-            continue
+    figure, axes = plt.subplots(figsize=(8, 5))
+    rows = [row for row in result["rows"] if row["ar_loglik_per_token"] is not None]
+    for index, row in enumerate(sorted(rows, key=lambda r: r["speedup_vs_ar"])):
         marker = "o" if row["lossless"] else "s"
-        axes.scatter(row["speedup_vs_ar"], row["ar_loglik_per_token"], marker=marker, s=50)
-        axes.annotate(row["label"], (row["speedup_vs_ar"], row["ar_loglik_per_token"]), fontsize=8,
-                      xytext=(4, 4), textcoords="offset points")
+        point = (row["speedup_vs_ar"], row["ar_loglik_per_token"])
+        axes.scatter(*point, marker=marker, s=50)
+        # Labels alternate above and below their point, so that neighbours do not overwrite each other.
+        axes.annotate(row["label"], point, fontsize=7, xytext=(4, 6 if index % 2 == 0 else -12),
+                      textcoords="offset points")
+    axes.margins(x=0.25, y=0.12)
     axes.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
     axes.set_xlabel("tokens/s relative to ar (same run)")
     axes.set_ylabel("AR log-likelihood per generated token")
