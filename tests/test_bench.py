@@ -1,0 +1,90 @@
+"""`refusion bench`: decoder specs, the rows it reports, and its command line, on a tiny random model."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from refusion import RefusionError
+from refusion.bench import DecoderSpec, builtin_prompts, parse_specs, run_bench
+from tests.tiny_models import char_tokenizer, tiny_model
+
+
+def test_specs_split_on_commas_and_keep_options_with_their_decoder():
+    specs = parse_specs("ar,lossless:branches=2,depth=3,refusion:kv=exact,slot_size=8")
+    assert [(s.decoder, s.options) for s in specs] == [
+        ("ar", {}), ("lossless", {"branches": 2, "depth": 3}), ("refusion", {"kv": "exact", "slot_size": 8})]
+    assert specs[1].label == "lossless:branches=2,depth=3"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("nope", "unknown decoder"), ("slot_size=4", "no decoder name"), ("refusion:kv", "key=value"), ("", "names no decoder"),
+])
+def test_bad_specs_are_one_clear_error(text, message):
+    with pytest.raises(RefusionError, match=message):
+        parse_specs(text)
+
+
+def test_builtin_prompts_are_varied_and_many():
+    prompts = builtin_prompts()
+    assert len(prompts) >= 40 and len(set(prompts)) == len(prompts)
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    tokenizer = char_tokenizer()
+    model = tiny_model("qwen3", vocab_size=len(tokenizer) + 1)
+    model.config.mask_token_id = len(tokenizer)
+    return model, tokenizer
+
+
+def test_rows_compare_every_decoder_with_ar_measured_in_the_same_run(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    result = run_bench(model, tokenizer, ["Add 2 and 3.", "Name a colour."],
+                       [DecoderSpec("lossless"), DecoderSpec("refusion", {"slot_size": 2})], max_new_tokens=12,
+                       progress=False)
+    labels = [row["label"] for row in result["rows"]]
+    assert labels == ["ar", "lossless", "refusion:slot_size=2"]  # ar added first: every ratio needs it
+    ar, lossless, plan = result["rows"]
+    assert ar["speedup_vs_ar"] == 1.0 and ar["identical_to_ar"] == 1.0
+    assert lossless["identical_to_ar"] == 1.0 and lossless["lossless"] and not plan["lossless"]  # float32: exact
+    assert lossless["ar_loglik_per_token"] == pytest.approx(ar["ar_loglik_per_token"])
+    for row in result["rows"]:
+        assert row["tokens_per_forward"] == pytest.approx(row["new_tokens"] / (row["forward_passes"] * 2), rel=0.01)
+        assert 0 <= row["engine_overhead"] < 1 and row["peak_memory_mb"] > 0
+        assert sum(row["forwards_by_width"].values()) == pytest.approx(row["forward_passes"] * 2)
+        assert row["settings"]["decoder"] == row["decoder"]
+    assert len(result["outputs"]["lossless"]) == 2
+
+
+def test_the_command_writes_its_files_and_a_json_last_line(model_and_tokenizer, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Hello"}\n\n{"prompt": "Count to three."}\n')
+    run = subprocess.run([sys.executable, "-m", "refusion", "bench", "--model", str(tmp_path / "model"), "--prompts",
+                          str(prompts), "--decoders", "ar,lossless", "--max-new-tokens", "8", "--dtype", "float32",
+                          "--threads", "1", "--output", str(tmp_path / "out"), "--json", "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(report) == {"machine", "model", "rows"} and report["machine"]["dtype"] == "float32"
+    for key in ("decoder", "settings", "lossless", "batch_size", "tokens_per_second", "tokens_per_forward",
+                "forward_passes", "speedup_vs_ar", "identical_to_ar", "ar_loglik_per_token", "engine_overhead",
+                "peak_memory_mb"):
+        assert key in report["rows"][1]
+    for name in ("bench.md", "bench.json", "outputs.jsonl", "bench.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--decoders", "ar,nope"], "unknown decoder"),
+    (["--decoders", "lossless:branches=-1"], "branches must"),
+    (["--prompts", "/nonexistent.jsonl"], "prompts file not found"),
+    (["--max-new-tokens", "0"], "max-new-tokens"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    run = subprocess.run([sys.executable, "-m", "refusion", "bench", *args], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
