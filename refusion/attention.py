@@ -42,8 +42,3 @@ def segment_mask(past: int, segments: list[tuple[int, list[tuple[int, int]]]], d
     mask[:, past:] = torch.zeros(fed, fed, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
     return mask[None, None].to(device)
 
-
-def branch_mask(past: int, prefix: int, branches: list[int], dtype: torch.dtype, device=None) -> torch.Tensor:
-    """A causal prefix, then branches that each see the prefix and themselves causally, never each other."""
-    return segment_mask(past, [(prefix, [])] + [(length, [(0, prefix)]) for length in branches], dtype, device)
-

@@ -1,9 +1,9 @@
 """The only module that touches transformers' KV cache.
 
 Decoders treat the cache as an opaque object and call these helpers: its length, cutting it back,
-copying it for a batch of parallel slots, taking the keys/values a forward just appended, and
-appending precomputed keys/values. Per-layer tensors are `[B, H, S, D]`. Keys are stored after
-RoPE, so slicing or reordering along S keeps every cached entry exact.
+keeping chosen entries, taking the keys/values of a span a forward just appended, and appending
+precomputed keys/values. Per-layer tensors are `[B, H, S, D]`. Keys are stored after RoPE, so
+slicing or reordering along S keeps every cached entry exact.
 """
 
 from __future__ import annotations
@@ -30,20 +30,6 @@ def truncate(cache: DynamicCache, keep: int) -> None:
         raise ValueError(f"cannot truncate a cache of {length(cache)} tokens to {keep}")
     if remove:
         cache.crop(-remove)
-
-
-def repeat(cache: DynamicCache, batch: int) -> DynamicCache:
-    """A new cache whose batch holds `batch` views of row 0 (the shared prefix of parallel slots)."""
-    copy = DynamicCache()
-    for index, layer in enumerate(cache.layers):
-        if layer.is_initialized:
-            copy.update(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1), index)
-    return copy
-
-
-def tail(cache: DynamicCache, count: int) -> LayerKV:
-    """The keys/values of the last `count` cached tokens: [B, H, count, D] per layer."""
-    return [(layer.keys[..., -count:, :], layer.values[..., -count:, :]) for layer in cache.layers]
 
 
 def select(kv: LayerKV, row: int, count: int) -> LayerKV:
