@@ -1,6 +1,7 @@
 """`generate`: one entry point for every decoder, with input checks and timing.
 
-Decoders are registered in `DECODERS` as modules exposing `OPTIONS` (their options and defaults)
+Decoders are registered in `DECODERS` as modules exposing `OPTIONS` (their options and defaults),
+optionally `prepare(runner, options)` (one-off work before the timed decode)
 and `decode(runner, prompt_ids, *, max_new_tokens, eos_token_ids, temperature, generator, emit,
 [mask_token_id,] **options)`, and optionally `validate_options(options, max_new_tokens)` raising
 RefusionError for values that make no sense. The tokenizer is only asked for `eos_token_id` and `decode`.
@@ -162,6 +163,8 @@ def generate(
 
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     runner = ModelRunner(model, suppress_token_id=getattr(model.config, "mask_token_id", None))
+    if hasattr(DECODERS[decoder], "prepare"):  # one-off work (measuring the model) is not decoding time
+        DECODERS[decoder].prepare(runner, options)
     started = time.perf_counter()
     output: DecodeOutput = DECODERS[decoder].decode(
         runner, prompt_ids, max_new_tokens=int(max_new_tokens), eos_token_ids=eos, temperature=float(temperature),

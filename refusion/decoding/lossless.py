@@ -371,6 +371,12 @@ def _next_candidates(rows, node, group, count, temperature, generator) -> Candid
     return Candidates(first, chain, qs[0], qs[1:])
 
 
+def prepare(runner: ModelRunner, options: dict) -> None:
+    """Measure the model's forward cost by width now (once per model), outside the decode's timing."""
+    if options["width_cost"] == "auto" and "auto" in (options["branches"], options["depth"]):
+        forward_cost(runner, "auto")
+
+
 def _remember(model, shape: Shape) -> None:
     try:
         model._refusion_lossless_stats = {name: (list(h), list(t)) for name, (h, t) in shape.state().items()}
