@@ -18,8 +18,6 @@ def bidirectional_mask(batch: int, query_len: int, key_len: int, dtype: torch.dt
     return mask
 
 
-
-
 def segment_mask(past: int, segments: list[tuple[int, list[tuple[int, int]]]], dtype: torch.dtype, device=None) -> torch.Tensor:
     """Additive mask [1, 1, S, past + S] for several token segments fed side by side in one forward.
 
@@ -41,4 +39,3 @@ def segment_mask(past: int, segments: list[tuple[int, list[tuple[int, int]]]], d
     mask = torch.zeros(fed, past + fed, dtype=dtype)
     mask[:, past:] = torch.zeros(fed, fed, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
     return mask[None, None].to(device)
-

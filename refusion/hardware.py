@@ -13,6 +13,7 @@ import os
 
 import torch
 
+from .decoding.options import Option
 from .errors import RefusionError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,16 +60,13 @@ def default_threads() -> int:
     return max(1, cores - busy)
 
 
+THREADS = Option("threads", "auto", "CPU threads", int, low=1, auto=True)
+
+
 def set_threads(threads: int | str | None) -> int:
     """Apply a thread count ('auto'/None: `default_threads()`); returns the count in force."""
-    if threads in (None, "auto"):
+    count = THREADS.check(threads or "auto")
+    if count == "auto":
         count = default_threads()
-    else:
-        try:
-            count = int(threads)
-        except ValueError:
-            raise RefusionError(f"threads must be auto or a positive integer, got {threads!r}") from None
-        if count < 1:
-            raise RefusionError(f"threads must be a positive integer, got {threads}")
     torch.set_num_threads(count)
     return count

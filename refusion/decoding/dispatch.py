@@ -120,7 +120,7 @@ def generate(
     seed = None if seed is None else SEED.check(seed)
     prompt_ids = _as_prompt_ids(input_ids)
     stop = check_stop(stop)
-    options = check_options(decoder, decoder_options, int(max_new_tokens))
+    options = check_options(decoder, decoder_options, max_new_tokens)
     extra = {}
     if decoder in NEEDS_MASK:
         mask_id = getattr(model.config, "mask_token_id", None)
@@ -137,7 +137,8 @@ def generate(
         )
 
     eos = find_eos_token_ids(tokenizer, model)
-    final = FinalText(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), eos, int(max_new_tokens), stop)
+    final = FinalText(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), eos, max_new_tokens, stop,
+                      text=on_text is not None)
     events: list[dict] = []
     shown = ""
 
@@ -167,12 +168,12 @@ def generate(
         DECODERS[decoder].prepare(runner, options)
     started = time.perf_counter()
     output: DecodeOutput = DECODERS[decoder].decode(
-        runner, prompt_ids, max_new_tokens=int(max_new_tokens), eos_token_ids=eos, temperature=float(temperature),
+        runner, prompt_ids, max_new_tokens=max_new_tokens, eos_token_ids=eos, temperature=temperature,
         generator=generator, emit=emit, should_stop=stop_now, **extra, **options,
     )
     seconds = time.perf_counter() - started
     # Stopped early, a decoder may hold tokens ahead of a gap: the text is the final left-to-right prefix.
-    tokens = final.tokens if final.stopped or cancelled else output.tokens[: int(max_new_tokens)]
+    tokens = final.tokens if final.stopped or cancelled else output.tokens[: max_new_tokens]
     text, stopped_at_string = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop)
     if on_text is not None and len(text) > len(shown) and text.startswith(shown):
         on_text(text[len(shown):])  # the tail held back while it could still have become a stop string
@@ -186,7 +187,7 @@ def generate(
         prompt_tokens=prompt_ids.shape[1],
         finish_reason="stop" if stopped else "cancelled" if cancelled else "length",
         trace=events if trace else None,
-        settings={"max_new_tokens": int(max_new_tokens), "temperature": float(temperature), **options, **output.settings,
+        settings={"max_new_tokens": max_new_tokens, "temperature": temperature, **options, **output.settings,
                   **({"stop": stop} if stop else {})},
         forward_seconds=runner.stats.seconds,
         forward_profile={width: list(entry) for width, entry in sorted(runner.stats.by_width.items())},

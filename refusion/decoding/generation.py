@@ -55,11 +55,6 @@ class Generation:
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
-    @property
-    def engine_overhead(self) -> float:
-        """Share of the wall time spent outside the model's forward (0-1)."""
-        return max(0.0, 1 - self.forward_seconds / self.seconds) if self.seconds > 0 else 0.0
-
     def stats(self) -> dict:
         """The numbers a benchmark row or an API response reports."""
         return {

@@ -192,11 +192,9 @@ def decode(
     P = prompt_ids.shape[1]
     cache = kv_cache.new_cache()
     adaptive = branches == "auto" or depth == "auto"
-    shape = Shape(branches, depth if depth == "auto" else int(depth), int(max_branches), int(max_depth),
-                  forward_cost(runner, width_cost) if adaptive else None)
+    shape = Shape(branches, depth, max_branches, max_depth, forward_cost(runner, width_cost) if adaptive else None)
     if adaptive:  # what this model's candidates achieved in earlier generations is the best prior
         shape.restore(getattr(runner.model, "_refusion_lossless_stats", None))
-    dtype = _logits_dtype(runner)
     pending = prompt_ids[0].tolist()  # committed, KV not cached yet
     candidates = NONE
     text: list[int] = []
@@ -222,7 +220,7 @@ def decode(
         for chain in chains:
             forward.chain(chain, g if feed_masks else 0)
         logits = runner(forward.ids(), forward.positions(), cache,
-                        forward.mask(past, dtype, runner.device) if len(forward.segments) > 1 else None,
+                        forward.mask(past, runner.dtype, runner.device) if len(forward.segments) > 1 else None,
                         logits_to_keep=torch.tensor(forward.read, device=runner.device))[0]
         rows = dict(zip(forward.read_keys, logits))
 
@@ -234,13 +232,13 @@ def decode(
         accepted_total += len(path)
 
         node = ("root",) if not path else ("chain", rank, len(path) - 1)
-        keep = list(range(past + len(pending))) + [past + forward.index[("chain", rank, i)] for i in range(len(path))]
-        if path:
-            kv_cache.keep_indices(cache, torch.tensor(keep))
+        if path:  # exact KV: the cache before, the pending tokens and the accepted chain tokens
+            accepted = [past + forward.index[("chain", rank, i)] for i in path]
+            kv_cache.keep_indices(cache, torch.cat([torch.arange(past + len(pending)), torch.tensor(accepted)]))
         else:
             kv_cache.truncate(cache, past + len(pending))
 
-        new = [chains[rank][i] for i in range(len(path))] + [token_after]
+        new = chains[rank][: len(path)] + [token_after] if path else [token_after]
         eos_at = next((i for i, t in enumerate(new) if t in eos_token_ids), None)
         new = new[: eos_at + 1] if eos_at is not None else new
         new = new[:remaining]
@@ -248,21 +246,21 @@ def decode(
               "tokens": new, "phase": "lossless", "branches": len(chains), "depth": d if chains else 0,
               "accepted": len(path)})
         text += new
-        if adaptive:
-            _remember(runner.model, shape)
         if eos_at is not None or should_stop():
             break
         pending = [new[-1]]
         candidates = (_next_candidates(rows, node, forward.group_size[node], wanted_b, temperature, generator)
                       if feed_masks else NONE)
 
+    if adaptive:
+        _remember(runner.model, shape)
     return DecodeOutput(
         tokens=text,
         forward_passes=runner.forward_passes,
         cache=cache,
         decode_order_tokens=prompt_ids[0].tolist() + text[:-1] if text else prompt_ids[0].tolist(),
         decode_order_positions=list(range(P + max(len(text) - 1, 0))),
-        settings={"branches": branches, "depth": depth, "max_branches": int(max_branches), "max_depth": int(max_depth),
+        settings={"branches": branches, "depth": depth, "max_branches": max_branches, "max_depth": max_depth,
                   "width_cost": width_cost},
         counters={"drafts_offered": offered_total, "drafts_accepted": accepted_total},
     )
@@ -393,9 +391,3 @@ def forward_cost(runner: ModelRunner, width_cost: float | str) -> Callable[[int]
         width_cost = 0.02  # a stand-in model: nothing worth timing
     return lambda width: 1 + float(width_cost) * (width - 1)
 
-
-def _logits_dtype(runner: ModelRunner) -> torch.dtype:
-    try:
-        return next(runner.model.parameters()).dtype
-    except (AttributeError, StopIteration, TypeError):
-        return torch.float32

@@ -68,11 +68,7 @@ def attention_mask_for(runner: ModelRunner, bidirectional: bool, query_len: int,
     """An all-visible additive mask [1, 1, Q, K] when bidirectional, else None (the model's causal mask)."""
     if not bidirectional:
         return None
-    try:
-        dtype = next(runner.model.parameters()).dtype
-    except (AttributeError, StopIteration):
-        dtype = torch.float32
-    return bidirectional_mask(1, query_len, key_len, dtype, device=runner.device)
+    return bidirectional_mask(1, query_len, key_len, runner.dtype, device=runner.device)
 
 
 def predict(logits: torch.Tensor, temperature: float, generator):

@@ -77,10 +77,6 @@ def options_of(module) -> dict[str, Option]:
     return {option.name: option for option in module.OPTIONS}
 
 
-def defaults_of(module) -> dict[str, Any]:
-    return {option.name: option.default for option in module.OPTIONS}
-
-
 def all_options(decoders: dict) -> dict[str, tuple[Option, list[str]]]:
     """Every option any decoder takes, with the decoders that take it (first declaration wins)."""
     found: dict[str, tuple[Option, list[str]]] = {}

@@ -151,13 +151,13 @@ def leading_true(mask: torch.Tensor) -> int:
 
 
 def first_draft_rows(slots, k, mask_id) -> list[tuple[int, int, list[int]]]:
-    """(slot index, a, row) for the first completion draft of each slot, one row per accepted length a
+    """(slot start, a, row) for the first completion draft of each slot, one row per accepted length a
     the global verification may leave it with (smallest first, at most FUSE_LIMIT tokens a slot):
     its first a tokens, then masks."""
     rows = []
-    for index, slot in enumerate(slots):
+    for slot in slots:
         for a in range(1, min(k, FUSE_LIMIT // k + 1)):
-            rows.append((index, a, slot.tokens[:a].tolist() + [mask_id] * (k - a)))
+            rows.append((slot.start, a, slot.tokens[:a].tolist() + [mask_id] * (k - a)))
     return rows
 
 
@@ -167,7 +167,7 @@ def verify_globally(runner, state, tokens, positions, k, token_threshold, next_m
     Returns the length of the accepted prefix of the concatenation, each slot's own accepted
     prefix, the logits of `next_masks` (positions of masks fed after the drafts, or None): when
     every draft is committed, they are the predictions the next plan forward would make; and the
-    logits of each of `rows` ((slot start, row tokens) fed beside them, each seeing only the
+    logits of each of `rows` ((slot start, a, row tokens) fed beside them, each seeing only the
     cache and itself: exactly a completion's first draft round). The cache is left holding the KV
     of the drafts; the caller keeps what it commits.
     """
@@ -176,17 +176,17 @@ def verify_globally(runner, state, tokens, positions, k, token_threshold, next_m
         tokens = torch.cat([tokens, torch.full((1, len(next_masks)), mask_id)], dim=1)
         positions = torch.cat([positions, torch.as_tensor(next_masks).view(1, -1)], dim=1)
     causal = tokens.shape[1]
+    before = kv_cache.length(state.cache)
     attention = None
     if rows:
-        tokens = torch.cat([tokens, torch.tensor([[t for _, row in rows for t in row]])], dim=1)
-        positions = torch.cat([positions, torch.tensor([[start + i for start, row in rows for i in range(len(row))]])], dim=1)
-        layout = [(causal, [])] + [(len(row), []) for _, row in rows]
-        attention = segment_mask(kv_cache.length(state.cache), layout, runner_dtype(runner), runner.device)
-    before = kv_cache.length(state.cache)
+        tokens = torch.cat([tokens, torch.tensor([[t for _, _, row in rows for t in row]])], dim=1)
+        positions = torch.cat([positions, torch.tensor([[start + i for start, _, row in rows for i in range(len(row))]])], dim=1)
+        layout = [(causal, [])] + [(len(row), []) for _, _, row in rows]
+        attention = segment_mask(before, layout, runner.dtype, runner.device)
     logits = runner(tokens, positions, state.cache, attention)[0]  # [m*k (+ masks) (+ rows), V]
     kv_cache.truncate(state.cache, before + n)
     plan_logits = logits[n:causal] if len(next_masks) else None
-    row_logits = list(logits[causal:].split([len(row) for _, row in rows])) if rows else []
+    row_logits = list(logits[causal:].split([len(row) for _, _, row in rows])) if rows else []
     logits, tokens = logits[:n], tokens[:, :n]
     probs = torch.ones(tokens.shape[1])
     probs[1:] = probability_of(logits[:-1], tokens[0, 1:].to(logits.device)).cpu()  # AR prob, one place earlier
@@ -210,6 +210,8 @@ class Segment:
     start: int  # position of its first token
     parent: int | None = None  # an outcome's verify segment (index)
     visible: int = 0  # how many of the parent's tokens it sees: the accepted length it assumes
+    logits: torch.Tensor | None = None  # set by the forward: [len(ids), V]
+    kv: kv_cache.LayerKV | None = None  # a verify segment's own keys/values, set by the forward
 
 
 def completion_forward(runner, state, slots, drafting, verifying, k, mask_id):
@@ -238,7 +240,7 @@ def completion_forward(runner, state, slots, drafting, verifying, k, mask_id):
     positions = torch.tensor([[seg.start + i for seg in segments for i in range(len(seg.ids))]])
     layout = [(len(seg.ids), [] if seg.parent is None else [(seg.parent, seg.visible)]) for seg in segments]
     before = kv_cache.length(state.cache)
-    mask = segment_mask(before, layout, runner_dtype(runner), runner.device)
+    mask = segment_mask(before, layout, runner.dtype, runner.device)
     logits = runner(ids, positions, state.cache, mask)[0]  # [fed, V]
     offset = 0
     for seg in segments:
@@ -248,13 +250,6 @@ def completion_forward(runner, state, slots, drafting, verifying, k, mask_id):
         offset += len(seg.ids)
     kv_cache.truncate(state.cache, before)
     return segments
-
-
-def runner_dtype(runner) -> torch.dtype:
-    try:
-        return next(runner.model.parameters()).dtype
-    except (AttributeError, StopIteration, TypeError):
-        return torch.float32
 
 
 def fill(slot, start: int, logits, temperature, generator) -> None:
@@ -289,7 +284,7 @@ def end_at_eos(slots, eos_token_ids) -> int | None:
 
 
 def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_ids, generator, emit, step, should_stop,
-                         first_drafts=None):
+                         first_drafts):
     """Finish every selected slot (at most k rounds), then commit them in position order.
 
     `first_drafts` maps (slot start, accepted length) to the logits of that slot's first draft
@@ -300,7 +295,7 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
     eos_position = None
     filled: set[int] = set()  # starts of slots whose tokens are a fresh draft waiting for its verify
     for slot in slots:
-        logits = (first_drafts or {}).get((slot.start, slot.accepted))
+        logits = first_drafts.get((slot.start, slot.accepted))
         if logits is not None and not slot.done:
             fill(slot, slot.accepted, logits[slot.accepted :], options["temperature"], generator)
             filled.add(slot.start)
@@ -445,8 +440,7 @@ def decode(
             # Beside them, each slot's first completion draft for every acceptance it may get.
             rows = first_draft_rows(slots, k, mask_token_id)
             prefix, per_slot, plan_logits, row_logits = verify_globally(
-                runner, state, drafts_flat, positions_flat, k, token_threshold, ride_positions, mask_token_id,
-                [(slots[index].start, row) for index, _, row in rows])
+                runner, state, drafts_flat, positions_flat, k, token_threshold, ride_positions, mask_token_id, rows)
             flat = drafts_flat[0].tolist()
             eos_hits = [i for i, t in enumerate(flat[:prefix]) if t in eos_token_ids]
             keep = eos_hits[0] + 1 if eos_hits else (prefix // k) * k
@@ -465,7 +459,7 @@ def decode(
             kv_cache.truncate(state.cache, before)
             for slot, accepted in zip(slots, per_slot):
                 slot.accepted = accepted
-            first_drafts = {(slots[index].start, a): logits for (index, a, _), logits in zip(rows, row_logits)}
+            first_drafts = {(start, a): logits for (start, a, _), logits in zip(rows, row_logits)}
             completed = complete_in_parallel(
                 runner, state, slots, k, options, mask_token_id, eos_token_ids, generator, emit, step, should_stop,
                 first_drafts,

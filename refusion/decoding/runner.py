@@ -28,11 +28,13 @@ def model_device(model) -> torch.device:
 class ForwardStats:
     """Forwards counted and timed by the number of new tokens they fed (summed over the batch)."""
 
-    seconds: float = 0.0
     by_width: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0.0]))  # width -> [count, seconds]
 
+    @property
+    def seconds(self) -> float:
+        return sum(seconds for _, seconds in self.by_width.values())
+
     def add(self, width: int, seconds: float) -> None:
-        self.seconds += seconds
         entry = self.by_width[width]
         entry[0] += 1
         entry[1] += seconds
@@ -66,9 +68,9 @@ class ModelRunner:
         started = time.perf_counter()
         new = input_ids.shape[1]
         if isinstance(logits_to_keep, int) and 0 < logits_to_keep < new:
-            # As explicit indices: transformers slices the hidden states with an int, and the LM head
-            # over that slice took 2.5x the whole forward on a bf16 CPU (125 ms against 50 ms for 8
-            # tokens of the 135M model); over the gathered copy it costs what it should.
+            # As explicit indices: transformers slices the hidden states with an int, and on a bf16
+            # CPU the LM head over that slice made the whole forward several times slower than over
+            # the gathered copy that indices give.
             logits_to_keep = torch.arange(new - logits_to_keep, new, device=self.device)
         output = self.model(
             input_ids=input_ids.to(self.device),

@@ -28,7 +28,6 @@ def probability_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-
 def tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """softmax(logits / temperature) in float64 on the CPU (where the generator lives)."""
     return torch.softmax(logits.double().cpu() / temperature, dim=-1)

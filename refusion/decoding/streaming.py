@@ -95,11 +95,14 @@ class FinalText:
     Calling it returns True when that text grew. `stopped` says a stop string was reached (nothing
     after it counts), and `ready` is the part safe to show now: all of it once stopped, otherwise
     without a tail that could still become a stop string or a multi-byte character. Text is
-    decoded incrementally: each event costs a short window, not the whole prefix.
+    decoded incrementally: each event costs a short window, not the whole prefix; with
+    `text=False` (no stop strings, nobody reading) only the final tokens are kept, nothing decoded.
     """
 
-    def __init__(self, decode: Callable[[list[int]], str], eos_token_ids: set[int], limit: int, stop: list[str] = ()):
+    def __init__(self, decode: Callable[[list[int]], str], eos_token_ids: set[int], limit: int, stop: list[str] = (),
+                 text: bool = True):
         self.stop = list(stop)
+        self.decodes = text or bool(self.stop)
         self.prefix = PrefixStream(eos_token_ids, limit)
         self.decoder = IncrementalDecoder(decode)
         self.text = ""
@@ -119,7 +122,7 @@ class FinalText:
         if self.stopped:
             return False
         new = self.prefix.pop()
-        if not new or not self.decoder.add(new):
+        if not new or not self.decodes or not self.decoder.add(new):
             return False
         # A stop string can only begin in the part not yet searched, or straddle its start.
         longest = max((len(s) for s in self.stop), default=0)
