@@ -232,6 +232,48 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+def surrogate_field(request: BaseModel) -> str | None:
+    """The dotted path of the first string in the request holding a lone surrogate, or None.
+
+    JSON may escape half of a UTF-16 pair ("\\ud800"); Python keeps it in a str that cannot be
+    written as UTF-8, so such a value would only fail once a response or a log line is encoded,
+    after the decode. A dict key holding one names its dict. Iterative: nesting depth is the
+    client's choice.
+    """
+    stack: list[tuple[str, Any]] = [("", request)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if not encodable(value):
+                return path
+            continue
+        if isinstance(value, BaseModel):
+            items = [(name, getattr(value, name)) for name in type(value).model_fields]
+        elif isinstance(value, dict):
+            if not all(encodable(key) for key in value if isinstance(key, str)):
+                return path
+            items = list(value.items())
+        elif isinstance(value, (list, tuple)):
+            items = list(enumerate(value))
+        else:
+            continue
+        stack.extend((f"{path}.{key}" if path else str(key), item) for key, item in reversed(items))
+    return None
+
+
+def encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """`text` safe to write as UTF-8 (for error messages and logs that quote a client's input)."""
+    return text if encodable(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
     """OpenAI's error shape."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
