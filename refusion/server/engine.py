@@ -1,8 +1,12 @@
 """One model, many clients: generations run one at a time, in arrival order, on a worker thread.
 
-A request waits for its turn in a FIFO; a client that leaves while waiting is taken out of the
-line, and one that leaves while decoding stops it at the decoder's next step (`should_stop`). The model is only ever called from the single worker thread, so requests never
-interleave on its state. Knows nothing about HTTP or the OpenAI protocol.
+A request takes its place in line when it is admitted (`admit`: the model's turn at once, a
+place in a FIFO, or `QueueFull`), so that a full line is known before any response starts. A
+client that leaves while waiting is taken out of the line, and one that leaves while decoding
+stops it at the decoder's next step (`should_stop`); `release` does either, whatever state the
+request is in, so no path can leave the model marked busy. The model is only ever called from
+the single worker thread, so requests never interleave on its state. Knows nothing about HTTP
+or the OpenAI protocol.
 """
 
 from __future__ import annotations
@@ -30,12 +34,28 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
+class Ticket:
+    """An admitted job's place: waiting in line, holding the model's turn, decoding, or done.
+
+    `turn` resolves (on the admitting event loop) once the model is this job's. The state moves
+    only under the engine's lock, so a release racing a hand-over never loses or doubles a turn.
+    """
+
+    def __init__(self, job: Job, loop: asyncio.AbstractEventLoop):
+        self.job, self.loop = job, loop
+        self.turn: asyncio.Future = loop.create_future()
+        self.state = "waiting"  # -> "holding" (the turn is ours) -> "decoding" (the worker's); "done" if released first
+
+
 @dataclass
 class Counters:
     served: int = 0
     cancelled_waiting: int = 0
+    """Clients that left before their decode began."""
     cancelled_decoding: int = 0
+    """Decodes stopped because their client left."""
     failed: int = 0
+    """Decodes that raised."""
 
 
 class Engine:
@@ -47,7 +67,7 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refusion-decode")
         self._lock = threading.Lock()
         self._busy = False
-        self._line: collections.deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = collections.deque()
+        self._line: collections.deque[Ticket] = collections.deque()
 
     @property
     def waiting(self) -> int:
@@ -57,19 +77,61 @@ class Engine:
     def busy(self) -> bool:
         return self._busy
 
-    async def run(self, job: Job) -> Generation | None:
-        """Wait for the model, decode, return the result (None when the job was cancelled).
+    def admit(self, job: Job) -> Ticket:
+        """Take the model's turn if it is free and nobody waits, else a place at the end of the line.
 
-        Cancelling the awaiting task removes a waiting job or stops a decoding one.
+        Call from the event loop that will `run` the ticket. Raises QueueFull when the line is full.
+        Every admitted ticket must end in `run` returning or in `release`.
         """
-        await self._take_turn()
-        future = self._executor.submit(self._decode, job)
-        future.add_done_callback(lambda _: self._pass_turn())  # only once the model is really free
+        ticket = Ticket(job, asyncio.get_running_loop())
+        with self._lock:
+            if not self._busy and not self._line:
+                self._busy, ticket.state = True, "holding"
+                ticket.turn.set_result(None)
+            elif len(self._line) >= self.max_waiting:
+                raise QueueFull(f"{len(self._line)} requests are already waiting for the model")
+            else:
+                self._line.append(ticket)
+        return ticket
+
+    async def run(self, ticket: Ticket) -> Generation | None:
+        """Wait for the turn, decode, return the result (None when the job was cancelled or released).
+
+        Cancelling the awaiting task releases the ticket: a waiting job leaves the line, a decoding one stops.
+        """
         try:
+            await ticket.turn
+            with self._lock:
+                if ticket.state != "holding":  # released while the turn was on its way
+                    return None
+                ticket.state = "decoding"
+            try:
+                future = self._executor.submit(self._decode, ticket.job)
+            except RuntimeError:  # shutting down: nothing will run, so the turn must not stay taken
+                self._pass_turn()
+                raise
+            future.add_done_callback(lambda _: self._pass_turn())  # only once the model is really free
             return await asyncio.shield(asyncio.wrap_future(future))
         except asyncio.CancelledError:
-            job.cancelled.set()
+            self.release(ticket)
             raise
+
+    def release(self, ticket: Ticket) -> None:
+        """Give up the ticket's place, whatever its state; harmless once its decode has ended.
+
+        A waiting ticket leaves the line; a turn not yet used passes on; a running decode is told
+        to stop at its next step (its worker passes the turn on when it returns).
+        """
+        ticket.job.cancelled.set()
+        with self._lock:
+            state = ticket.state
+            if state in ("waiting", "holding"):
+                ticket.state = "done"
+                self.counters.cancelled_waiting += 1
+            if state == "waiting":
+                self._line.remove(ticket)
+        if state == "holding":
+            self._pass_turn()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -90,40 +152,20 @@ class Engine:
         self.counters.served += 1
         return result
 
-    # --- the line: FIFO of waiting requests, safe across threads and event loops ---------------
-
-    async def _take_turn(self) -> None:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if not self._busy and not self._line:
-                self._busy = True
-                return
-            if len(self._line) >= self.max_waiting:
-                raise QueueFull(f"{len(self._line)} requests are already waiting for the model")
-            ticket = (loop, loop.create_future())
-            self._line.append(ticket)
-        try:
-            await ticket[1]
-        except asyncio.CancelledError:
-            with self._lock:
-                if ticket in self._line:  # still waiting: just leave the line
-                    self._line.remove(ticket)
-                    self.counters.cancelled_waiting += 1
-                    raise
-            self._pass_turn()  # the turn was handed over as we left: hand it on
-            raise
-
     def _pass_turn(self) -> None:
+        """Hand the model to the first ticket in line whose event loop still runs, or mark it free."""
         with self._lock:
             while self._line:
-                loop, waiter = self._line.popleft()
-                if not loop.is_closed():
-                    loop.call_soon_threadsafe(_hand_over, waiter)
-                    return
+                ticket = self._line.popleft()
+                if ticket.loop.is_closed():
+                    ticket.state = "done"
+                    continue
+                ticket.state = "holding"
+                ticket.loop.call_soon_threadsafe(_hand_over, ticket.turn)
+                return
             self._busy = False
 
 
-def _hand_over(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-    # a waiter cancelled between popleft and here passes the turn on in its except clause
+def _hand_over(turn: asyncio.Future) -> None:
+    if not turn.done():  # a cancelled waiter has released its ticket, which passed the turn on
+        turn.set_result(None)

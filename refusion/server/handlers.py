@@ -1,25 +1,30 @@
 """From an OpenAI request to a generation and back: prompt, options, limits, responses, streaming.
 
-`prepare` checks everything that can be checked before the model is touched (so that a bad
-request answers 4xx before a stream starts); `complete` and `stream` run the job on the engine.
-The decode ends at the first stop string; streamed text holds back whatever could still become one.
-Knows nothing about routes or the web page.
+`prepare` checks everything that can be checked before the model is touched, with the same
+checks `generate` makes, so that a bad request answers 400 before a stream starts and never
+reaches the worker; `complete` and `stream` run an admitted job on the engine. Whatever still
+fails in the worker is a server bug: logged with its traceback, answered as a 500 (or in-band
+once a stream has started). The decode ends at the first stop string; streamed text holds back
+whatever could still become one. Knows nothing about routes or the web page.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
 from ..decoding import DECODERS, Generation
 from ..decoding.dispatch import NEEDS_MASK, check_options, default_decoder
-from ..decoding.options import options_of
+from ..decoding.options import SEED, TEMPERATURE, Option, options_of
 from ..errors import RefusionError
 from . import protocol
-from .engine import Engine, Job
+from .engine import Engine, Job, Ticket
+
+log = logging.getLogger("refusion.server")
 
 
 class ApiError(Exception):
@@ -27,11 +32,17 @@ class ApiError(Exception):
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  type: str = "invalid_request_error"):
+        message, param = protocol.printable(message), param and protocol.printable(param)
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
 
     def body(self) -> dict:
         return protocol.error_body(self.message, self.type, self.param, self.code)
+
+
+MAX_STOP_CHARS = 1000
+"""Longest stop string: each decode step searches the text's tail for every stop string's
+prefixes, so a huge one would make every step slow; real stop sequences are a few characters."""
 
 
 @dataclass
@@ -64,6 +75,10 @@ class Prepared:
 
 def prepare(request, kind: str, engine: Engine, config: ServerConfig) -> Prepared:
     """Validate a request against the model and limits; build the job. Raises ApiError."""
+    surrogate = protocol.surrogate_field(request)
+    if surrogate:
+        raise ApiError(400, f"{surrogate} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), "
+                       "which is not text", surrogate)
     if request.model != config.model_name:
         raise ApiError(404, f"the model {request.model!r} does not exist; this server serves {config.model_name!r}",
                        "model", "model_not_found")
@@ -90,6 +105,8 @@ def prepare(request, kind: str, engine: Engine, config: ServerConfig) -> Prepare
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     if any(not s for s in stop):
         raise ApiError(400, "stop strings must not be empty", "stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stop):
+        raise ApiError(400, f"stop strings must be at most {MAX_STOP_CHARS} characters", "stop")
     if request.stream_options is not None and not request.stream:
         raise ApiError(400, "stream_options is only allowed with stream=true", "stream_options")
     if request.stream_events and not request.stream:
@@ -106,6 +123,8 @@ def encode(request, kind: str, engine: Engine):
     from ..prompting import encode_prompt
 
     tokenizer = engine.tokenizer
+    param, rejected = ("messages", "the chat template rejected these messages") if kind == "chat.completion" else \
+        ("prompt", "the tokenizer rejected this prompt")
     try:
         if kind == "chat.completion":
             if not getattr(tokenizer, "chat_template", None):
@@ -121,12 +140,12 @@ def encode(request, kind: str, engine: Engine):
             raise ApiError(400, f"prompt token ids must lie in [0, {vocab})", "prompt")
         return torch.tensor([prompt], dtype=torch.long)
     except RefusionError as error:
-        raise ApiError(400, str(error), "messages" if kind == "chat.completion" else "prompt") from error
+        raise ApiError(400, str(error), param) from error
     except (ValueError, TypeError, KeyError, IndexError) as error:  # chat templates reject odd conversations this way
-        raise ApiError(400, f"the chat template rejected these messages: {error}", "messages") from error
+        raise ApiError(400, f"{rejected}: {error}", param) from error
     except Exception as error:
         if type(error).__name__ == "TemplateError":  # jinja2's raise_exception() in a chat template
-            raise ApiError(400, f"the chat template rejected these messages: {error}", "messages") from error
+            raise ApiError(400, f"{rejected}: {error}", param) from error
         raise
 
 
@@ -145,14 +164,24 @@ def decoding_options(request, max_tokens: int, model, defaults: dict) -> dict:
     knobs = {name: value for name, value in defaults.items() if name in takes and value is not None}
     knobs.update({name: value for name, value in request.knobs().items() if value is not None})
     try:
-        checked = check_options(decoder, knobs, max_tokens)
+        resolved = check_options(decoder, knobs, max_tokens)
     except RefusionError as error:
         given = [name for name, value in request.knobs().items() if value is not None]
         raise ApiError(400, str(error), named_last(str(error), given)) from error
-    knobs = {name: checked[name] for name in knobs}
-    temperature = request.temperature if request.temperature is not None else defaults.get("temperature") or 0.0
+    knobs = {name: resolved[name] for name in knobs}
+    temperature = checked(TEMPERATURE, request.temperature if request.temperature is not None else
+                          defaults.get("temperature") or 0.0, "temperature")
     seed = request.seed if request.seed is not None else defaults.get("seed")
-    return {"decoder": decoder, "max_new_tokens": max_tokens, "temperature": float(temperature), "seed": seed, **knobs}
+    seed = None if seed is None else checked(SEED, seed, "seed")
+    return {"decoder": decoder, "max_new_tokens": max_tokens, "temperature": temperature, "seed": seed, **knobs}
+
+
+def checked(option: Option, value, param: str):
+    """`value` as `generate` will take it, or a 400 with the message the command line gives for it."""
+    try:
+        return option.check(value)
+    except RefusionError as error:
+        raise ApiError(400, str(error), param) from error
 
 
 def named_last(message: str, names) -> str | None:
@@ -188,17 +217,36 @@ def response(prepared: Prepared, result: Generation, model_name: str) -> dict:
                              usage=usage(result), refusion=decode_stats(result)).model_dump()
 
 
-async def complete(prepared: Prepared, engine: Engine, model_name: str, disconnected: Callable) -> dict | None:
-    """Run to the end; None when the client left first (its job is then taken out or stopped)."""
-    task = asyncio.ensure_future(engine.run(prepared.job))
-    while True:
-        done, _ = await asyncio.wait([task], timeout=0.2)
-        if done:
+async def complete(prepared: Prepared, ticket: Ticket, engine: Engine, model_name: str,
+                   disconnected: Callable) -> dict | None:
+    """Run the admitted job to the end; None when the client left first (its job is then taken out or stopped).
+
+    Polls for a disconnect every 0.2 s; however this ends (cancelled too), the ticket is released.
+    """
+    task = asyncio.ensure_future(engine.run(ticket))
+    try:
+        while not (await asyncio.wait([task], timeout=0.2))[0]:
+            if await disconnected():
+                return None
+        try:
             result = task.result()
-            return None if result is None else response(prepared, result, model_name)
-        if await disconnected():
-            task.cancel()
-            return None
+        except Exception as error:
+            raise failed(error) from error
+        return None if result is None else response(prepared, result, model_name)
+    finally:
+        task.cancel()
+        engine.release(ticket)
+
+
+def failed(error: Exception) -> ApiError:
+    """The error for a decode that raised: a RefusionError is bad input that `prepare` let through
+    (a 400 all the same); anything else is a server bug, logged with its traceback."""
+    if isinstance(error, RefusionError):
+        log.warning("the decoder refused a request that passed the server's checks: %s", protocol.printable(str(error)))
+        return ApiError(400, str(error))
+    log.error("generation failed", exc_info=error)
+    return ApiError(500, f"generation failed ({type(error).__name__}); the server's log has the details",
+                    type="server_error", code="generation_failed")
 
 
 def sse(data: dict | str, event: str | None = None) -> str:
@@ -206,10 +254,11 @@ def sse(data: dict | str, event: str | None = None) -> str:
     return (f"event: {event}\n" if event else "") + f"data: {payload}\n\n"
 
 
-async def stream(prepared: Prepared, engine: Engine, model_name: str) -> AsyncIterator[str]:
-    """SSE chunks: text as soon as its left-to-right prefix is final, then the finish and usage chunks.
+async def stream(prepared: Prepared, ticket: Ticket, engine: Engine, model_name: str) -> AsyncIterator[str]:
+    """SSE chunks of an admitted job: text as soon as its left-to-right prefix is final, then the finish and usage chunks.
 
-    If the client disconnects, the framework cancels this generator and the decode stops.
+    If the client disconnects, the framework cancels this generator and the decode stops; the
+    response that sends it also releases the ticket in case this generator never started.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
@@ -217,7 +266,7 @@ async def stream(prepared: Prepared, engine: Engine, model_name: str) -> AsyncIt
     if prepared.stream_events:
         prepared.job.listener = lambda event: loop.call_soon_threadsafe(queue.put_nowait, ("event", event))
     prepared.job.on_text = lambda text: loop.call_soon_threadsafe(queue.put_nowait, ("text", text))
-    task = asyncio.ensure_future(engine.run(prepared.job))
+    task = asyncio.ensure_future(engine.run(ticket))
     task.add_done_callback(lambda _: queue.put_nowait(end))
     tokenizer, chat = engine.tokenizer, prepared.kind == "chat.completion"
     chunk = Chunks(prepared.kind, model_name)
@@ -235,8 +284,10 @@ async def stream(prepared: Prepared, engine: Engine, model_name: str) -> AsyncIt
         try:
             result = task.result()
         except Exception as error:  # the decode failed after the stream started: say so in-band
-            yield sse(protocol.error_body(f"generation failed: {error}", "server_error"))
+            yield sse(failed(error).body())
             yield sse("[DONE]")
+            return
+        if result is None:  # released: the client is gone
             return
         text = result.text  # already cut at the first stop string
         if len(text) > len(sent) and text.startswith(sent):
@@ -246,8 +297,8 @@ async def stream(prepared: Prepared, engine: Engine, model_name: str) -> AsyncIt
             yield sse(chunk.usage(usage(result), decode_stats(result)))
         yield sse("[DONE]")
     finally:
-        if not task.done():
-            task.cancel()
+        task.cancel()
+        engine.release(ticket)
 
 
 def readable(event: dict, tokenizer) -> dict:
