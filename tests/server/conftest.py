@@ -1,4 +1,5 @@
-"""A tiny random Llama with a mask token and a character-level chat tokenizer, served in-process."""
+"""A tiny random Llama with a mask token and a character-level chat tokenizer, served in-process,
+on a live uvicorn, and as a slow stand-in for a big model (every forward sleeps)."""
 
 from __future__ import annotations
 
@@ -72,4 +73,19 @@ class LiveServer:
 @pytest.fixture(scope="module")
 def live(model_and_tokenizer):
     with LiveServer(make_app(model_and_tokenizer, max_tokens=4096, max_waiting=8)) as server:
+        yield server
+
+
+SLOW_FORWARD_SECONDS = 0.05
+
+
+@pytest.fixture(scope="module")
+def slow_live(model_and_tokenizer):
+    """uvicorn serving a copy of the tiny model whose every forward takes SLOW_FORWARD_SECONDS, so
+    that a long decode stays in progress while a test disconnects, queues or checks /health."""
+    model, tokenizer = model_and_tokenizer
+    slow = tiny_model("llama", vocab_size=len(tokenizer), max_position_embeddings=2048)
+    slow.config.mask_token_id = model.config.mask_token_id
+    slow.register_forward_pre_hook(lambda module, args: time.sleep(SLOW_FORWARD_SECONDS))
+    with LiveServer(make_app((slow, tokenizer), max_tokens=4096, max_waiting=2)) as server:
         yield server
