@@ -1,13 +1,14 @@
 """Calling the model: one place that builds the forward's keyword arguments, counts forwards and times them.
 
 Works with any object that behaves like a transformers causal-LM forward: keyword arguments
-`input_ids`, `position_ids`, `past_key_values`, `use_cache`, `attention_mask` (None = causal over
-the cache order, or an additive float mask [B, 1, S, cache + S]) and `logits_to_keep`; it returns
-`.logits` and updates the cache it was given. Knows nothing about decoding strategies.
+`input_ids`, `position_ids`, `cache` (`past_key_values` in older transformers), `use_cache`,
+`attention_mask` (None = causal over the cache order, or an additive float mask [B, 1, S, cache + S])
+and `logits_to_keep`; it returns `.logits` and updates the cache it was given. Knows nothing about decoding strategies.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -15,6 +16,16 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import kv_cache
+
+
+def cache_keyword(model) -> str:
+    """The forward's name for the KV cache: `cache` in newer transformers, `past_key_values` before (and in fakes)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        parameters = inspect.signature(getattr(base, "forward", base)).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def model_device(model) -> torch.device:
@@ -49,9 +60,11 @@ class ModelRunner:
     stats: ForwardStats = field(default_factory=ForwardStats)
     device: torch.device = field(init=False)
     dtype: torch.dtype = field(init=False)
+    cache_keyword: str = field(init=False)
 
     def __post_init__(self):
         self.device = model_device(self.model)
+        self.cache_keyword = cache_keyword(self.model)
         try:
             self.dtype = next(self.model.parameters()).dtype
         except (AttributeError, StopIteration, TypeError):
@@ -75,10 +88,10 @@ class ModelRunner:
         output = self.model(
             input_ids=input_ids.to(self.device),
             position_ids=position_ids.to(self.device),
-            past_key_values=cache,
             use_cache=True,
             attention_mask=attention_mask,
             logits_to_keep=logits_to_keep,
+            **{self.cache_keyword: cache},
         )
         logits = output.logits
         if self.suppress_token_id is not None:
@@ -108,8 +121,9 @@ def width_costs(model) -> dict[int, float]:
     if (str(device), dtype) in known:
         return known[(str(device), dtype)]
     cache = kv_cache.new_cache()
+    keyword = cache_keyword(model)
     context = torch.zeros(1, CALIBRATION_CONTEXT, dtype=torch.long, device=device)
-    model(input_ids=context, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=context, use_cache=True, logits_to_keep=1, **{keyword: cache})
     seconds = {}
     for width in CALIBRATION_WIDTHS:
         ids = torch.zeros(1, width, dtype=torch.long, device=device)
@@ -117,7 +131,7 @@ def width_costs(model) -> dict[int, float]:
         times = []
         for _ in range(3):
             started = time.perf_counter()
-            model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=width)
+            model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=width, **{keyword: cache})
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - started)
