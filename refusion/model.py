@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -83,9 +84,17 @@ def add_mask_token(model, tokenizer) -> int:
     return new_id
 
 
+GGUF_MAGIC = b"GGUF"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def _load_gguf(path: Path, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    with open(path, "rb") as file:
+        magic = file.read(len(GGUF_MAGIC))
+    if magic != GGUF_MAGIC:
+        raise RefusionError(f"{path} is {'empty' if not magic else 'not a GGUF file (no GGUF header)'}")
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     # The weights are already dequantized; a plain copy can be trained and saved as safetensors.
@@ -113,9 +122,33 @@ def _load_builtin(name: str, dtype):
 def _load_pretrained(name_or_path: str, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    path = Path(name_or_path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise RefusionError(f"{path} is not a model directory: it has no config.json")
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise RefusionError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
     return model, tokenizer
+
+
+@contextmanager
+def _quiet_transformers():
+    """No "Loading weights" progress bar from transformers while we load; the setting is restored after."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype | str | None = None, device: str | None = None):
@@ -126,28 +159,17 @@ def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype | str | None = N
     name = str(name_or_path)
     path = BUILTIN_CHECKPOINTS.get(name, Path(name).expanduser())
     dtype = dtype or "auto"
-    try:
-        if name in BUILTIN_GGUF:
-            model, tokenizer = _load_builtin(name, dtype)
-        elif path.suffix == ".gguf":
-            if not path.is_file():
-                raise RefusionError(f"model file not found: {path}")
-            model, tokenizer = _load_gguf(path, dtype)
-        elif path.is_dir():
-            from .adapters import is_adapter_dir, load_adapter_dir
+    from safetensors import SafetensorError
 
-            if is_adapter_dir(path):
-                model, tokenizer = load_adapter_dir(path, dtype, load)
-            else:
-                model, tokenizer = _load_pretrained(str(path), dtype)
-        elif path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-            raise RefusionError(f"model not found: {name} (expected a model directory, a .gguf file, or one of: {', '.join(BUILTIN_NAMES)})")
-        else:
-            model, tokenizer = _load_pretrained(name, dtype)
+    try:
+        with _quiet_transformers():
+            model, tokenizer = _load_any(name, path, dtype)
     except RefusionError:
         raise
-    except OSError as error:
-        raise RefusionError(f"could not load model {name!r}: {str(error).splitlines()[0]}") from error
+    except SafetensorError as error:
+        raise RefusionError(f"could not load model {name!r}: a weights file is corrupt ({_first_line(error)})") from error
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise RefusionError(f"could not load model {name!r}: {_first_line(error)}") from error
     found = mask_token_id(model, tokenizer)
     if found is not None:
         model.config.mask_token_id = found
@@ -155,3 +177,22 @@ def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype | str | None = N
         model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _load_any(name: str, path: Path, dtype):
+    """(model, tokenizer) by the kind of name: built-in, .gguf file, directory or hub id."""
+    if name in BUILTIN_GGUF:
+        return _load_builtin(name, dtype)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise RefusionError(f"model file not found: {path}")
+        return _load_gguf(path, dtype)
+    if path.is_dir():
+        from .adapters import is_adapter_dir, load_adapter_dir
+
+        if is_adapter_dir(path):
+            return load_adapter_dir(path, dtype, load)
+        return _load_pretrained(str(path), dtype)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise RefusionError(f"model not found: {name} (expected a model directory, a .gguf file, or one of: {', '.join(BUILTIN_NAMES)})")
+    return _load_pretrained(name, dtype)
