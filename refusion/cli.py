@@ -68,15 +68,10 @@ def apply_runtime_options(args: argparse.Namespace):
     """Set the thread count; return (dtype, device, threads) for `load`."""
     import torch
 
+    from .checks import device as check_device
     from .hardware import resolve_dtype, set_threads
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise RefusionError(f"unknown device {device!r} (expected cpu, cuda, cuda:N, ...)") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RefusionError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = set_threads(args.threads)
     return resolve_dtype(args.dtype, device), device, threads
 

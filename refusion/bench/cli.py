@@ -25,6 +25,7 @@ DEFAULT_DECODERS = "ar,lossless,refusion,refusion:kv=recompute"
 def bench_command(args: argparse.Namespace) -> None:
     """Measure decoders side by side."""
     from .. import load
+    from ..checks import output_dir
     from ..cli import apply_runtime_options
     from ..errors import RefusionError
     from .prompts import builtin_prompts, read_prompts
@@ -35,6 +36,8 @@ def bench_command(args: argparse.Namespace) -> None:
         raise RefusionError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
     if args.limit is not None and args.limit < 1:
         raise RefusionError(f"--limit must be a positive integer, got {args.limit}")
+    if args.output:
+        output_dir(args.output)
     specs = parse_specs(args.decoders)
     check_specs(specs, args.max_new_tokens)
     prompts = read_prompts(args.prompts) if args.prompts else builtin_prompts()

@@ -16,6 +16,7 @@ import torch
 
 from ..decoding import generate
 from ..decoding.dispatch import DECODERS, check_options
+from ..decoding.options import SEED, TEMPERATURE
 from ..errors import RefusionError
 
 LOSSLESS = {"ar", "lossless"}  # decoders whose text is the AR head's (greedy: identical; sampling: same distribution)
@@ -80,6 +81,9 @@ def check_specs(specs: list[DecoderSpec], max_new_tokens: int) -> None:
     for spec in specs:
         knobs = {k: v for k, v in spec.options.items() if k not in GENERATE_KEYS}
         try:
+            for option in (TEMPERATURE, SEED):
+                if spec.options.get(option.name) is not None:
+                    spec.options[option.name] = option.check(spec.options[option.name])
             check_options(spec.decoder, knobs, max_new_tokens)
         except RefusionError as error:
             raise RefusionError(f"{spec.label}: {error}") from None

@@ -4,27 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from ..errors import RefusionError
 
 
 def build_data_command(args: argparse.Namespace) -> None:
     """Build a self-distillation training set: N templated instructions, each answered by the base model."""
+    from ..checks import device, output_dir
+    from ..decoding.options import SEED
     from ..model import load
     from .answers import answer_instructions, training_records
     from .instructions import build_instructions
 
-    if args.count < 1:
-        raise RefusionError(f"--count must be positive, got {args.count}")
-    output = Path(args.output)
+    for name in ("count", "max_new_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            raise RefusionError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    SEED.check(args.seed)
+    output = output_dir(args.output)
+    if args.device:
+        device(args.device)
+    if not args.instructions_only:  # a model that does not load is reported before any file is written
+        model, tokenizer = load(args.model, dtype=args.dtype, device=args.device)
     output.mkdir(parents=True, exist_ok=True)
     instructions = build_instructions(args.count, seed=args.seed)
     (output / "instructions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in instructions))
     if args.instructions_only:
         print(f"wrote {len(instructions)} instructions to {output / 'instructions.jsonl'}")
         return
-    model, tokenizer = load(args.model, dtype=args.dtype, device=args.device)
     counts = answer_instructions(model, tokenizer, instructions, output / "answers.jsonl",
                                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     kept = training_records(output / "answers.jsonl", output / "train.jsonl")
@@ -41,7 +47,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for the instruction templates (default 0)")
     parser.add_argument("--max-new-tokens", type=int, default=384, help="answer length limit; longer answers are dropped (default 384)")
     parser.add_argument("--batch-size", type=int, default=32, help="instructions answered per batch (default 32)")
-    parser.add_argument("--dtype", default=None, help="model dtype, e.g. bfloat16 on a GPU (default: as stored)")
+    parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                        help="model dtype, e.g. bfloat16 on a GPU (default: as stored)")
     parser.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
     parser.add_argument("--instructions-only", action="store_true", help="only write instructions.jsonl")
     parser.set_defaults(func=build_data_command)

@@ -18,6 +18,7 @@ sandboxed subprocess (time and memory limits, no network)."""
 def eval_command(args: argparse.Namespace) -> None:
     """Run one benchmark and print accuracy, tokens/second, tokens/forward and forward passes."""
     from .. import load
+    from ..checks import output_dir
     from ..cli import apply_runtime_options, decoder_options, precheck_decoder_options, resolve_decoder
     from .runner import evaluate, with_reference_settings
     from .tasks import get_task
@@ -25,6 +26,8 @@ def eval_command(args: argparse.Namespace) -> None:
     task = get_task(args.task)
     if args.limit is not None and args.limit < 1:
         raise RefusionError(f"--limit must be a positive integer, got {args.limit}")
+    if args.output:
+        output_dir(args.output)
     options = decoder_options(args)
     if args.reference_settings:
         options = with_reference_settings(task, options)
@@ -51,8 +54,9 @@ def eval_command(args: argparse.Namespace) -> None:
 
 def plot_command(args: argparse.Namespace) -> None:
     """Plot accuracy against tokens per second for eval results (JSON lines or --output directories)."""
-    from .plot import load_results, plot_results
+    from .plot import check_image_path, load_results, plot_results
 
+    check_image_path(args.output)
     results = load_results(args.results)
     path = plot_results(results, args.output, title=args.title)
     print(f"{len(results)} point(s) -> {path}")
@@ -60,9 +64,10 @@ def plot_command(args: argparse.Namespace) -> None:
 
 def export_command(args: argparse.Namespace) -> None:
     """Write the lm-eval task YAMLs for the five benchmarks (data read from the same wheels) to a folder."""
+    from ..checks import output_dir
     from ..lm_eval.tasks import export_tasks
 
-    for path in export_tasks(args.directory):
+    for path in export_tasks(output_dir(args.directory, "directory")):
         print(path)
 
 

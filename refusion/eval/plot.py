@@ -8,6 +8,7 @@ nothing about how the numbers were produced.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..errors import RefusionError
@@ -25,12 +26,37 @@ def load_results(paths: list[str | Path]) -> list[dict]:
             path = path / SUMMARY_FILE
         if not path.is_file():
             raise RefusionError(f"{raw}: no such results file or eval output directory")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise RefusionError(f"{raw}: not UTF-8 text (byte {error.start})") from None
         found = _summaries(text)
         if not found:
             raise RefusionError(f"{raw}: no evaluation summary in it (expected JSON with {', '.join(REQUIRED)})")
+        for summary in found:
+            for key in ("accuracy", "tokens_per_second"):
+                value = summary[key]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise RefusionError(f"{raw}: {key} must be a finite number, got {value!r}")
         results.extend(found)
     return results
+
+
+def check_image_path(output: str | Path) -> Path:
+    """An image path matplotlib can write (.png, .pdf, .svg, ...) in a folder that exists or can be made."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from ..checks import output_dir
+
+    output = Path(output)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if output.suffix.lstrip(".").lower() not in formats:
+        raise RefusionError(f"--output {output}: unknown image type {output.suffix or '(no extension)'!r}; "
+                            f"use one of {', '.join('.' + name for name in sorted(formats))}")
+    if output.is_dir():
+        raise RefusionError(f"--output {output} is a directory, not an image file")
+    output_dir(output.parent)
+    return output
 
 
 def _summaries(text: str) -> list[dict]:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
-from ..errors import RefusionError
 
 DESCRIPTION = """Reproduce the paper's comparison in miniature, from scratch, end to end:
 
@@ -41,12 +39,11 @@ EPILOG = """examples:
 
 def repro_command(args: argparse.Namespace) -> None:
     """Train ARM, MDM and ReFusion from scratch on synthetic tasks and compare their accuracy and speed."""
+    from ..checks import output_dir
     from .pipeline import ReproConfig, quick_config, run
     from .report import write_report
 
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise RefusionError(f"--output {output} exists and is not a directory")
+    output = output_dir(args.output)
     config = quick_config(output) if args.quick else ReproConfig(output=output)
     if args.steps is not None:
         config.steps = args.steps
