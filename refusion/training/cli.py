@@ -59,7 +59,8 @@ def train_command(args: argparse.Namespace) -> None:
     )
     summary = train(config)
     if "final_loss" in summary:
-        held_out = f", held-out loss {summary['final_eval_loss']:.4g}" if "final_eval_loss" in summary else ""
+        held_out = summary.get("final_eval_loss")  # None when it was not finite
+        held_out = f", held-out loss {held_out:.4g}" if held_out is not None else ""
         print(f"saved to {summary['output']} (final loss {summary['final_loss']}{held_out}; history in loss.json, loss.png); "
               f"load it with: refusion generate \"...\" --model {summary['output']}")
 

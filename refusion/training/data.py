@@ -39,7 +39,10 @@ def read_records(path: Path) -> list[tuple[str, object]]:
     """(where, record) for every record of a .json file (a list) or a .jsonl file; where = "FILE:LINE"."""
     if not path.is_file():
         raise RefusionError(f"data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise RefusionError(f"{path}: not UTF-8 text (byte {error.start})") from None
     stripped = text.lstrip()
     if path.suffix != ".jsonl" and stripped.startswith("["):
         try:
@@ -57,6 +60,8 @@ def read_records(path: Path) -> list[tuple[str, object]]:
             found.append((f"{path}:{number}", json.loads(line)))
         except json.JSONDecodeError as error:
             raise RefusionError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+    if not found:
+        raise RefusionError(f"{path}: no records in it")
     return found
 
 
@@ -87,20 +92,28 @@ def encode_example(tokenizer, query: str | list[dict], response: str, eos_id: in
     return Example(list(map(int, prompt)), [*map(int, response_ids), eos_id])
 
 
-def load_dataset(paths: list[str | Path], tokenizer, max_length: int) -> Dataset:
-    """Read and tokenize every file; examples longer than `max_length` tokens are skipped and counted."""
+def read_pairs(paths: list[str | Path]) -> list[tuple[str | list[dict], str]]:
+    """(query or chat messages, response) for every record of every file; no tokenizer needed."""
+    return [split_record(record, where) for path in map(Path, paths) for where, record in read_records(path)]
+
+
+def encode_pairs(pairs: list[tuple[str | list[dict], str]], tokenizer, max_length: int, paths: list[str | Path]) -> Dataset:
+    """Tokenize (query, response) pairs read from `paths`; examples longer than `max_length` tokens are skipped and counted."""
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise RefusionError("the tokenizer has no EOS token; responses must end with one")
     examples, skipped = [], 0
-    for path in map(Path, paths):
-        for where, record in read_records(path):
-            query, response = split_record(record, where)
-            example = encode_example(tokenizer, query, response, eos_id)
-            if len(example.prompt_ids) + len(example.response_ids) > max_length:
-                skipped += 1
-                continue
-            examples.append(example)
+    for query, response in pairs:
+        example = encode_example(tokenizer, query, response, eos_id)
+        if len(example.prompt_ids) + len(example.response_ids) > max_length:
+            skipped += 1
+            continue
+        examples.append(example)
     if not examples:
         raise RefusionError(f"no training examples of at most {max_length} tokens in {', '.join(map(str, paths))}")
     return Dataset(examples, skipped, [str(p) for p in paths])
+
+
+def load_dataset(paths: list[str | Path], tokenizer, max_length: int) -> Dataset:
+    """Read and tokenize every file; examples longer than `max_length` tokens are skipped and counted."""
+    return encode_pairs(read_pairs(paths), tokenizer, max_length, paths)

@@ -1,12 +1,13 @@
 """The loss history of a run: `loss.json` and a loss-curve PNG, from the Trainer's log history.
 
 Knows nothing about objectives or models; it only reads `{"step", "loss" | "eval_loss", "learning_rate",
-"elapsed_seconds", "loss_ar", "loss_mdm"}` records.
+"elapsed_seconds", "loss_ar", "loss_mdm"}` records; a value that is not finite is written as null.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 
@@ -14,16 +15,22 @@ TERMS = {"loss_ar": "L_AR", "loss_mdm": "L_MDM"}
 """The refusion objective's two terms, logged beside their sum."""
 
 
+def number(value) -> float | None:
+    """A logged value as a float, None when it is not finite (JSON has no NaN or infinity)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def loss_records(log_history: list[dict]) -> list[dict]:
     """The training-loss entries of a Trainer log history, in step order."""
-    return [{"step": int(e["step"]), "loss": float(e["loss"]), "learning_rate": float(e.get("learning_rate", 0.0)),
-             "elapsed_seconds": e.get("elapsed_seconds"), **{term: float(e[term]) for term in TERMS if term in e}}
+    return [{"step": int(e["step"]), "loss": number(e["loss"]), "learning_rate": number(e.get("learning_rate", 0.0)),
+             "elapsed_seconds": e.get("elapsed_seconds"), **{term: number(e[term]) for term in TERMS if term in e}}
             for e in log_history if "loss" in e and "step" in e]
 
 
 def eval_records(log_history: list[dict]) -> list[dict]:
     """The held-out-loss entries, in step order."""
-    return [{"step": int(e["step"]), "eval_loss": float(e["eval_loss"]), "elapsed_seconds": e.get("elapsed_seconds")}
+    return [{"step": int(e["step"]), "eval_loss": number(e["eval_loss"]), "elapsed_seconds": e.get("elapsed_seconds")}
             for e in log_history if "eval_loss" in e and "step" in e]
 
 
@@ -34,7 +41,7 @@ def write_history(output: Path, log_history: list[dict], summary: dict) -> dict[
     """
     history = {"train": loss_records(log_history), "eval": eval_records(log_history)}
     (output / "loss.json").write_text(json.dumps({**summary, "history": history["train"],
-                                                  "eval_history": history["eval"]}, indent=1))
+                                                  "eval_history": history["eval"]}, indent=1, allow_nan=False))
     if history["train"] or history["eval"]:
         import matplotlib
 

@@ -10,6 +10,7 @@ under `accelerate launch` (DDP).
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, replace
@@ -19,10 +20,11 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from ..attention import bidirectional_mask
+from ..checks import output_dir
 from ..errors import RefusionError
 from ..model import BUILTIN_GGUF, add_mask_token, load
 from .collate import ObjectiveCollator
-from .data import load_dataset
+from .data import encode_pairs, read_pairs
 from .history import write_history
 from .objectives import BIDIRECTIONAL, OBJECTIVES, objective_terms, total_loss
 
@@ -87,12 +89,18 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise RefusionError(f"{name} must be a positive integer, got {value}")
+        for name, value in {"lr": self.lr, "epochs": self.epochs, "warmup-ratio": self.warmup_ratio,
+                            "mdm-weight": self.mdm_weight}.items():
+            if not math.isfinite(value):
+                raise RefusionError(f"{name} must be a finite number, got {value}")
         if self.max_steps is None and self.epochs <= 0:
             raise RefusionError(f"epochs must be positive, got {self.epochs}")
         if not 0 <= self.warmup_ratio < 1:
             raise RefusionError(f"warmup-ratio must lie in [0, 1), got {self.warmup_ratio}")
         if self.lr <= 0:
             raise RefusionError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.seed < 2**32:
+            raise RefusionError(f"seed must lie in [0, {2**32 - 1}], got {self.seed}")
         if not self.slot_sizes or min(self.slot_sizes) < 1:
             raise RefusionError(f"slot sizes must be positive integers, got {list(self.slot_sizes)}")
         if self.pad_responses_to is not None and (self.objective != "mdm" or self.pad_responses_to < 1):
@@ -102,6 +110,7 @@ class TrainConfig:
             raise RefusionError(f"mdm-weight must be >= 0, got {self.mdm_weight}")
         if self.lora_targets is not None and (self.lora_rank is None or not self.lora_targets):
             raise RefusionError("lora-targets needs --lora-rank and at least one module name")
+        output_dir(self.output)
 
 
 class ObjectiveTrainer(Trainer):
@@ -151,6 +160,15 @@ class ObjectiveTrainer(Trainer):
                         attention_mask=attention_mask, use_cache=False)
         terms = objective_terms(self.objective, outputs.logits, inputs)
         loss = total_loss(self.objective, terms, self.mdm_weight)
+        if model.training:
+            # Stop before the optimizer step writes it into the weights: nothing with NaN in it is saved.
+            # Every process learns of it (a process stopping alone would leave the others waiting).
+            bad = (~torch.isfinite(loss.detach())).float()
+            if self.args.world_size > 1:
+                bad = self.accelerator.reduce(bad, reduction="sum")
+            if bad.item():
+                raise RefusionError(f"the training loss is not finite at step {self.state.global_step + 1}; "
+                                    "stopped without saving (lower --lr or --mdm-weight)")
         if model.training and len(terms) > 1:  # summed on the device: read back only when logged
             for name, value in terms.items():
                 self.term_sums[name] = self.term_sums.get(name, 0) + value.detach()
@@ -280,11 +298,14 @@ def train(config: TrainConfig) -> dict:
     """Fine-tune `config.model` on `config.data`; return a summary (examples, skipped, final loss, output)."""
     config.check()
     resume_from = _checkpoint_to_resume(config)
+    made_output = not Path(config.output).exists()
+    pairs = read_pairs(config.data)  # a bad data file is reported before the model loads
+    eval_pairs = read_pairs(config.eval_data) if config.eval_data else None
     model, tokenizer = load(config.model, dtype=torch.float32)
     mask_id = add_mask_token(model, tokenizer) if config.objective != "ar" else None
     model.config.refusion_objective = config.objective
-    dataset = load_dataset(config.data, tokenizer, config.max_length)
-    eval_dataset = load_dataset(config.eval_data, tokenizer, config.max_length) if config.eval_data else None
+    dataset = encode_pairs(pairs, tokenizer, config.max_length, config.data)
+    eval_dataset = encode_pairs(eval_pairs, tokenizer, config.max_length, config.eval_data) if eval_pairs else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if config.lora_rank is not None:
         model = _with_lora(model, config.lora_rank, mask_id, config.lora_targets)
@@ -302,7 +323,14 @@ def train(config: TrainConfig) -> dict:
         held_out = f", {len(eval_dataset)} held out" if eval_dataset else ""
         print(f"training {config.model} with the {config.objective} objective on {len(dataset)} examples{skipped}{held_out}"
               + (f", resuming from {resume_from}" if resume_from else ""), flush=True)
-    trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except RefusionError:
+        trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)  # closes the progress bar
+        output = Path(config.output)
+        if made_output and trainer.is_world_process_zero() and output.is_dir() and not any(output.iterdir()):
+            output.rmdir()  # the Trainer made it, and the run left nothing in it
+        raise
     _save(trainer, model, tokenizer, config)
     summary = {"objective": config.objective, "examples": len(dataset), "skipped_too_long": dataset.skipped_too_long,
                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}}
