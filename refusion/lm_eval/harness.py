@@ -34,12 +34,17 @@ class RefusionLM(LM):
                  model=None, tokenizer=None, **knobs) -> None:
         super().__init__()
         from .. import load
-        from ..cli import resolve_decoder
+        from ..cli import precheck_decoder_options, resolve_decoder
 
         unknown = sorted(set(knobs) - set(decoder_knobs()))
         if unknown:
             raise RefusionError(f"refusion model_args do not include {', '.join(unknown)}; "
                                 f"decoder knobs are: {', '.join(decoder_knobs())}")
+        # Every value checked before the model loads, with the messages `refusion generate` gives.
+        options = {"decoder": decoder, "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, **knobs}
+        precheck_decoder_options(options)
+        max_new_tokens, temperature, seed = options["max_new_tokens"], options["temperature"], options["seed"]
+        knobs = {name: options[name] for name in knobs}
         if batch_size not in (None, 1, "1", "auto"):
             log.warning("refusion decodes one request at a time; batch_size=%s runs as 1", batch_size)
         if model is None:
