@@ -18,6 +18,7 @@ def serve_command(args: argparse.Namespace) -> None:
     branches, steps, block_length, threshold, ...: the same names as the flags below, with underscores).
     """
     from ..cli import apply_runtime_options, decoder_options, precheck_decoder_options, resolve_decoder
+    from ..decoding.dispatch import NEEDS_MASK
     from ..model import load
     from .handlers import Limits, ServerConfig
 
@@ -39,6 +40,9 @@ def serve_command(args: argparse.Namespace) -> None:
     dtype, device, _ = apply_runtime_options(args)
     model, tokenizer = load(args.model, dtype=dtype, device=device)
     defaults["decoder"] = resolve_decoder(defaults["decoder"], model)
+    if defaults["decoder"] in NEEDS_MASK and getattr(model.config, "mask_token_id", None) is None:
+        raise RefusionError(f"--decoder {defaults['decoder']} needs a model trained with a <|mask|> token; {args.model} has none "
+                            "(convert it with `refusion train --objective refusion`, or use --decoder ar)")
     limits = Limits(max_tokens=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
                     max_body_bytes=args.max_body_bytes, max_waiting=args.max_waiting)
     config = ServerConfig(model_name=args.model_name or args.model, defaults=defaults, limits=limits)
