@@ -155,9 +155,10 @@ def generate(
     cancelled = False
 
     def stop_now() -> bool:
-        """Asked by decoders between steps: a stop string was reached, or the caller cancelled."""
+        """Asked by decoders between steps: the text is complete (a decoder that writes past the budget or
+        out of order may still hold work it need not do), or the caller cancelled."""
         nonlocal cancelled
-        if final.stopped:
+        if final.complete:
             return True
         cancelled = cancelled or (should_stop is not None and bool(should_stop()))
         return cancelled
@@ -173,7 +174,7 @@ def generate(
     )
     seconds = time.perf_counter() - started
     # Stopped early, a decoder may hold tokens ahead of a gap: the text is the final left-to-right prefix.
-    tokens = final.tokens if final.stopped or cancelled else output.tokens[: max_new_tokens]
+    tokens = final.tokens if final.complete or cancelled else output.tokens[: max_new_tokens]
     text, stopped_at_string = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop)
     if on_text is not None and len(text) > len(shown) and text.startswith(shown):
         on_text(text[len(shown):])  # the tail held back while it could still have become a stop string

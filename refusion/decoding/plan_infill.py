@@ -41,7 +41,7 @@ FUSE_LIMIT = 64
 a forward of their own for the outcomes past it)."""
 
 OPTIONS = (
-    Option("slot_size", 4, "tokens per slot, k", int, low=1),
+    Option("slot_size", 4, "tokens per slot, k (at most max-new-tokens: a longer slot is cut to it)", int, low=1),
     Option("blocks", None, "serial blocks, B; the generation length over B must be a whole number of k-token slots",
            int, low=1, none_means="blocks of at most 4 slots"),
     Option("slot_threshold", 0.6, "plan: write in parallel every slot whose first token is above this probability",
@@ -337,7 +337,7 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
 
 def validate_options(options: dict, max_new_tokens: int) -> None:
     """Reject combinations that make no sense (each value alone is checked by its `Option`)."""
-    k, blocks = options["slot_size"], options["blocks"]
+    k, blocks = effective_slot_size(options["slot_size"], max_new_tokens), options["blocks"]
     if blocks is not None:
         length, _ = generation_length(max_new_tokens, k, blocks)
         if length % blocks or (length // blocks) % k:
@@ -350,8 +350,15 @@ def validate_options(options: dict, max_new_tokens: int) -> None:
 # --- the loop ---------------------------------------------------------------------------------
 
 
+def effective_slot_size(slot_size: int, max_new_tokens: int) -> int:
+    """k, never longer than the generation: a longer slot would only decode masks past the budget."""
+    return min(slot_size, max_new_tokens)
+
+
 def generation_length(max_new_tokens: int, slot_size: int, blocks: int | None) -> tuple[int, int]:
-    """(L, B): L rounded up to a multiple of k; by default blocks of at most 4 slots."""
+    """(L, B): L rounded up to a multiple of k (so under 2x the budget, k being at most the budget);
+    by default blocks of at most 4 slots."""
+    slot_size = effective_slot_size(slot_size, max_new_tokens)
     if blocks is None:
         block_len = min(4 * slot_size, -(-max_new_tokens // slot_size) * slot_size)
         length = -(-max_new_tokens // block_len) * block_len
@@ -377,7 +384,7 @@ def decode(
     emit: EventCallback = lambda event: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> DecodeOutput:
-    k = slot_size
+    k = effective_slot_size(slot_size, max_new_tokens)
     length, blocks = generation_length(max_new_tokens, k, blocks)
     block_len = length // blocks
     options = {"token_threshold": token_threshold, "kv": kv, "temperature": temperature}

@@ -114,6 +114,11 @@ class FinalText:
         return self.prefix.tokens
 
     @property
+    def complete(self) -> bool:
+        """The text can no longer change: the budget is final, or an EOS, or a stop string."""
+        return self.stopped or self.prefix.ended
+
+    @property
     def ready(self) -> str:
         return self.text if self.stopped else self.text[: len(self.text) - held_back(self.text, self.stop)]
 
