@@ -8,6 +8,8 @@ lacks it. No token id is hard-coded anywhere. Knows nothing about decoding.
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import RefusionError
+from .files import staged_directory
 
 MASK_TOKEN = "<|mask|>"
 
@@ -107,16 +110,30 @@ def _load_gguf(path: Path, dtype):
     return model, tokenizer
 
 
+CACHE_MARKER = "refusion-cache.json"
+"""Written last into a converted built-in: a cache directory without it is half-written and is rebuilt."""
+
+
 def _load_builtin(name: str, dtype):
-    """Built-ins are converted from GGUF once and kept as safetensors: later loads take seconds."""
+    """Built-ins are converted from GGUF once and kept as safetensors: later loads take seconds.
+
+    The conversion is written to a temporary directory and moved into place whole, so an interrupted
+    first run leaves no cache rather than a broken one; a cache that is unmarked or unreadable is rebuilt.
+    """
     converted = cache_dir() / name
-    if not (converted / "config.json").is_file():
-        model, tokenizer = _load_gguf(builtin_gguf_path(name), dtype)
-        converted.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(converted)
-        tokenizer.save_pretrained(converted)
-        return model, tokenizer
-    return _load_pretrained(str(converted), dtype)
+    if (converted / CACHE_MARKER).is_file():
+        try:
+            return _load_pretrained(str(converted), dtype)
+        except Exception as error:  # a damaged cache is ours to rebuild, whatever the loader raised
+            logging.getLogger("refusion").warning("the cached conversion in %s is unreadable (%s); converting again",
+                                                  converted, str(error).splitlines()[0] if str(error) else type(error).__name__)
+    source = builtin_gguf_path(name)
+    model, tokenizer = _load_gguf(source, dtype)
+    with staged_directory(converted) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / CACHE_MARKER).write_text(json.dumps({"converted_from": str(source)}) + "\n")
+    return model, tokenizer
 
 
 def _load_pretrained(name_or_path: str, dtype):
