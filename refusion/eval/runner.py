@@ -8,12 +8,14 @@ any particular benchmark (see `refusion.eval.tasks`) or about the command line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 from ..errors import RefusionError
+from ..files import staged_file, write_text
 from .tasks import get_task
 
 SAMPLES_FILE = "samples.jsonl"
@@ -99,31 +101,31 @@ def evaluate(
     knobs = {name: value for name, value in options.items() if value is not None}
     examples = task_module.examples(limit)
     directory = Path(output) if output is not None else None
-    if directory is not None:
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / SAMPLES_FILE).write_text("")
-
+    # Samples go to a hidden file beside their place; they and the summary replace an earlier run's
+    # only at the end, so an interrupted run leaves the earlier results whole.
+    staged = staged_file(directory / SAMPLES_FILE) if directory is not None else contextlib.nullcontext(None)
     records: list[dict] = []
     settings: dict = {}
     bar = tqdm(examples, desc=task_module.NAME, unit="sample", disable=not progress, dynamic_ncols=True)
-    for example in bar:
-        prompt = task_module.prompt(example)
-        input_ids = encode_prompt(tokenizer, prompt, chat=chat)  # [1, P]
-        result = generate(model, tokenizer, input_ids, decoder=decoder, max_new_tokens=budget,
-                          temperature=temperature, seed=seed, **knobs)
-        extracted, correct = task_module.evaluate(example, result.text)
-        settings = result.settings
-        record = {"id": example["id"], "prompt": prompt, "output": result.text, "extracted": extracted,
-                  "reference": example.get("answer"), "correct": bool(correct), **result.stats(),
-                  "prompt_tokens": result.prompt_tokens}
-        records.append(record)
-        if directory is not None:
-            with open(directory / SAMPLES_FILE, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-        running = summarize(records, task_module.NAME, decoder, model_name, settings)
-        bar.set_postfix(acc=f"{running['accuracy']:.3f}", tps=f"{running['tokens_per_second']:.1f}")
+    with staged as samples_path:
+        for example in bar:
+            prompt = task_module.prompt(example)
+            input_ids = encode_prompt(tokenizer, prompt, chat=chat)  # [1, P]
+            result = generate(model, tokenizer, input_ids, decoder=decoder, max_new_tokens=budget,
+                              temperature=temperature, seed=seed, **knobs)
+            extracted, correct = task_module.evaluate(example, result.text)
+            settings = result.settings
+            record = {"id": example["id"], "prompt": prompt, "output": result.text, "extracted": extracted,
+                      "reference": example.get("answer"), "correct": bool(correct), **result.stats(),
+                      "prompt_tokens": result.prompt_tokens}
+            records.append(record)
+            if samples_path is not None:
+                with open(samples_path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            running = summarize(records, task_module.NAME, decoder, model_name, settings)
+            bar.set_postfix(acc=f"{running['accuracy']:.3f}", tps=f"{running['tokens_per_second']:.1f}")
 
     summary = summarize(records, task_module.NAME, decoder, model_name, settings)
     if directory is not None:
-        (directory / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        write_text(directory / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return EvalResult(summary, records)

@@ -80,6 +80,31 @@ def test_python_api_scores_a_model_that_always_answers_right(model_dir):
     assert result.summary["accuracy"] == 0.5 and result.summary["settings"]["max_new_tokens"] == 4
 
 
+def test_an_interrupted_eval_leaves_the_earlier_results_whole(model_dir, tmp_path):
+    from refusion import load
+
+    model, tokenizer = load(model_dir)
+    out_dir = tmp_path / "results"
+    evaluate(model, tokenizer, "gsm8k", decoder="ar", limit=2, max_new_tokens=2, output=out_dir, progress=False)
+    before = {name: (out_dir / name).read_bytes() for name in ("samples.jsonl", "summary.json")}
+
+    class Interrupted:  # gsm8k whose second sample is interrupted (Ctrl-C)
+        from refusion.eval.tasks import gsm8k as base
+        NAME, MAX_NEW_TOKENS, examples, prompt = "gsm8k", 2, base.examples, base.prompt
+        seen = []
+
+        @staticmethod
+        def evaluate(example, completion):
+            Interrupted.seen.append(example)
+            if len(Interrupted.seen) == 2:
+                raise KeyboardInterrupt
+            return Interrupted.base.evaluate(example, completion)
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, tokenizer, Interrupted, decoder="ar", limit=3, output=out_dir, progress=False)
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before  # and no partial file beside them
+
+
 @pytest.mark.parametrize("argv, message", [
     (["eval", "--task", "gsm9k"], "unknown task 'gsm9k'"),
     (["eval", "--task", "gsm8k", "--limit", "0"], "--limit must be a positive integer"),
