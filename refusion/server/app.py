@@ -131,12 +131,16 @@ def add_error_handlers(app: FastAPI, refusals: Refusals) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        first = error.errors()[0] if error.errors() else {}
-        location = [str(part) for part in first.get("loc", ()) if part != "body"]
+        # The deepest error is the one whose input matched the most structure: for a union (stop: a
+        # string or a list of strings) it is the member the client meant, not the first one tried.
+        first = max(error.errors(), key=lambda e: len(e.get("loc", ())), default={})
+        location = [str(part) for part in first.get("loc", ()) if part != "body" and not union_member(part)]
         param = ".".join(location) or None
         message = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             message, param = "the request body is not valid JSON", None
+        elif first.get("type") == "string_unicode":  # a lone surrogate, as prepare says it for other fields
+            message = handlers.surrogate_message(param or "the request body")
         elif not param:
             message = f"the request body must be a JSON object ({message})"
         else:
@@ -153,6 +157,11 @@ def add_error_handlers(app: FastAPI, refusals: Refusals) -> None:
         """A server bug: OpenAI's shape all the same; the framework logs the traceback."""
         return JSONResponse(protocol.error_body(f"internal error ({type(error).__name__})", "server_error", None,
                                                 "internal_error"), status_code=500)
+
+
+def union_member(part) -> bool:
+    """Whether a part of a validation error's location names a member of a union ("str", "list[int]"), not a field."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
 
 
 class BodyLimit:

@@ -45,6 +45,11 @@ MAX_STOP_CHARS = 1000
 prefixes, so a huge one would make every step slow; real stop sequences are a few characters."""
 
 
+MIN_TEMPERATURE = 1e-5
+"""Colder sampling is greedy decoding but for ties, and logits divided by a temperature near the
+smallest float overflow to inf, which the samplers cannot draw from."""
+
+
 @dataclass
 class Limits:
     max_tokens: int = 4096
@@ -77,8 +82,7 @@ def prepare(request, kind: str, engine: Engine, config: ServerConfig) -> Prepare
     """Validate a request against the model and limits; build the job. Raises ApiError."""
     surrogate = protocol.surrogate_field(request)
     if surrogate:
-        raise ApiError(400, f"{surrogate} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), "
-                       "which is not text", surrogate)
+        raise ApiError(400, surrogate_message(surrogate), surrogate)
     if request.model != config.model_name:
         raise ApiError(404, f"the model {request.model!r} does not exist; this server serves {config.model_name!r}",
                        "model", "model_not_found")
@@ -101,7 +105,7 @@ def prepare(request, kind: str, engine: Engine, config: ServerConfig) -> Prepare
     elif prompt_len + max_tokens > context:
         raise ApiError(400, f"prompt ({prompt_len} tokens) plus max_tokens ({max_tokens}) exceeds the model's context of {context}",
                        "max_tokens", "context_length_exceeded")
-    options = decoding_options(request, max_tokens, model, config.defaults)
+    options = decoding_options(request, max_tokens, model, config.defaults, context)
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     if any(not s for s in stop):
         raise ApiError(400, "stop strings must not be empty", "stop")
@@ -114,6 +118,10 @@ def prepare(request, kind: str, engine: Engine, config: ServerConfig) -> Prepare
     return Prepared(kind=kind, job=Job(prompt_ids=prompt_ids, options={**options, "stop": stop}), stop=stop,
                     include_usage=bool(request.stream_options and request.stream_options.include_usage),
                     stream_events=request.stream_events)
+
+
+def surrogate_message(param: str) -> str:
+    return f"{param} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), which is not text"
 
 
 def encode(request, kind: str, engine: Engine):
@@ -149,11 +157,11 @@ def encode(request, kind: str, engine: Engine):
         raise
 
 
-def decoding_options(request, max_tokens: int, model, defaults: dict) -> dict:
+def decoding_options(request, max_tokens: int, model, defaults: dict, context: int) -> dict:
     """Keyword arguments for `refusion.generate`: server defaults, overridden by the request.
 
     A server default the chosen decoder does not take is dropped; a request field it does not
-    take is a 400.
+    take is a 400, and so is a size (an integer option without a declared maximum) past `context`.
     """
     decoder = request.decoder or defaults.get("decoder") or default_decoder(model)
     if decoder not in DECODERS:
@@ -163,14 +171,22 @@ def decoding_options(request, max_tokens: int, model, defaults: dict) -> dict:
     takes = options_of(DECODERS[decoder])
     knobs = {name: value for name, value in defaults.items() if name in takes and value is not None}
     knobs.update({name: value for name, value in request.knobs().items() if value is not None})
+    given = [name for name, value in request.knobs().items() if value is not None]
     try:
         resolved = check_options(decoder, knobs, max_tokens)
     except RefusionError as error:
-        given = [name for name, value in request.knobs().items() if value is not None]
         raise ApiError(400, str(error), named_last(str(error), given)) from error
+    for name in given:
+        option, value = takes[name], resolved[name]
+        if option.kind is int and option.high is None and isinstance(value, int) and value > context:
+            # A size past the context asks for positions the model does not have; allocated, it exhausts memory.
+            raise ApiError(400, f"{option.flag} must be at most the model's context ({context} tokens), got {value}", name)
     knobs = {name: resolved[name] for name in knobs}
     temperature = checked(TEMPERATURE, request.temperature if request.temperature is not None else
                           defaults.get("temperature") or 0.0, "temperature")
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise ApiError(400, f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {temperature!r}",
+                       "temperature")
     seed = request.seed if request.seed is not None else defaults.get("seed")
     seed = None if seed is None else checked(SEED, seed, "seed")
     return {"decoder": decoder, "max_new_tokens": max_tokens, "temperature": temperature, "seed": seed, **knobs}
