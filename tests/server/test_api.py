@@ -12,12 +12,17 @@ from refusion import encode_prompt, generate
 from .conftest import MODEL_NAME
 
 
+def post(client, path: str, body: dict):
+    """JSON with every non-ASCII character escaped, so that a lone surrogate ("\\ud800") can be sent."""
+    return client.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+
+
 def chat(client, **body):
-    return client.post("/v1/chat/completions", json={"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], **body})
+    return post(client, "/v1/chat/completions", {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], **body})
 
 
 def complete(client, **body):
-    return client.post("/v1/completions", json={"model": MODEL_NAME, "prompt": "hello", **body})
+    return post(client, "/v1/completions", {"model": MODEL_NAME, "prompt": "hello", **body})
 
 
 def sse_records(text: str) -> list[tuple[str | None, str]]:
@@ -189,3 +194,63 @@ def test_serve_on_a_busy_port_is_a_one_line_error(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot listen on 127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_values_that_used_to_fail_in_the_worker_are_400s_before_any_decode(client, stream):
+    """Checked in the request's handler, streamed or not: the answer is a JSON 400, never a 500 or a 200 stream."""
+    served = client.get("/health").json()["served"]
+    cases = [
+        ({"seed": 2**64}, "seed"), ({"seed": -1}, "seed"), ({"seed": 2**63}, "seed"),
+        ({"stop": "\ud800"}, "stop"), ({"stop": ["ok", "a\udfffb"]}, "stop.1"), ({"prompt": "a\ud800"}, "prompt"),
+        ({"prompt": ["\udbff"]}, "prompt.0"), ({"user": "\udc00"}, "user"), ({"decoder": "\ud800"}, "decoder"),
+        ({"model": "\ud800"}, "model"), ({"kv": "\ud800", "decoder": "refusion"}, "kv"),
+        ({"logit_bias": {"\ud800": 1}}, "logit_bias"), ({"stop": "x" * 1001}, "stop"),
+        ({"temperature": 5e-324}, "temperature"),  # logits divided by it overflow
+        ({"decoder": "refusion", "slot_size": 2**31}, "slot_size"), ({"decoder": "mdm", "block_length": 2**70}, "block_length"),
+    ]
+    for fields, param in cases:
+        response = complete(client, max_tokens=2, stream=stream, **fields)
+        assert response.status_code == 400, (fields, response.text)
+        assert response.headers["content-type"] == "application/json"
+        error = response.json()["error"]
+        assert error["param"] == param and error["type"] == "invalid_request_error", (fields, error)
+    seed_error = complete(client, seed=2**64).json()["error"]["message"]
+    assert seed_error.startswith("seed must lie in [0, ")  # the shared Option's message, as the command line gives it
+    for content, param in [("a\ud800", "messages.0.content"), ([{"type": "text", "text": "\udfff"}], "messages.0.content.0.text")]:
+        response = chat(client, max_tokens=2, stream=stream, messages=[{"role": "user", "content": content}])
+        assert response.status_code == 400 and response.json()["error"]["param"] == param
+    response = chat(client, max_tokens=2, stream=stream, messages=[{"role": "user", "content": "x", "name": "\ud800"}])
+    assert response.json()["error"]["param"] == "messages.0.name"
+    assert client.get("/health").json()["served"] == served
+
+
+def test_a_chunked_body_over_the_limit_is_413(client):
+    def chunks():
+        for _ in range(30):
+            yield b"x" * 1000  # no content-length: sent chunked, 30 kB against the fixture's 20 kB
+
+    response = client.post("/v1/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    small = client.post("/v1/completions", content=iter([b'{"model": "tiny-llama",', b' "prompt": "ab", "max_tokens": 2}']),
+                        headers={"content-type": "application/json"})
+    assert small.status_code == 200, small.text  # a chunked body under the limit reaches the app whole
+
+
+def test_refusals_are_counted_by_reason_and_logged(client, caplog):
+    before = client.get("/health").json()["refused"]
+    assert set(before) >= {"bad_request", "not_found", "too_large", "queue_full", "method_not_allowed"}
+    with caplog.at_level("INFO", logger="refusion.server"):
+        complete(client, seed=-1)
+        chat(client, model="gpt-4")
+        client.get("/v1/nothing")
+        client.post("/v1/completions", content=b"x" * 20_001, headers={"content-type": "application/json"})
+        client.get("/v1/completions")
+    after = client.get("/health").json()["refused"]
+    assert {reason: after[reason] - before[reason] for reason in after} == {
+        "bad_request": 1, "not_found": 2, "too_large": 1, "queue_full": 0, "method_not_allowed": 1}
+    lines = [r for r in caplog.records if r.name == "refusion.server"]
+    assert len(lines) == 5 and all(r.levelname in ("INFO", "WARNING") and not r.exc_info for r in lines)
+    assert "POST /v1/completions: 400 bad_request, param seed: seed must lie in" in lines[0].getMessage()
+    assert "404 not_found, param model" in lines[1].getMessage()
+    assert "413 too_large" in lines[3].getMessage() and lines[3].levelname == "WARNING"
