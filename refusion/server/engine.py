@@ -157,11 +157,12 @@ class Engine:
         with self._lock:
             while self._line:
                 ticket = self._line.popleft()
-                if ticket.loop.is_closed():
+                try:
+                    ticket.loop.call_soon_threadsafe(_hand_over, ticket.turn)
+                except RuntimeError:  # its event loop has closed: nobody is there to take the turn
                     ticket.state = "done"
                     continue
                 ticket.state = "holding"
-                ticket.loop.call_soon_threadsafe(_hand_over, ticket.turn)
                 return
             self._busy = False
 

@@ -279,9 +279,17 @@ async def stream(prepared: Prepared, ticket: Ticket, engine: Engine, model_name:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     end = object()
+
+    def deliver(item) -> None:
+        """From the worker thread to this generator; nothing once the loop has closed (nobody reads)."""
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:
+            pass
+
     if prepared.stream_events:
-        prepared.job.listener = lambda event: loop.call_soon_threadsafe(queue.put_nowait, ("event", event))
-    prepared.job.on_text = lambda text: loop.call_soon_threadsafe(queue.put_nowait, ("text", text))
+        prepared.job.listener = lambda event: deliver(("event", event))
+    prepared.job.on_text = lambda text: deliver(("text", text))
     task = asyncio.ensure_future(engine.run(ticket))
     task.add_done_callback(lambda _: queue.put_nowait(end))
     tokenizer, chat = engine.tokenizer, prepared.kind == "chat.completion"

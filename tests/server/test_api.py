@@ -254,3 +254,36 @@ def test_refusals_are_counted_by_reason_and_logged(client, caplog):
     assert "POST /v1/completions: 400 bad_request, param seed: seed must lie in" in lines[0].getMessage()
     assert "404 not_found, param model" in lines[1].getMessage()
     assert "413 too_large" in lines[3].getMessage() and lines[3].levelname == "WARNING"
+
+
+def test_a_stream_whose_client_left_before_it_began_gives_its_turn_back(model_and_tokenizer):
+    """The client stops reading before the first chunk and then leaves: the body generator never
+    starts (nor its cleanup), so the response itself must give back the turn the request was admitted with."""
+    import asyncio
+
+    from .conftest import make_app
+
+    app = make_app(model_and_tokenizer)
+    body = json.dumps({"model": MODEL_NAME, "prompt": "hello", "max_tokens": 8, "stream": True}).encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent = []
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(0.05)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message["type"])
+        await asyncio.sleep(3600)  # a client that never reads
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/completions", "raw_path": b"/v1/completions", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
+    engine = app.state.engine
+    assert sent == ["http.response.start"]
+    assert not engine.busy and engine.waiting == 0
+    assert vars(engine.counters) == {"served": 0, "cancelled_waiting": 1, "cancelled_decoding": 0, "failed": 0}

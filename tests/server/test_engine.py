@@ -116,3 +116,14 @@ def test_cancelling_the_caller_stops_a_running_decode_and_frees_the_model(fake):
     run(scenario)
     assert fake.order == ["a"] and idle(engine)
     assert engine.counters.cancelled_decoding == 1 and engine.counters.cancelled_waiting == 1
+
+
+def test_a_waiter_whose_event_loop_has_closed_is_skipped():
+    engine = Engine(None, None)
+
+    async def admit_two():
+        return engine.admit(job("a")), engine.admit(job("b"))
+
+    first, second = asyncio.run(admit_two())  # that loop is closed now
+    engine.release(first)
+    assert idle(engine) and second.state == "done"
