@@ -18,6 +18,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import staged_directory, write_text
 from . import arithmetic, records
 
 FAMILIES = {"mini-gsm8k": arithmetic, "mini-json": records}
@@ -134,13 +135,12 @@ def write_data(config: ReproConfig) -> Path:
         _write_jsonl(directory / f"test-{task}.jsonl",
                      [{"task": task, "query": family.question(item), "response": family.solution(item)} for item in test])
     random.Random(config.seed).shuffle(rows)
-    _write_jsonl(train_file.with_suffix(".tmp"), rows)
-    train_file.with_suffix(".tmp").rename(train_file)
+    _write_jsonl(train_file, rows)  # last: its presence says the data is complete
     return train_file
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _task_module(task: str):
@@ -167,8 +167,9 @@ def build_initial_model(config: ReproConfig, train_file: Path) -> Path:
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     torch.manual_seed(config.seed)
     model = LlamaForCausalLM(shape)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    with staged_directory(directory) as staging:  # an interrupted run leaves no half-made init/
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return directory
 
 

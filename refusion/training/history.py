@@ -10,6 +10,8 @@ import json
 import math
 from pathlib import Path
 
+from ..files import staged_file, write_text
+
 
 TERMS = {"loss_ar": "L_AR", "loss_mdm": "L_MDM"}
 """The refusion objective's two terms, logged beside their sum."""
@@ -40,8 +42,8 @@ def write_history(output: Path, log_history: list[dict], summary: dict) -> dict[
     elapsed_seconds counts from the start of this process's training (a resumed run starts again at 0).
     """
     history = {"train": loss_records(log_history), "eval": eval_records(log_history)}
-    (output / "loss.json").write_text(json.dumps({**summary, "history": history["train"],
-                                                  "eval_history": history["eval"]}, indent=1, allow_nan=False))
+    write_text(output / "loss.json", json.dumps({**summary, "history": history["train"], "eval_history": history["eval"]},
+                                                indent=1, allow_nan=False))
     if history["train"] or history["eval"]:
         import matplotlib
 
@@ -64,6 +66,7 @@ def write_history(output: Path, log_history: list[dict], summary: dict) -> dict[
         axis.set_title(f"{summary.get('objective', '')} objective")
         axis.grid(alpha=0.3)
         figure.tight_layout()
-        figure.savefig(output / "loss.png", dpi=100)
+        with staged_file(output / "loss.png") as staging:
+            figure.savefig(staging, dpi=100, format="png")
         plt.close(figure)
     return history

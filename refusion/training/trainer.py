@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from transformers import Trainer, TrainingArguments
 from ..attention import bidirectional_mask
 from ..checks import output_dir
 from ..errors import RefusionError
+from ..files import move_files_into
 from ..model import BUILTIN_GGUF, add_mask_token, load
 from .collate import ObjectiveCollator
 from .data import encode_pairs, read_pairs
@@ -274,24 +276,35 @@ def _checkpoint_to_resume(config: TrainConfig) -> str | None:
     return None
 
 
+FINAL_STAGING = ".final.partial"
+"""Where the final model is written before its files move into --output (the same name in every process)."""
+
+
 def _save(trainer: ObjectiveTrainer, model, tokenizer, config: TrainConfig) -> None:
+    """Write the final model beside --output, then move its files in, the config last: an interruption
+    leaves the output without a loadable config (or with the earlier one), never a config over half the weights."""
     output = Path(config.output)
+    staging = output / FINAL_STAGING
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)  # left by an earlier interrupted save
     if config.lora_rank is None:
-        trainer.save_model(str(output))
+        trainer.save_model(str(staging))
     elif trainer.is_world_process_zero():
         # Only the LoRA weights and the mask token's trained rows: the resized embedding matrices are
         # rebuilt from the base at load time, so the adapter stays a few MB.
-        trainer.accelerator.unwrap_model(model).save_pretrained(str(output), save_embedding_layers=False)
+        trainer.accelerator.unwrap_model(model).save_pretrained(str(staging), save_embedding_layers=False)
     if not trainer.is_world_process_zero():
         return
-    tokenizer.save_pretrained(str(output))
+    tokenizer.save_pretrained(str(staging))
     if config.lora_rank is not None:
-        adapter_config = output / "adapter_config.json"
+        adapter_config = staging / "adapter_config.json"
         saved = json.loads(adapter_config.read_text())
         saved["base_model_name_or_path"] = _base_name(config.model)
         adapter_config.write_text(json.dumps(saved, indent=2))
         sidecar = {"refusion_objective": config.objective, "mask_token_id": getattr(model.config, "mask_token_id", None)}
-        (output / ADAPTER_SIDECAR).write_text(json.dumps(sidecar, indent=2))
+        (staging / ADAPTER_SIDECAR).write_text(json.dumps(sidecar, indent=2))
+    move_files_into(staging, output, last=("config.json", "adapter_config.json"))
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def train(config: TrainConfig) -> dict:

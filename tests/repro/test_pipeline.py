@@ -100,4 +100,4 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit):
         main(["repro", "--output", str(tmp_path / "file"), "--quick"])
-    assert "is not a directory" in capsys.readouterr().err
+    assert "is a file, not a directory" in capsys.readouterr().err

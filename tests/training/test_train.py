@@ -19,6 +19,7 @@ from refusion.training.collate import ObjectiveCollator
 from refusion.training.data import load_dataset
 from refusion.training.trainer import EVAL_SEED, ObjectiveTrainer, last_complete_checkpoint
 from refusion.cli import main
+from tests.training.conftest import char_tokenizer
 
 RECORDS = [
     {"query": "hi", "response": "hello there"},
@@ -181,3 +182,25 @@ def test_a_checkpoint_killed_while_writing_its_state_is_not_resumed_from(tmp_pat
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     (tmp_path / "checkpoint-9").mkdir()  # killed before its state was written at all
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
+
+
+def test_an_interrupted_final_save_leaves_no_half_model(tiny_model_dir, write_jsonl, tmp_path, monkeypatch):
+    output = tmp_path / "lora"
+    argv = ["train", "--model", tiny_model_dir, "--data", write_jsonl(RECORDS), "--output", str(output), "--max-steps",
+            "2", "--lr", "1e-2", "--batch-size", "4", "--lora-rank", "4", "--save-every", "2"]
+    tokenizer_class = type(char_tokenizer())
+    save = tokenizer_class.save_pretrained
+
+    def interrupted(self, *args, **kwargs):  # Ctrl-C after the weights, before the tokenizer and config
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tokenizer_class, "save_pretrained", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(argv)
+    assert exit_info.value.code == 130
+    assert not (output / "adapter_config.json").exists() and not (output / "adapter_model.safetensors").exists()
+    monkeypatch.setattr(tokenizer_class, "save_pretrained", save)
+    run_cli(argv + ["--resume"])
+    model, _ = refusion.load(output)
+    assert model.config.refusion_objective == "refusion"
+    assert not any(path.name.endswith(".partial") for path in output.iterdir())
