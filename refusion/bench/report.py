@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..files import staged_file, write_text
+
 
 def machine(device: torch.device, dtype: torch.dtype, threads: int) -> dict:
     """What the numbers were measured on."""
@@ -81,7 +83,8 @@ def plot(result: dict, path: Path) -> Path:
     m = result["machine"]
     axes.set_title(f"{result['model']}: speed vs quality ({m['device']}, {m['dtype']}, circles = lossless)", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with staged_file(path) as staging:
+        figure.savefig(staging, dpi=120, format="png")
     plt.close(figure)
     return path
 
@@ -97,11 +100,6 @@ def write(result: dict, directory: str | Path) -> list[Path]:
         "outputs.jsonl": "".join(json.dumps({"prompt": prompt, **{label: texts[i] for label, texts in outputs.items()}}) + "\n"
                                  for i, prompt in enumerate(result["prompts"])),
     }
-    written = []
-    for name, text in files.items():
-        temporary = directory / f".{name}.partial"
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, directory / name)
-        written.append(directory / name)
+    written = [write_text(directory / name, text) for name, text in files.items()]
     written.append(plot(result, directory / "bench.png"))
     return written

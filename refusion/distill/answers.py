@@ -14,13 +14,25 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..files import write_text
 from ..model import eos_token_ids
 
 
 def done_ids(path: Path) -> set[int]:
+    """Ids already answered. A run interrupted mid-write can leave a torn last line: the file is
+    rewritten (in one step) without it, so that appending starts on a clean line."""
     if not path.is_file():
         return set()
-    return {json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()}
+    complete, ids = [], set()
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            ids.add(json.loads(line)["id"])
+            complete.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    if path.read_bytes() != "".join(complete).encode():
+        write_text(path, "".join(complete))
+    return ids
 
 
 @torch.no_grad()
@@ -58,11 +70,10 @@ def answer_instructions(model, tokenizer, instructions: list[dict], output: Path
 
 def training_records(answers: Path, destination: Path) -> int:
     """Keep the finished answers as {"query", "response"} training records; returns how many."""
-    count = 0
-    with destination.open("w") as sink:
-        for line in answers.read_text().splitlines():
-            record = json.loads(line)
-            if record["finished"] and record["response"]:
-                sink.write(json.dumps({"query": record["query"], "response": record["response"]}) + "\n")
-                count += 1
-    return count
+    kept = []
+    for line in answers.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record["finished"] and record["response"]:
+            kept.append(json.dumps({"query": record["query"], "response": record["response"]}) + "\n")
+    write_text(destination, "".join(kept))
+    return len(kept)

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..errors import RefusionError
+from ..files import write_text
 
 
 def build_data_command(args: argparse.Namespace) -> None:
@@ -27,7 +28,7 @@ def build_data_command(args: argparse.Namespace) -> None:
         model, tokenizer = load(args.model, dtype=args.dtype, device=args.device)
     output.mkdir(parents=True, exist_ok=True)
     instructions = build_instructions(args.count, seed=args.seed)
-    (output / "instructions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in instructions))
+    write_text(output / "instructions.jsonl", "".join(json.dumps(r) + "\n" for r in instructions))
     if args.instructions_only:
         print(f"wrote {len(instructions)} instructions to {output / 'instructions.jsonl'}")
         return

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from ..errors import RefusionError
+from ..files import staged_file
 from .runner import SUMMARY_FILE
 
 REQUIRED = ("task", "decoder", "accuracy", "tokens_per_second")
@@ -130,7 +131,7 @@ def plot_results(results: list[dict], output: str | Path, title: str | None = No
         figure.suptitle(title)
     figure.tight_layout(rect=(0, 0.05 + 0.05 * rows, 1, 1))
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=150)
+    with staged_file(output) as staging:  # an interruption leaves the old image, not half a new one
+        figure.savefig(staging, dpi=150, format=output.suffix.lstrip(".").lower())
     plt.close(figure)
     return output

@@ -10,6 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ...files import staged_file
+
 TASKS_DIR = Path(__file__).resolve().parent
 """Pass to lm-eval as --include_path (python -m refusion.lm_eval adds it for you)."""
 
@@ -20,6 +22,7 @@ def export_tasks(directory: str | Path) -> list[Path]:
     target.mkdir(parents=True, exist_ok=True)
     written = []
     for source in sorted(TASKS_DIR.glob("*.yaml")) + [TASKS_DIR / "utils.py"]:
-        shutil.copyfile(source, target / source.name)
+        with staged_file(target / source.name) as staging:  # each file whole, never half
+            shutil.copyfile(source, staging)
         written.append(target / source.name)
     return written
