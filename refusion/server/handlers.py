@@ -3,8 +3,8 @@
 `prepare` checks everything that can be checked before the model is touched, with the same
 checks `generate` makes, so that a bad request answers 400 before a stream starts and never
 reaches the worker; `complete` and `stream` run an admitted job on the engine. Whatever still
-fails in the worker is a server bug: logged with its traceback, answered as a 500 (or in-band
-once a stream has started). The decode ends at the first stop string; streamed text holds back
+fails in the worker is answered as a 400 if it is a RefusionError (bad input after all), else as
+a server bug: logged with its traceback, a 500 (in-band once a stream has started). The decode ends at the first stop string; streamed text holds back
 whatever could still become one. Knows nothing about routes or the web page.
 """
 
@@ -98,13 +98,14 @@ def prepare(request, kind: str, engine: Engine, config: ServerConfig) -> Prepare
         raise ApiError(400, f"the prompt has {prompt_len} tokens; this server accepts at most {longest}", "messages"
                        if kind == "chat.completion" else "prompt", "context_length_exceeded")
     max_tokens = request.token_budget() if kind == "chat.completion" else request.max_tokens
+    budget = "max_completion_tokens" if getattr(request, "max_completion_tokens", None) is not None else "max_tokens"
     if max_tokens is None:
         max_tokens = max(1, min(config.defaults.get("max_new_tokens") or 256, config.limits.max_tokens, context - prompt_len))
     elif not 1 <= max_tokens <= config.limits.max_tokens:
-        raise ApiError(400, f"max_tokens must lie in [1, {config.limits.max_tokens}], got {max_tokens}", "max_tokens")
+        raise ApiError(400, f"{budget} must lie in [1, {config.limits.max_tokens}], got {max_tokens}", budget)
     elif prompt_len + max_tokens > context:
-        raise ApiError(400, f"prompt ({prompt_len} tokens) plus max_tokens ({max_tokens}) exceeds the model's context of {context}",
-                       "max_tokens", "context_length_exceeded")
+        raise ApiError(400, f"prompt ({prompt_len} tokens) plus {budget} ({max_tokens}) exceeds the model's context of {context}",
+                       budget, "context_length_exceeded")
     options = decoding_options(request, max_tokens, model, config.defaults, context)
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     if any(not s for s in stop):
