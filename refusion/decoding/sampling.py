@@ -12,7 +12,7 @@ def choose(logits: torch.Tensor, temperature: float, generator: torch.Generator 
     The probability is under the untempered softmax: thresholds compare against the model's own belief.
     """
     if temperature > 0:
-        scores = logits.double() / temperature
+        scores = scaled(logits, temperature)
         uniform = torch.rand(scores.shape, dtype=torch.float64, generator=generator, device="cpu").to(scores.device)
         exponential = (-torch.log(uniform.clamp_min(1e-300))).clamp_min(1e-300)
         gumbel = -torch.log(exponential)
@@ -28,9 +28,16 @@ def probability_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature in float64, shifted so the largest is 0 first: a tiny temperature then gives
+    0 for the top token and -inf for the rest, never inf - inf = NaN or ties between overflowed logits."""
+    logits = logits.double()
+    return (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+
+
 def tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """softmax(logits / temperature) in float64 on the CPU (where the generator lives)."""
-    return torch.softmax(logits.double().cpu() / temperature, dim=-1)
+    return torch.softmax(scaled(logits.cpu(), temperature), dim=-1)
 
 
 def draw(probs: torch.Tensor, count: int, generator: torch.Generator | None = None) -> list[int]:

@@ -45,11 +45,6 @@ MAX_STOP_CHARS = 1000
 prefixes, so a huge one would make every step slow; real stop sequences are a few characters."""
 
 
-MIN_TEMPERATURE = 1e-5
-"""Colder sampling is greedy decoding but for ties, and logits divided by a temperature near the
-smallest float overflow to inf, which the samplers cannot draw from."""
-
-
 @dataclass
 class Limits:
     max_tokens: int = 4096
@@ -106,7 +101,7 @@ def prepare(request, kind: str, engine: Engine, config: ServerConfig) -> Prepare
     elif prompt_len + max_tokens > context:
         raise ApiError(400, f"prompt ({prompt_len} tokens) plus {budget} ({max_tokens}) exceeds the model's context of {context}",
                        budget, "context_length_exceeded")
-    options = decoding_options(request, max_tokens, model, config.defaults, context)
+    options = decoding_options(request, max_tokens, model, config.defaults)
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     if any(not s for s in stop):
         raise ApiError(400, "stop strings must not be empty", "stop")
@@ -158,11 +153,11 @@ def encode(request, kind: str, engine: Engine):
         raise
 
 
-def decoding_options(request, max_tokens: int, model, defaults: dict, context: int) -> dict:
+def decoding_options(request, max_tokens: int, model, defaults: dict) -> dict:
     """Keyword arguments for `refusion.generate`: server defaults, overridden by the request.
 
     A server default the chosen decoder does not take is dropped; a request field it does not
-    take is a 400, and so is a size (an integer option without a declared maximum) past `context`.
+    take is a 400. Sizes need no limit here: every decoder bounds its work by max_tokens.
     """
     decoder = request.decoder or defaults.get("decoder") or default_decoder(model)
     if decoder not in DECODERS:
@@ -177,17 +172,9 @@ def decoding_options(request, max_tokens: int, model, defaults: dict, context: i
         resolved = check_options(decoder, knobs, max_tokens)
     except RefusionError as error:
         raise ApiError(400, str(error), named_last(str(error), given)) from error
-    for name in given:
-        option, value = takes[name], resolved[name]
-        if option.kind is int and option.high is None and isinstance(value, int) and value > context:
-            # A size past the context asks for positions the model does not have; allocated, it exhausts memory.
-            raise ApiError(400, f"{option.flag} must be at most the model's context ({context} tokens), got {value}", name)
     knobs = {name: resolved[name] for name in knobs}
     temperature = checked(TEMPERATURE, request.temperature if request.temperature is not None else
                           defaults.get("temperature") or 0.0, "temperature")
-    if 0 < temperature < MIN_TEMPERATURE:
-        raise ApiError(400, f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {temperature!r}",
-                       "temperature")
     seed = request.seed if request.seed is not None else defaults.get("seed")
     seed = None if seed is None else checked(SEED, seed, "seed")
     return {"decoder": decoder, "max_new_tokens": max_tokens, "temperature": temperature, "seed": seed, **knobs}
