@@ -115,16 +115,25 @@ def steps_per_block(steps: int, spans: list[tuple[int, int]]) -> list[int]:
     return [min(max(b - a, 1), end - start) for a, b, (start, end) in zip(bounds, bounds[1:], spans)]
 
 
-def denoise_step(runner, x, bidirectional, block_positions, count, temperature, generator):
+def denoise_step(runner, x, bidirectional, block_positions, count, temperature, generator, prompt_len, prompt_cache):
     """One LLaDA step: predict every masked position of the block, unmask the `count` most confident.
 
     x: [P+L] current sequence (changed in place); block_positions: [n] absolute masked positions.
+    A causal model's prompt never sees what follows it, so its KV is computed once (`prompt_cache`, filled by
+    the first step and cut back to the prompt after each) and every later step feeds only the L positions;
+    bidirectional attention lets the prompt see the masks, so there (`prompt_cache` None) every step feeds everything.
     Returns the unmasked positions (ascending) and their tokens.
     """
     total = x.shape[0]
-    attention = attention_mask_for(runner, bidirectional, total, total)
-    logits = runner(x.unsqueeze(0), torch.arange(total).unsqueeze(0), kv_cache.new_cache(), attention)[0]  # [P+L, V]
-    tokens, confidence = predict(logits[block_positions.to(logits.device)], temperature, generator)  # [n]
+    if prompt_cache is None:
+        attention = attention_mask_for(runner, bidirectional, total, total)
+        logits = runner(x.unsqueeze(0), torch.arange(total).unsqueeze(0), kv_cache.new_cache(), attention)[0]  # [P+L, V]
+        first = 0
+    else:
+        first = kv_cache.length(prompt_cache)  # 0 on the first step, then P
+        logits = runner(x[first:].unsqueeze(0), torch.arange(first, total).unsqueeze(0), prompt_cache, None)[0]
+        kv_cache.truncate(prompt_cache, prompt_len)
+    tokens, confidence = predict(logits[(block_positions - first).to(logits.device)], temperature, generator)  # [n]
     chosen = confidence.topk(count).indices.sort().values
     positions = block_positions[chosen]
     x[positions] = tokens[chosen]
@@ -151,12 +160,14 @@ def decode(
     spans = block_spans(L, block_length)
     budgets = steps_per_block(steps or L, spans)
     settings = {"steps": sum(budgets), "block_length": block_length, "attention": "bidirectional" if bidirectional else "causal"}
+    prompt_cache = None if bidirectional else kv_cache.new_cache()
     step = 0
     for block, ((start, end), budget) in enumerate(zip(spans, budgets)):
         for count in transfer_counts(end - start, budget):
             step += 1
             masked = (x[P + start : P + end] == mask_token_id).nonzero().flatten() + P + start  # [n] absolute
-            positions, tokens = denoise_step(runner, x, bidirectional, masked, count, temperature, generator)
+            positions, tokens = denoise_step(runner, x, bidirectional, masked, count, temperature, generator, P,
+                                             prompt_cache)
             relative = [p - P for p in positions]
             emit({"event": "plan", "step": step, "block": block, "slots": (masked - P).tolist(), "selected": relative})
             emit({"event": "commit", "step": step, "positions": relative, "tokens": tokens, "phase": "mdm"})

@@ -46,6 +46,7 @@ def serve_command(args: argparse.Namespace) -> None:
     limits = Limits(max_tokens=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
                     max_body_bytes=args.max_body_bytes, max_waiting=args.max_waiting)
     config = ServerConfig(model_name=args.model_name or args.model, defaults=defaults, limits=limits)
+    show_server_log(args.log_level)
     app = create_app(model, tokenizer, config)
     print(f"serving {config.model_name!r} with decoder {defaults['decoder']} on http://{args.host}:{args.port}/ "
           f"(OpenAI base_url http://{args.host}:{args.port}/v1)", file=sys.stderr)
@@ -53,6 +54,17 @@ def serve_command(args: argparse.Namespace) -> None:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     except OSError as error:
         raise RefusionError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}") from error
+
+
+def show_server_log(level: str) -> None:
+    """Print the server's own log lines (each refused request, with its reason) at uvicorn's --log-level."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))  # aligned with uvicorn's lines
+    logger = logging.getLogger("refusion")
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
 
 
 def check_can_listen(host: str, port: int) -> None:

@@ -92,15 +92,28 @@ def test_one_token_per_step_in_order_of_confidence():
     assert result.tokens == [11, 12, 13, 14]
     assert commits(result) == [[1], [3], [2], [0]]
     assert result.forward_passes == 4 == len(model.calls)
-    # Every step sees the whole sequence, no cache, the unmasked tokens in place.
+    # Every step sees the whole generation, the unmasked tokens in place; a causal model's prompt, which never
+    # sees what follows it, is fed once and cached.
     assert [call.input_ids for call in model.calls] == [
         PROMPT + [MASK, MASK, MASK, MASK],
-        PROMPT + [MASK, 12, MASK, MASK],
-        PROMPT + [MASK, 12, MASK, 14],
-        PROMPT + [MASK, 12, 13, 14],
+        [MASK, 12, MASK, MASK],
+        [MASK, 12, MASK, 14],
+        [MASK, 12, 13, 14],
     ]
-    assert all(call.position_ids == list(range(P + 4)) and call.past_length == 0 for call in model.calls)
+    assert model.calls[0].position_ids == list(range(P + 4)) and model.calls[0].past_length == 0
+    assert all(call.position_ids == list(range(P, P + 4)) and call.past_length == P for call in model.calls[1:])
     assert result.settings["steps"] == 4 and result.finish_reason == "length"
+
+
+def test_a_bidirectional_model_sees_the_whole_sequence_at_every_step():
+    model = ConfidenceModel([11, 12, 13], [0.3, 0.9, 0.5], objective="mdm")
+    run(model, max_new_tokens=3, block_length=3)
+    assert [call.input_ids for call in model.calls] == [
+        PROMPT + [MASK, MASK, MASK],
+        PROMPT + [MASK, 12, MASK],
+        PROMPT + [MASK, 12, 13],
+    ]
+    assert all(call.position_ids == list(range(P + 3)) and call.past_length == 0 for call in model.calls)
 
 
 def test_fewer_steps_unmask_the_most_confident_few_per_step():
