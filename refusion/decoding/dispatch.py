@@ -1,15 +1,25 @@
-"""`generate`: one entry point for every decoder, with input checks and timing.
+"""`generate`: one entry point for every decoder, with input checks and timing, for one prompt or several.
 
 Decoders are registered in `DECODERS` as modules exposing `OPTIONS` (their options and defaults),
 optionally `prepare(runner, options)` (one-off work before the timed decode)
 and `decode(runner, prompt_ids, *, max_new_tokens, eos_token_ids, temperature, generator, emit,
-[mask_token_id,] **options)`, and optionally `validate_options(options, max_new_tokens)` raising
-RefusionError for values that make no sense. The tokenizer is only asked for `eos_token_id` and `decode`.
+should_stop, [mask_token_id,] **options)`, and optionally `validate_options(options, max_new_tokens)`
+raising RefusionError for values that make no sense. The tokenizer is only asked for `eos_token_id` and `decode`.
+
+Several prompts: a module may also expose `decode_batch(runner, prompts, *, max_new_tokens,
+eos_token_ids, temperature, generators, emits, should_stops, [mask_token_id,] **options)`, where
+`prompts` is a list of [1, P] tensors (lengths may differ) and `generators`, `emits` and
+`should_stops` hold one per prompt; it returns one `DecodeOutput` per prompt, in order, each with
+the tokens that prompt gets from `decode` alone and `forward_passes` counting the forwards that
+prompt took part in. A module without it decodes the prompts one after another with `decode`,
+which is correct by construction, just not faster; adding `decode_batch` to a module is all it
+takes to batch that decoder.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -19,8 +29,8 @@ from ..model import eos_token_ids as find_eos_token_ids
 from . import autoregressive, fast_dllm, lossless, masked_diffusion, plan_infill
 from .generation import EventCallback, Generation
 from .options import MAX_NEW_TOKENS, SEED, TEMPERATURE, options_of
+from .rows import Row
 from .runner import DecodeOutput, ModelRunner
-from .streaming import FinalText, cut_at_stop
 
 DECODERS = {"refusion": plan_infill, "lossless": lossless, "ar": autoregressive, "mdm": masked_diffusion,
             "fast-dllm": fast_dllm}
@@ -76,10 +86,50 @@ def _as_prompt_ids(input_ids) -> torch.Tensor:
     if ids.dim() == 1:
         ids = ids.unsqueeze(0)
     if ids.dim() != 2 or ids.shape[0] != 1:
-        raise RefusionError(f"input_ids must be one sequence ([P] or [1, P]), got shape {tuple(ids.shape)}")
+        raise RefusionError(f"input_ids must be one sequence ([P] or [1, P]) or a list of them, got shape {tuple(ids.shape)}")
     if ids.shape[1] == 0:
         raise RefusionError("the prompt is empty")
     return ids.cpu()
+
+
+def is_batch(input_ids) -> bool:
+    """Several prompts: a list (or tuple) of sequences, as opposed to one sequence of token ids."""
+    return isinstance(input_ids, (list, tuple)) and any(
+        isinstance(item, (list, tuple)) or (isinstance(item, torch.Tensor) and item.dim() > 0) for item in input_ids)
+
+
+@dataclass
+class Request:
+    """Everything about a call to `generate` except the prompts, checked once for all of them."""
+
+    decoder: str
+    max_new_tokens: int
+    temperature: float
+    seed: int | None
+    stop: list[str]
+    options: dict
+    extra: dict
+    eos: set[int]
+    trace: bool
+    return_state: bool
+
+    @property
+    def module(self):
+        return DECODERS[self.decoder]
+
+    @property
+    def settings(self) -> dict:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, **self.options}
+
+    def generator(self) -> torch.Generator | None:
+        """A fresh generator per prompt, seeded as it would be alone, so that a row's draws match."""
+        return torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+
+    def runner(self, model) -> ModelRunner:
+        runner = ModelRunner(model, suppress_token_id=getattr(model.config, "mask_token_id", None))
+        if hasattr(self.module, "prepare"):  # one-off work (measuring the model) is not decoding time
+            self.module.prepare(runner, self.options)
+        return runner
 
 
 def generate(
@@ -98,8 +148,16 @@ def generate(
     should_stop: Callable[[], bool] | None = None,
     return_state: bool = False,
     **decoder_options,
-) -> Generation:
+) -> Generation | list[Generation]:
     """Generate up to `max_new_tokens` after `input_ids` with the named decoder.
+
+    `input_ids` is one prompt ([P] or [1, P] tensor, or a list of ints) -> one `Generation`, or
+    several (a list of token-id lists or 1-D tensors, lengths may differ) -> a list of
+    `Generation`, one per prompt, in order. Every row gets the same settings and its own seeded
+    generator, and ends on its own EOS, stop string or budget; each row's result is the one it gets
+    alone. A decoder with `decode_batch` decodes the rows together (`ar`: one forward per step for
+    the unfinished rows); the others decode them one after another. `on_event` and `on_text` are for
+    one prompt only; `should_stop` cancels every row.
 
     `decoder_options` are the decoder's own (`refusion.DECODERS[decoder].OPTIONS` declares each
     with its default, range and help); left out or None, they take their defaults; an option the
@@ -118,7 +176,10 @@ def generate(
     max_new_tokens = MAX_NEW_TOKENS.check(max_new_tokens)
     temperature = TEMPERATURE.check(0.0 if temperature is None else temperature)
     seed = None if seed is None else SEED.check(seed)
-    prompt_ids = _as_prompt_ids(input_ids)
+    batch = is_batch(input_ids)
+    prompts = [_as_prompt_ids(item) for item in input_ids] if batch else [_as_prompt_ids(input_ids)]
+    if batch and (on_event is not None or on_text is not None):
+        raise RefusionError("on_event and on_text follow one prompt; generate several prompts without them")
     stop = check_stop(stop)
     options = check_options(decoder, decoder_options, max_new_tokens)
     extra = {}
@@ -131,69 +192,51 @@ def generate(
             )
         extra["mask_token_id"] = int(mask_id)
     context = getattr(model.config, "max_position_embeddings", None)
-    if context and prompt_ids.shape[1] + max_new_tokens > context:
-        raise RefusionError(
-            f"prompt ({prompt_ids.shape[1]} tokens) plus max-new-tokens ({max_new_tokens}) exceeds the model's context of {context}"
-        )
+    for index, prompt_ids in enumerate(prompts):
+        if context and prompt_ids.shape[1] + max_new_tokens > context:
+            which = f"prompt {index}" if batch else "prompt"
+            raise RefusionError(
+                f"{which} ({prompt_ids.shape[1]} tokens) plus max-new-tokens ({max_new_tokens}) exceeds the model's context of {context}"
+            )
 
-    eos = find_eos_token_ids(tokenizer, model)
-    final = FinalText(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), eos, max_new_tokens, stop,
-                      text=on_text is not None)
-    events: list[dict] = []
-    shown = ""
+    request = Request(decoder, max_new_tokens, temperature, seed, stop, options, extra,
+                      find_eos_token_ids(tokenizer, model), trace, return_state)
 
-    def emit(event: dict) -> None:
-        nonlocal shown
-        if trace:
-            events.append(event)
-        if on_event is not None:
-            on_event(event)
-        if final(event) and on_text is not None and len(final.ready) > len(shown):
-            on_text(final.ready[len(shown):])
-            shown = final.ready
+    def row() -> Row:
+        return Row(tokenizer, request.eos, max_new_tokens, stop, trace=trace, on_event=on_event, on_text=on_text,
+                   should_stop=should_stop)
 
-    cancelled = False
+    if not batch:
+        return _decode_one(model, request, prompts[0], row())
+    if hasattr(request.module, "decode_batch") and len(prompts) > 1:
+        return _decode_batch(model, request, prompts, [row() for _ in prompts])
+    return [_decode_one(model, request, prompt_ids, row()) for prompt_ids in prompts]
 
-    def stop_now() -> bool:
-        """Asked by decoders between steps: the text is complete (a decoder that writes past the budget or
-        out of order may still hold work it need not do), or the caller cancelled."""
-        nonlocal cancelled
-        if final.complete:
-            return True
-        cancelled = cancelled or (should_stop is not None and bool(should_stop()))
-        return cancelled
 
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    runner = ModelRunner(model, suppress_token_id=getattr(model.config, "mask_token_id", None))
-    if hasattr(DECODERS[decoder], "prepare"):  # one-off work (measuring the model) is not decoding time
-        DECODERS[decoder].prepare(runner, options)
+def _decode_one(model, request: Request, prompt_ids: torch.Tensor, row: Row) -> Generation:
+    runner = request.runner(model)
     started = time.perf_counter()
-    output: DecodeOutput = DECODERS[decoder].decode(
-        runner, prompt_ids, max_new_tokens=max_new_tokens, eos_token_ids=eos, temperature=temperature,
-        generator=generator, emit=emit, should_stop=stop_now, **extra, **options,
+    output: DecodeOutput = request.module.decode(
+        runner, prompt_ids, max_new_tokens=request.max_new_tokens, eos_token_ids=request.eos,
+        temperature=request.temperature, generator=request.generator(), emit=row.emit, should_stop=row.stop_now,
+        **request.extra, **request.options,
     )
     seconds = time.perf_counter() - started
-    # Stopped early, a decoder may hold tokens ahead of a gap: the text is the final left-to-right prefix.
-    tokens = final.tokens if final.complete or cancelled else output.tokens[: max_new_tokens]
-    text, stopped_at_string = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop)
-    if on_text is not None and len(text) > len(shown) and text.startswith(shown):
-        on_text(text[len(shown):])  # the tail held back while it could still have become a stop string
-    stopped = stopped_at_string or (bool(tokens) and tokens[-1] in eos)
-    result = Generation(
-        tokens=tokens,
-        text=text,
-        decoder=decoder,
-        forward_passes=output.forward_passes,
-        seconds=seconds,
-        prompt_tokens=prompt_ids.shape[1],
-        finish_reason="stop" if stopped else "cancelled" if cancelled else "length",
-        trace=events if trace else None,
-        settings={"max_new_tokens": max_new_tokens, "temperature": temperature, **options, **output.settings,
-                  **({"stop": stop} if stop else {})},
-        forward_seconds=runner.stats.seconds,
-        forward_profile={width: list(entry) for width, entry in sorted(runner.stats.by_width.items())},
-        counters=dict(output.counters),
+    return row.result(output, decoder=request.decoder, prompt_tokens=prompt_ids.shape[1], seconds=seconds,
+                      runner=runner, settings=request.settings, return_state=request.return_state)
+
+
+def _decode_batch(model, request: Request, prompts: list[torch.Tensor], rows: list[Row]) -> list[Generation]:
+    runner = request.runner(model)
+    started = time.perf_counter()
+    outputs: list[DecodeOutput] = request.module.decode_batch(
+        runner, prompts, max_new_tokens=request.max_new_tokens, eos_token_ids=request.eos,
+        temperature=request.temperature, generators=[request.generator() for _ in prompts],
+        emits=[row.emit for row in rows], should_stops=[row.stop_now for row in rows],
+        **request.extra, **request.options,
     )
-    if return_state:
-        result.state = output  # internal: cache and decode order, for tests and diagnostics
-    return result
+    seconds = time.perf_counter() - started
+    return [row.result(output, decoder=request.decoder, prompt_tokens=prompt_ids.shape[1], seconds=seconds,
+                       runner=runner, settings=request.settings, batch_size=len(prompts),
+                       return_state=request.return_state)
+            for row, prompt_ids, output in zip(rows, prompts, outputs)]

@@ -18,7 +18,7 @@ EventCallback = Callable[[dict], None]
 
 @dataclass
 class Generation:
-    """The result of one generation (batch size 1)."""
+    """The result of one prompt's generation, alone or as one row of a batch (see `batch_size`)."""
 
     tokens: list[int]
     """New token ids in text order, ending with EOS when one was generated."""
@@ -26,9 +26,11 @@ class Generation:
     """`tokens` decoded, special tokens skipped, cut before the first stop string."""
     decoder: str
     forward_passes: int
-    """Every model forward counted: prefill, plan, verify, draft, recompute."""
+    """Every model forward counted: prefill, plan, verify, draft, recompute. In a batch, the forwards this
+    row took part in (what it would have cost alone), not the batch's total."""
     seconds: float
-    """Wall time of the decode loop."""
+    """Wall time of the decode loop. In a batch, the whole batch's (the caller waits for all rows), so a
+    row's share of the machine is `seconds / batch_size`."""
     prompt_tokens: int = 0
     finish_reason: str = "length"
     """"stop" when an EOS or a stop string ended the text, "length" when the token budget did."""
@@ -37,11 +39,15 @@ class Generation:
     settings: dict = field(default_factory=dict)
     """The decoder settings actually used (after defaults and rounding)."""
     forward_seconds: float = 0.0
-    """Wall time spent inside the model's forward; the rest of `seconds` is the decoder's own work."""
+    """Wall time spent inside the model's forward; the rest of `seconds` is the decoder's own work.
+    In a batch, like `seconds`, the whole batch's."""
     forward_profile: dict = field(default_factory=dict)
-    """{tokens fed: [forwards, seconds]}: how many forwards fed that many new tokens, and their time."""
+    """{tokens fed: [forwards, seconds]}: how many forwards fed that many new tokens, and their time.
+    In a batch, the whole batch's forwards, tokens summed over its rows."""
     counters: dict = field(default_factory=dict)
     """Decoder-specific counts, e.g. lossless `drafts_offered` and `drafts_accepted`."""
+    batch_size: int = 1
+    """How many prompts shared the forwards timed in `seconds` (1: decoded alone)."""
 
     @property
     def new_tokens(self) -> int:
