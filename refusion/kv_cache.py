@@ -1,7 +1,7 @@
 """The only module that touches transformers' KV cache.
 
 Decoders treat the cache as an opaque object and call these helpers: its length, cutting it back,
-keeping chosen entries, taking the keys/values of a span a forward just appended, and appending
+keeping chosen entries or batch rows, taking the keys/values of a span a forward just appended, and appending
 precomputed keys/values. Per-layer tensors are `[B, H, S, D]`. Keys are stored after RoPE, so
 slicing or reordering along S keeps every cached entry exact.
 """
@@ -49,6 +49,17 @@ def keep_indices(cache: DynamicCache, indices: torch.Tensor) -> None:
         if layer.is_initialized:
             layer.keys = layer.keys.index_select(-2, indices.to(layer.keys.device))
             layer.values = layer.values.index_select(-2, indices.to(layer.values.device))
+
+
+def select_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
+    """Keep only the batch rows at `rows` (in that order): finished prompts leave a batch and stop costing work."""
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(rows)
+        return
+    for layer in cache.layers:
+        if layer.is_initialized:
+            layer.keys = layer.keys.index_select(0, rows.to(layer.keys.device))
+            layer.values = layer.values.index_select(0, rows.to(layer.values.device))
 
 
 def layer_tensors(cache: DynamicCache) -> LayerKV:

@@ -1,0 +1,177 @@
+"""Several prompts in one `generate` call: each row gets exactly what it gets alone.
+
+`ar` decodes the rows together (left padding, one forward per step for the unfinished rows); the
+other decoders decode them one after another. Rows end on their own EOS, stop string or budget.
+"""
+
+import pytest
+import torch
+
+import refusion
+from refusion.decoding.generation import Generation
+from refusion.errors import RefusionError
+from tests.decoding.oracle import EOS, PROMPT, PositionOracle, Tokenizer
+from tests.tiny_models import char_tokenizer, tiny_model
+
+# The oracle's AR head predicts DRAFT[j] after generated offset j - 1, offsets counted from a
+# 3-token prompt, so a prompt of length P starts writing at DRAFT[P - 3]. With a budget of 6:
+SHORT = PROMPT  # 11 12 13 14 15 16: the budget ends it (6 forwards)
+MIDDLE = [5, 6, 7, 8, 9, 4]  # 14 15 16 17 18: the stop string "17 18" ends it (5 forwards)
+LONG = [5, 6, 7, 8, 9, 4, 3, 1, 1, 1]  # 18 EOS: ends on EOS (2 forwards), first, and it is the longest
+DRAFT = [11, 12, 13, 14, 15, 16, 17, 18, EOS]
+ORACLE_OPTIONS = dict(decoder="ar", max_new_tokens=6, stop="17 18", trace=True)
+
+
+def oracle():
+    return PositionOracle(DRAFT, mask_conf=[0.9] * len(DRAFT), ar_conf=[0.9] * len(DRAFT))
+
+
+def same_generation(batched: Generation, alone: Generation) -> None:
+    assert (batched.tokens, batched.text, batched.finish_reason, batched.forward_passes, batched.prompt_tokens) == \
+           (alone.tokens, alone.text, alone.finish_reason, alone.forward_passes, alone.prompt_tokens)
+    assert batched.settings == alone.settings and batched.trace == alone.trace
+
+
+@pytest.mark.parametrize("sampling", [dict(), dict(temperature=1.0, seed=3)], ids=["greedy", "seeded"])
+def test_ar_batch_rows_equal_each_prompt_alone_on_the_oracle(sampling):
+    prompts = [SHORT, MIDDLE, LONG]
+    alone = [refusion.generate(oracle(), Tokenizer(), torch.tensor(prompt), **ORACLE_OPTIONS, **sampling)
+             for prompt in prompts]
+    batched = refusion.generate(oracle(), Tokenizer(), prompts, **ORACLE_OPTIONS, **sampling)
+    assert isinstance(batched, list) and len(batched) == 3
+    for row, single in zip(batched, alone):
+        same_generation(row, single)
+        assert row.batch_size == 3 and single.batch_size == 1
+    if not sampling:
+        assert [row.tokens for row in batched] == [[11, 12, 13, 14, 15, 16], [14, 15, 16, 17, 18], [18, EOS]]
+        assert [row.text for row in batched] == ["11 12 13 14 15 16", "14 15 16 ", "18 2"]
+        assert [row.finish_reason for row in batched] == ["length", "stop", "stop"]
+
+
+def test_finished_rows_leave_the_batch_and_padding_columns_are_cut():
+    model = oracle()
+    batched = refusion.generate(model, Tokenizer(), [SHORT, MIDDLE, LONG], **ORACLE_OPTIONS)
+    # One forward per step for the rows still running: 6 forwards where the rows alone take 6 + 5 + 2.
+    assert len(model.calls) == 6 < sum(row.forward_passes for row in batched) == 13
+    assert sum(count for count, _ in batched[0].forward_profile.values()) == 6
+    rows = [len(call.input_ids) for call in model.calls]
+    assert rows == [3, 3, 2, 2, 2, 1]
+    # The longest prompt leaves after step 2: the 4 columns padding both others are cut (11 -> 7);
+    # the middle one leaves after step 5 and the short one keeps only its own 3 + 4 entries.
+    assert [call.past_length for call in model.calls] == [0, 10, 7, 8, 9, 7]
+    alone = oracle()
+    refusion.generate(alone, Tokenizer(), torch.tensor(SHORT), **ORACLE_OPTIONS)
+    assert model.calls[-1].past_length == alone.calls[-1].past_length
+    assert model.calls[-1].position_ids == alone.calls[-1].position_ids == [[3 + 4]]
+    # Each row's prompt sits at positions 0 .. P-1 behind its left padding, as alone.
+    first = model.calls[0]
+    assert first.position_ids[2] == list(range(10)) and first.position_ids[0][-3:] == [0, 1, 2]
+
+
+def test_a_cancelled_batch_ends_every_row():
+    asked = []
+
+    def should_stop():
+        asked.append(1)
+        return len(asked) > 3
+
+    batched = refusion.generate(oracle(), Tokenizer(), [SHORT, MIDDLE], decoder="ar", max_new_tokens=6,
+                                should_stop=should_stop)
+    assert [row.finish_reason for row in batched] == ["cancelled", "cancelled"]
+    assert max(len(row.tokens) for row in batched) < 6
+
+
+@pytest.mark.parametrize("single", [torch.tensor(PROMPT), torch.tensor([PROMPT]), list(PROMPT), tuple(PROMPT)],
+                         ids=["[P]", "[1, P]", "list", "tuple"])
+def test_one_prompt_still_gives_one_generation(single):
+    result = refusion.generate(oracle(), Tokenizer(), single, decoder="ar", max_new_tokens=3)
+    assert isinstance(result, Generation) and result.tokens == [11, 12, 13] and result.batch_size == 1
+
+
+def test_a_list_of_tensors_and_a_list_of_one_are_batches():
+    tensors = refusion.generate(oracle(), Tokenizer(), [torch.tensor(SHORT), torch.tensor([MIDDLE])], decoder="ar",
+                                max_new_tokens=3)
+    assert [row.tokens for row in tensors] == [[11, 12, 13], [14, 15, 16]]
+    one = refusion.generate(oracle(), Tokenizer(), [SHORT], decoder="ar", max_new_tokens=3)
+    assert isinstance(one, list) and one[0].tokens == [11, 12, 13]
+
+
+@pytest.mark.parametrize("prompts, options, message", [
+    ([SHORT, []], {}, "the prompt is empty"),
+    ([SHORT, [[1, 2], [3, 4]]], {}, "one sequence"),
+    ([SHORT, MIDDLE], dict(on_text=print), "one prompt"),
+    ([SHORT, MIDDLE], dict(on_event=print), "one prompt"),
+    ([SHORT, list(range(1, 510))], {}, "prompt 1 (509 tokens)"),
+])
+def test_bad_batches_are_refused(prompts, options, message):
+    with pytest.raises(RefusionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        refusion.generate(oracle(), Tokenizer(), prompts, decoder="ar", max_new_tokens=6, **options)
+
+
+# --- tiny real models -------------------------------------------------------------------------
+
+TEXTS = ["Hi", "Add 2 and 3.", "What is the capital of France?", "Tell me a long story about a cat please",
+         "Count to ten.", "Why is the sky blue? Explain."]
+# Per model and sampling: an extra EOS character (None: the model's own EOS already ends some rows)
+# and a stop string, picked from what these seeded random models write, so that rows end on EOS,
+# on the stop string and on the budget, at different steps.
+ENDINGS = {("llama", "greedy"): (None, "P+"), ("llama", "seeded"): (None, "4$J"),
+           ("qwen3", "greedy"): ("I", "]("), ("qwen3", "seeded"): ("^", "ae")}
+SAMPLING = {"greedy": dict(), "seeded": dict(temperature=0.03, seed=7)}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return char_tokenizer()
+
+
+@pytest.mark.parametrize("sampling", list(SAMPLING))
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_ar_batch_rows_equal_each_prompt_alone_on_real_models(kind, sampling, tokenizer):
+    model = tiny_model(kind, vocab_size=len(tokenizer))
+    eos_character, stop = ENDINGS[kind, sampling]
+    if eos_character is not None:
+        model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(eos_character)
+    options = dict(decoder="ar", max_new_tokens=12, stop=stop, **SAMPLING[sampling])
+    prompts = [refusion.encode_prompt(tokenizer, text)[0] for text in TEXTS]
+    assert len({len(prompt) for prompt in prompts}) == len(prompts)
+    alone = [refusion.generate(model, tokenizer, prompt, **options) for prompt in prompts]
+    batched = refusion.generate(model, tokenizer, prompts, **options)
+    for row, single in zip(batched, alone):
+        same_generation(row, single)
+    eos = refusion.model.eos_token_ids(tokenizer, model)
+    endings = {"eos" if row.tokens[-1] in eos else row.finish_reason for row in batched}
+    assert endings == {"eos", "stop", "length"}, [(row.finish_reason, row.text) for row in batched]
+    steps = [row.forward_passes for row in batched]
+    assert len(set(steps)) >= 3
+    batch_forwards = sum(count for count, _ in batched[0].forward_profile.values())
+    assert batch_forwards == max(steps) < sum(steps)
+
+
+def with_mask(kind):
+    model = tiny_model(kind, vocab_size=128)
+    model.config.mask_token_id = 127
+    return model
+
+
+OTHER_DECODERS = {
+    "refusion": dict(max_new_tokens=16, slot_size=4, blocks=2, slot_threshold=0.012, token_threshold=0.012),
+    # A fixed width cost: "auto" times the model, which no two runs share. Its acceptance history is
+    # kept on the model from one generation to the next, so each side starts from a fresh model.
+    "lossless": dict(max_new_tokens=16, width_cost=0.1),
+    "mdm": dict(max_new_tokens=16, steps=8),
+    "fast-dllm": dict(max_new_tokens=16, block_length=8),
+}
+
+
+@pytest.mark.parametrize("decoder", list(OTHER_DECODERS))
+def test_every_other_decoder_takes_a_list_and_gives_what_each_prompt_gets_alone(decoder, tokenizer):
+    prompts = [refusion.encode_prompt(tokenizer, text)[0].tolist() for text in TEXTS[:3]]
+    options = dict(decoder=decoder, temperature=0.1, seed=5, **OTHER_DECODERS[decoder])
+    model = with_mask("qwen3")
+    alone = [refusion.generate(model, tokenizer, prompt, **options) for prompt in prompts]
+    batched = refusion.generate(with_mask("qwen3"), tokenizer, prompts, **options)
+    assert len(batched) == len(prompts)
+    for row, single in zip(batched, alone):
+        same_generation(row, single)
+    assert len({tuple(row.tokens) for row in batched}) > 1
