@@ -4,6 +4,13 @@ For each example: build the task's zero-shot prompt, send it through the chat te
 with `refusion.generate`, score the completion with the task. Speed is summed over samples: TPS =
 all new tokens / all decode seconds, TPF = all new tokens / all forward passes. Knows nothing about
 any particular benchmark (see `refusion.eval.tasks`) or about the command line.
+
+With `batch_size` N > 1, N examples at a time go to `generate` as one list; each sample's text is
+the one it gets alone. A record's `batch_size` is how many samples shared its forwards (N for a
+decoder that batches, like ar; 1 for one that decodes the list one by one) and its `seconds` are
+that whole batch's wall time (what it waited for); its forward passes are those it took part in
+(as alone), so TPF and forwards per sample match batch 1. The summary counts each batch's wall
+time once (the sum of `seconds / batch_size` over samples), so its TPS is the run's throughput.
 """
 
 from __future__ import annotations
@@ -45,10 +52,11 @@ def with_reference_settings(task: ModuleType, options: dict) -> dict:
     return filled
 
 
-def summarize(records: list[dict], task: str, decoder: str, model_name: str | None, settings: dict) -> dict:
+def summarize(records: list[dict], task: str, decoder: str, model_name: str | None, settings: dict,
+              batch_size: int = 1) -> dict:
     samples = len(records)
     tokens = sum(record["new_tokens"] for record in records)
-    seconds = sum(record["seconds"] for record in records)
+    seconds = sum(record["seconds"] / record.get("batch_size", 1) for record in records)  # each batch's time once
     forwards = sum(record["forward_passes"] for record in records)
     correct = sum(record["correct"] for record in records)
     return {
@@ -60,6 +68,7 @@ def summarize(records: list[dict], task: str, decoder: str, model_name: str | No
         "forward_passes": round(forwards / samples, 2) if samples else 0.0,
         "new_tokens": round(tokens / samples, 2) if samples else 0.0,
         "seconds": round(seconds, 3),
+        "batch_size": batch_size,
         "settings": settings,
     }
 
@@ -79,6 +88,7 @@ def evaluate(
     model_name: str | None = None,
     temperature: float = 0.0,
     seed: int | None = None,
+    batch_size: int = 1,
     **decoder_options,
 ) -> EvalResult:
     """Evaluate `model` on a task (its name or module) with one decoder; see the module docstring.
@@ -86,12 +96,15 @@ def evaluate(
     `max_new_tokens=None` uses the task's default budget; `reference_settings=True` fills knobs
     left as None with the paper's settings for that task. With `output`, per-sample records are
     appended to `output/samples.jsonl` as they are scored and the summary goes to `summary.json`.
+    `batch_size` examples at a time are generated together (see the module docstring).
     """
     from tqdm.auto import tqdm
 
     from ..decoding import generate
     from ..prompting import encode_prompt
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise RefusionError(f"--batch-size must be a positive integer, got {batch_size}")
     task_module = get_task(task) if isinstance(task, str) else task
     options = {**decoder_options, "decoder": decoder, "max_new_tokens": max_new_tokens}
     if reference_settings:
@@ -106,26 +119,30 @@ def evaluate(
     staged = staged_file(directory / SAMPLES_FILE) if directory is not None else contextlib.nullcontext(None)
     records: list[dict] = []
     settings: dict = {}
-    bar = tqdm(examples, desc=task_module.NAME, unit="sample", disable=not progress, dynamic_ncols=True)
-    with staged as samples_path:
-        for example in bar:
-            prompt = task_module.prompt(example)
-            input_ids = encode_prompt(tokenizer, prompt, chat=chat)  # [1, P]
-            result = generate(model, tokenizer, input_ids, decoder=decoder, max_new_tokens=budget,
-                              temperature=temperature, seed=seed, **knobs)
-            extracted, correct = task_module.evaluate(example, result.text)
-            settings = result.settings
-            record = {"id": example["id"], "prompt": prompt, "output": result.text, "extracted": extracted,
-                      "reference": example.get("answer"), "correct": bool(correct), **result.stats(),
-                      "prompt_tokens": result.prompt_tokens}
-            records.append(record)
-            if samples_path is not None:
-                with open(samples_path, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            running = summarize(records, task_module.NAME, decoder, model_name, settings)
-            bar.set_postfix(acc=f"{running['accuracy']:.3f}", tps=f"{running['tokens_per_second']:.1f}")
+    bar = tqdm(total=len(examples), desc=task_module.NAME, unit="sample", disable=not progress, dynamic_ncols=True)
+    with staged as samples_path, bar:
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            prompts = [task_module.prompt(example) for example in batch]
+            input_ids = [encode_prompt(tokenizer, prompt, chat=chat) for prompt in prompts]  # [1, P] each
+            # One prompt goes alone, as it always has; several go as a list and come back as one.
+            results = generate(model, tokenizer, input_ids[0] if batch_size == 1 else [ids[0] for ids in input_ids],
+                               decoder=decoder, max_new_tokens=budget, temperature=temperature, seed=seed, **knobs)
+            for example, prompt, result in zip(batch, prompts, results if isinstance(results, list) else [results]):
+                extracted, correct = task_module.evaluate(example, result.text)
+                settings = result.settings
+                record = {"id": example["id"], "prompt": prompt, "output": result.text, "extracted": extracted,
+                          "reference": example.get("answer"), "correct": bool(correct), **result.stats(),
+                          "prompt_tokens": result.prompt_tokens, "batch_size": result.batch_size}
+                records.append(record)
+                if samples_path is not None:
+                    with open(samples_path, "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                running = summarize(records, task_module.NAME, decoder, model_name, settings, batch_size)
+                bar.update(1)
+                bar.set_postfix(acc=f"{running['accuracy']:.3f}", tps=f"{running['tokens_per_second']:.1f}")
 
-    summary = summarize(records, task_module.NAME, decoder, model_name, settings)
+    summary = summarize(records, task_module.NAME, decoder, model_name, settings, batch_size)
     if directory is not None:
         write_text(directory / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return EvalResult(summary, records)

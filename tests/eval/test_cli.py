@@ -61,6 +61,34 @@ def test_eval_text_report_on_a_code_task_with_the_ar_decoder(model_dir, capsys):
     assert out.startswith("humaneval [ar] accuracy 0.00% (0/2)") and "tokens/forward" in out
 
 
+SAME_PER_SAMPLE = ("id", "prompt", "output", "extracted", "reference", "correct", "new_tokens", "forward_passes",
+                   "tokens_per_forward", "finish_reason", "prompt_tokens")
+
+
+@pytest.mark.parametrize("decoder", ["ar", "refusion"])
+def test_eval_batch_size_gives_the_samples_of_batch_one(decoder, model_dir, tmp_path, capsys):
+    runs = {}
+    for size in (1, 2):
+        out_dir = tmp_path / f"batch-{size}"
+        out, _ = run_cli(["eval", "--model", model_dir, "--task", "gsm8k", "--limit", "3", "--max-new-tokens", "8",
+                          "--decoder", decoder, "--batch-size", str(size), "--json", "--output", str(out_dir),
+                          "--no-progress"], capsys)
+        records = [json.loads(line) for line in (out_dir / "samples.jsonl").read_text().splitlines()]
+        runs[size] = json.loads(out.strip().splitlines()[-1]), records
+    (one, one_records), (two, two_records) = runs[1], runs[2]
+    assert [{key: r[key] for key in SAME_PER_SAMPLE} for r in two_records] == \
+           [{key: r[key] for key in SAME_PER_SAMPLE} for r in one_records]
+    for key in ("accuracy", "correct", "samples", "tokens_per_forward", "forward_passes", "new_tokens", "settings"):
+        assert two[key] == one[key], key
+    assert (one["batch_size"], two["batch_size"]) == (1, 2)
+    # Three samples at batch 2: a batch of two sharing its wall time, then one alone; each batch's time counts once.
+    sizes = [r["batch_size"] for r in two_records]
+    assert sizes == ([2, 2, 1] if decoder == "ar" else [1, 1, 1])
+    assert two["seconds"] == pytest.approx(sum(r["seconds"] / r["batch_size"] for r in two_records), abs=2e-3)
+    if decoder == "ar":
+        assert two_records[0]["seconds"] == two_records[1]["seconds"]
+
+
 def test_python_api_scores_a_model_that_always_answers_right(model_dir):
     from refusion import load
 
@@ -108,6 +136,7 @@ def test_an_interrupted_eval_leaves_the_earlier_results_whole(model_dir, tmp_pat
 @pytest.mark.parametrize("argv, message", [
     (["eval", "--task", "gsm9k"], "unknown task 'gsm9k'"),
     (["eval", "--task", "gsm8k", "--limit", "0"], "--limit must be a positive integer"),
+    (["eval", "--task", "gsm8k", "--batch-size", "0"], "--batch-size must be a positive integer"),
     (["eval", "--task", "gsm8k", "--decoder", "ar", "--reference-settings"], "do not apply to --decoder ar"),
     (["eval", "--task", "gsm8k", "--decoder", "refusion", "--slot-size", "4", "--blocks", "3", "--max-new-tokens", "16"],
      "must split into 3 blocks"),
