@@ -11,7 +11,7 @@ eos_token_ids, temperature, generators, emits, should_stops, [mask_token_id,] **
 `prompts` is a list of [1, P] tensors (lengths may differ) and `generators`, `emits` and
 `should_stops` hold one per prompt; it returns one `DecodeOutput` per prompt, in order, each with
 the tokens that prompt gets from `decode` alone and `forward_passes` counting the forwards that
-prompt took part in. A module without it decodes the prompts one after another with `decode`,
+prompt took part in (its `cache` may be None: the rows shared one). A module without it decodes the prompts one after another with `decode`,
 which is correct by construction, just not faster; adding `decode_batch` to a module is all it
 takes to batch that decoder.
 """
