@@ -237,6 +237,28 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_memory(result: dict, path: Path) -> None:
+    """The server's RSS against time under load: flat is what a soak should show."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seconds, megabytes = zip(*result["memory_mb_over_time"])
+    figure, axes = plt.subplots(figsize=(6, 3))
+    axes.plot(seconds, megabytes, marker=".")
+    axes.axhline(result["rss_before_mb"], color="grey", linestyle=":", label="after warm-up")
+    axes.set_xlabel("seconds under load")
+    axes.set_ylabel("server RSS (MB)")
+    axes.set_ylim(0, max(megabytes) * 1.15)
+    axes.set_title(f"{result['load']['clients']} clients, {result['load']['requests_sent']} requests, "
+                   f"{len(result['load']['errors'])} errors", fontsize=9)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="refusion-smollm2-135m")
@@ -294,6 +316,7 @@ def main() -> None:
     (Path(args.output) / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     text = markdown(result)
     (Path(args.output) / "result.md").write_text(text)
+    plot_memory(result, Path(args.output) / "memory.png")
     print(text)
     if load.errors or result["bounded"]["over_limit"]:
         sys.exit(1)
