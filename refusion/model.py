@@ -152,16 +152,22 @@ def _load_pretrained(name_or_path: str, dtype):
 
 @contextmanager
 def _quiet_transformers():
-    """No "Loading weights" progress bar from transformers while we load; the setting is restored after."""
+    """No "Loading weights" progress bar from transformers while we load (downloads from the hub keep
+    theirs); both settings are restored after."""
+    from huggingface_hub import utils as hub
     from transformers.utils import logging
 
-    enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
+    enabled, hub_enabled = logging.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()
+    logging.disable_progress_bar()  # turns the hub's off too
+    if hub_enabled:
+        hub.enable_progress_bars()
     try:
         yield
     finally:
         if enabled:
             logging.enable_progress_bar()
+        if not hub_enabled:
+            hub.disable_progress_bars()
 
 
 def _first_line(error: Exception) -> str:
