@@ -8,6 +8,7 @@ import pytest
 
 from refusion import RefusionError
 from refusion.bench import DecoderSpec, builtin_prompts, parse_specs, run_bench
+from refusion.bench.runner import parse_batch_sizes
 from tests.tiny_models import char_tokenizer, tiny_model
 
 
@@ -24,6 +25,17 @@ def test_specs_split_on_commas_and_keep_options_with_their_decoder():
 def test_bad_specs_are_one_clear_error(text, message):
     with pytest.raises(RefusionError, match=message):
         parse_specs(text)
+
+
+def test_batch_sizes_are_positive_integers_separated_by_commas():
+    assert parse_batch_sizes("1") == [1] and parse_batch_sizes(" 1, 4,16 ") == [1, 4, 16]
+    assert parse_batch_sizes("4,1,4") == [4, 1]
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "1.5", "x", "", "1,,4", "1;4", "2,0"])
+def test_bad_batch_sizes_are_one_error_naming_the_flag(text):
+    with pytest.raises(RefusionError, match="--batch-sizes takes positive integers"):
+        parse_batch_sizes(text)
 
 
 def test_builtin_prompts_are_varied_and_many():
@@ -58,6 +70,38 @@ def test_rows_compare_every_decoder_with_ar_measured_in_the_same_run(model_and_t
     assert len(result["outputs"]["lossless"]) == 2
 
 
+def test_each_batch_size_gets_its_rows_compared_with_ar_at_that_size(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    prompts = ["Add 2 and 3.", "Name a colour.", "Hi"]  # batch 2: groups of 2 and 1
+    result = run_bench(model, tokenizer, prompts, [DecoderSpec("ar"), DecoderSpec("lossless")], max_new_tokens=10,
+                       progress=False, batch_sizes=[1, 2])
+    assert [(row["label"], row["batch_size"]) for row in result["rows"]] == [
+        ("ar", 1), ("lossless", 1), ("ar", 2), ("lossless", 2)]
+    assert result["batch_sizes"] == [1, 2]
+    assert set(result["outputs"]) == {"ar", "lossless", "ar@batch2", "lossless@batch2"}
+    assert result["outputs"]["ar@batch2"] == result["outputs"]["ar"]  # float32: batching does not change the text
+    for row in result["rows"]:
+        assert row["identical_to_ar"] == 1.0 and row["prompts"] == 3
+        assert row["new_tokens"] / row["tokens_per_second"] == pytest.approx(row["seconds"], abs=0.001)  # aggregate
+        assert 0 < row["latency_ms"]["mean"] <= row["latency_ms"]["p95"] + 0.1
+        assert row["tokens_per_forward"] == pytest.approx(row["new_tokens"] / (row["forward_passes"] * 3), rel=0.01)
+        if row["label"] == "ar":
+            assert row["speedup_vs_ar"] == 1.0  # each batch size against its own ar
+    ar1, _, ar2, lossless2 = result["rows"]
+    assert ar2["forward_passes"] == ar1["forward_passes"]  # per request, as at batch 1
+    # ar decodes a group together: its batched forwards are counted once, fewer than the rows take alone.
+    assert sum(ar2["forwards_by_width"].values()) < sum(ar1["forwards_by_width"].values())
+    assert lossless2["speedup_vs_ar"] == pytest.approx(lossless2["tokens_per_second"] / ar2["tokens_per_second"], rel=0.01)
+
+
+def test_ar_runs_at_batch_1_for_the_reference_when_the_sizes_leave_it_out(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    result = run_bench(model, tokenizer, ["Add 2 and 3.", "Name a colour."], [DecoderSpec("ar")], max_new_tokens=6,
+                       progress=False, batch_sizes=[2])
+    assert [(row["label"], row["batch_size"]) for row in result["rows"]] == [("ar", 1), ("ar", 2)]
+    assert result["rows"][1]["identical_to_ar"] == 1.0
+
+
 def test_the_command_writes_its_files_and_a_json_last_line(model_and_tokenizer, tmp_path):
     model, tokenizer = model_and_tokenizer
     model.save_pretrained(tmp_path / "model")
@@ -66,17 +110,24 @@ def test_the_command_writes_its_files_and_a_json_last_line(model_and_tokenizer, 
     prompts.write_text('{"prompt": "Hello"}\n\n{"prompt": "Count to three."}\n')
     run = subprocess.run([sys.executable, "-m", "refusion", "bench", "--model", str(tmp_path / "model"), "--prompts",
                           str(prompts), "--decoders", "ar,lossless", "--max-new-tokens", "8", "--dtype", "float32",
+                          "--batch-sizes", "1,2",
                           "--threads", "1", "--output", str(tmp_path / "out"), "--json", "--no-progress"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert set(report) == {"machine", "model", "rows"} and report["machine"]["dtype"] == "float32"
-    for key in ("decoder", "settings", "lossless", "batch_size", "tokens_per_second", "tokens_per_forward",
+    for key in ("decoder", "settings", "lossless", "batch_size", "tokens_per_second", "latency_ms", "tokens_per_forward",
                 "forward_passes", "speedup_vs_ar", "identical_to_ar", "ar_loglik_per_token", "engine_overhead",
                 "peak_memory_mb"):
         assert key in report["rows"][1]
+    assert [(row["label"], row["batch_size"]) for row in report["rows"]] == [
+        ("ar", 1), ("lossless", 1), ("ar", 2), ("lossless", 2)]
     for name in ("bench.md", "bench.json", "outputs.jsonl", "bench.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+    table = (tmp_path / "out" / "bench.md").read_text()
+    assert "batch sizes 1, 2" in table and "| lossless | 2 |" in table
+    lines = (tmp_path / "out" / "outputs.jsonl").read_text().splitlines()
+    assert set(json.loads(lines[0])) == {"prompt", "ar", "lossless", "ar@batch2", "lossless@batch2"}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -84,7 +135,10 @@ def test_the_command_writes_its_files_and_a_json_last_line(model_and_tokenizer, 
     (["--decoders", "lossless:branches=-1"], "branches must"),
     (["--prompts", "/nonexistent.jsonl"], "prompts file not found"),
     (["--max-new-tokens", "0"], "max-new-tokens"),
+    (["--batch-sizes", "1,0"], "--batch-sizes"),
+    (["--batch-sizes", "four"], "--batch-sizes"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     run = subprocess.run([sys.executable, "-m", "refusion", "bench", *args], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
+    assert len([line for line in run.stderr.splitlines() if line.strip()]) == 1

@@ -6,12 +6,19 @@ import argparse
 import json
 import sys
 
-BENCH_HELP = """Run decoder settings one after another on the same prompts, in one process, batch 1, and report
+BENCH_HELP = """Run decoder settings one after another on the same prompts, in one process, and report
 per setting: tokens/s and its ratio to `ar` measured in this run, tokens per forward, forwards,
 mean ms per forward by the number of tokens it fed, engine overhead (time outside the model's
 forward), peak memory, and quality against `ar`: the share of prompts whose text is identical to
 `ar`'s and the mean log-likelihood per token the model's AR head gives the text. A warm-up
 generation per setting is not counted. An `ar` row is added when --decoders has none.
+
+--batch-sizes 1,4,16 runs every setting once per batch size b, sending the prompts b at a time
+(consecutive groups; the last may be smaller), one row per (setting, batch size): tokens/s is then
+aggregate (all new tokens / wall time of all calls), latency is each request's batch wall time
+(mean and p95), "vs ar" compares with `ar` at the same batch size, tokens per forward and forwards
+stay per request, and "identical to ar" compares with `ar` at batch 1 (run too when not listed).
+A decoder without batched decoding (`ar` has it) decodes each group row by row. Default: 1.
 
 --decoders takes specs separated by commas, options after a colon, in refusion.generate's names:
   ar,lossless,refusion                      the three decoders at their defaults
@@ -30,7 +37,7 @@ def bench_command(args: argparse.Namespace) -> None:
     from ..errors import RefusionError
     from .prompts import builtin_prompts, read_prompts
     from .report import machine, markdown, write
-    from .runner import check_specs, parse_specs, run_bench
+    from .runner import check_specs, parse_batch_sizes, parse_specs, run_bench
 
     if args.max_new_tokens < 1:
         raise RefusionError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
@@ -38,6 +45,7 @@ def bench_command(args: argparse.Namespace) -> None:
         raise RefusionError(f"--limit must be a positive integer, got {args.limit}")
     if args.output:
         output_dir(args.output)
+    batch_sizes = parse_batch_sizes(args.batch_sizes)
     specs = parse_specs(args.decoders)
     check_specs(specs, args.max_new_tokens)
     prompts = read_prompts(args.prompts) if args.prompts else builtin_prompts()
@@ -45,7 +53,7 @@ def bench_command(args: argparse.Namespace) -> None:
     dtype, device, threads = apply_runtime_options(args)
     model, tokenizer = load(args.model, dtype=dtype, device=device)
     result = run_bench(model, tokenizer, prompts, specs, max_new_tokens=args.max_new_tokens, chat=args.chat,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, batch_sizes=batch_sizes)
     result = {"machine": machine(next(model.parameters()).device, dtype, threads), "model": args.model,
               "max_new_tokens": args.max_new_tokens, **result}
     if args.output:
@@ -67,6 +75,8 @@ def register(subparsers) -> None:
     bench.add_argument("--prompts", default=None, metavar="FILE.jsonl",
                        help='prompts as {"prompt": ...} lines (default: the built-in set of 40 varied prompts)')
     bench.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    bench.add_argument("--batch-sizes", default="1", metavar="B,...",
+                       help="send the prompts this many at a time, one row per setting and size (default 1)")
     bench.add_argument("--max-new-tokens", type=int, default=96, help="generation budget per prompt (default 96)")
     bench.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                        help="send prompts through the tokenizer's chat template (default: on when it has one)")

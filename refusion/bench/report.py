@@ -34,24 +34,33 @@ def _ms_by_width(row: dict) -> str:
     return " ".join(f"{w}:{ms:g}" for w, ms in row["forward_ms_by_width"].items())
 
 
+def _batches(result: dict) -> str:
+    sizes = result.get("batch_sizes") or sorted({row.get("batch_size", 1) for row in result["rows"]})
+    return f"batch {sizes[0]}" if len(sizes) == 1 else f"batch sizes {', '.join(map(str, sizes))}"
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['device']}"
         + (f" ({m['gpu']})" if "gpu" in m else "") + f", {m['dtype']}; torch {m['torch']}, transformers {m['transformers']}.",
-        f"Model: {result['model']}; {len(result['prompts'])} prompts, at most {result['max_new_tokens']} new tokens, batch 1.",
+        f"Model: {result['model']}; {len(result['prompts'])} prompts, at most {result['max_new_tokens']} new tokens, {_batches(result)}.",
         "",
-        "| decoder | lossless | tokens/s | vs ar | tokens/forward | forwards | drafts accepted/forward | ms/forward by tokens fed "
-        "| engine overhead | peak MB | identical to ar | logit gap where it leaves ar (median / max) | AR log-lik/token |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| decoder | batch | lossless | tokens/s | vs ar (same batch) | latency ms (mean / p95) | tokens/forward | forwards "
+        "| drafts accepted/forward | ms/forward by tokens fed | engine overhead | peak MB | identical to ar "
+        "| logit gap where it leaves ar (median / max) | AR log-lik/token |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         drafts = row.get("drafts_accepted_per_forward")
         loglik = row["ar_loglik_per_token"]
         gap = row.get("divergence_logit_gap")
         gap = "-" if gap is None else f"{gap['median']:.3f} / {gap['max']:.3f}"
+        latency = row.get("latency_ms")
+        latency = "-" if latency is None else f"{latency['mean']:.0f} / {latency['p95']:.0f}"
         lines.append(
-            f"| {row['label']} | {'yes' if row['lossless'] else 'no'} | {row['tokens_per_second']:.2f} | {row['speedup_vs_ar']:.2f}x "
+            f"| {row['label']} | {row.get('batch_size', 1)} | {'yes' if row['lossless'] else 'no'} | {row['tokens_per_second']:.2f} "
+            f"| {row['speedup_vs_ar']:.2f}x | {latency} "
             f"| {row['tokens_per_forward']:.2f} | {row['forward_passes']:.1f} | {'-' if drafts is None else f'{drafts:.2f}'} "
             f"| {_ms_by_width(row)} | {100 * row['engine_overhead']:.1f}% | {row['peak_memory_mb']:.0f} "
             f"| {100 * row['identical_to_ar']:.0f}% | {gap} "
@@ -61,7 +70,8 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> Path:
-    """Speed against ar (x) and AR log-likelihood per token (y), one labelled point per row."""
+    """Speed against ar at the same batch size (x) and AR log-likelihood per token (y), one labelled point per row
+    (labelled with its batch size when the run had several)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,16 +79,18 @@ def plot(result: dict, path: Path) -> Path:
 
     figure, axes = plt.subplots(figsize=(8, 5))
     rows = [row for row in result["rows"] if row["ar_loglik_per_token"] is not None]
+    several = len({row.get("batch_size", 1) for row in rows}) > 1
     for index, row in enumerate(sorted(rows, key=lambda r: r["speedup_vs_ar"])):
         marker = "o" if row["lossless"] else "s"
         point = (row["speedup_vs_ar"], row["ar_loglik_per_token"])
         axes.scatter(*point, marker=marker, s=50)
         # Labels alternate above and below their point, so that neighbours do not overwrite each other.
-        axes.annotate(row["label"], point, fontsize=7, xytext=(4, 6 if index % 2 == 0 else -12),
+        name = f"{row['label']} b{row.get('batch_size', 1)}" if several else row["label"]
+        axes.annotate(name, point, fontsize=7, xytext=(4, 6 if index % 2 == 0 else -12),
                       textcoords="offset points")
     axes.margins(x=0.25, y=0.12)
     axes.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
-    axes.set_xlabel("tokens/s relative to ar (same run)")
+    axes.set_xlabel("tokens/s relative to ar (same run, same batch size)")
     axes.set_ylabel("AR log-likelihood per generated token")
     m = result["machine"]
     axes.set_title(f"{result['model']}: speed vs quality ({m['device']}, {m['dtype']}, circles = lossless)", fontsize=9)

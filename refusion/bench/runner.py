@@ -4,6 +4,11 @@ Everything is measured in one process on one model, so rows compare as ratios: s
 `ar` row of the same run, and quality against `ar`'s text (identical share) and under the model's
 own AR head (mean log-likelihood per generated token). Each setting first runs a short untimed
 generation per prompt, so that no row pays for building the CPU kernels of a new input shape. Knows nothing about files or plots (see `report`).
+
+With several batch sizes, each setting runs once per size b, sending the prompts b at a time
+(consecutive groups, the last one may be smaller) through `refusion.generate`; a row is one
+(setting, batch size) pair, its speed compared with `ar` at the same batch size and its text with
+`ar` at batch 1.
 """
 
 from __future__ import annotations
@@ -74,6 +79,18 @@ def parse_specs(text: str) -> list[DecoderSpec]:
     if not specs:
         raise RefusionError("--decoders names no decoder")
     return specs
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """'1,4,16' -> [1, 4, 16]: positive integers separated by commas, each once."""
+    sizes: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise RefusionError(f"--batch-sizes takes positive integers separated by commas (e.g. 1,4,16), got {text!r}")
+        if int(part) not in sizes:
+            sizes.append(int(part))
+    return sizes
 
 
 def check_specs(specs: list[DecoderSpec], max_new_tokens: int) -> None:
@@ -156,13 +173,36 @@ def divergence_gap(model, prompt_ids: torch.Tensor, tokens: list[int], reference
     return abs(float(logits[tokens[first]] - logits[reference[first]]))
 
 
-def summarise(spec: DecoderSpec, generations, peak_mb: float, max_new_tokens: int) -> dict:
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, -(-95 * len(ordered) // 100) - 1)]  # nearest rank
+
+
+def call_seconds(generations) -> float:
+    """Wall time of one `generate` call: a batch decoded together times all its rows at once."""
+    if generations[0].batch_size > 1:
+        return generations[0].seconds
+    return sum(g.seconds for g in generations)
+
+
+def summarise(spec: DecoderSpec, calls: list[list], peak_mb: float, max_new_tokens: int, batch_size: int = 1) -> dict:
+    """One row from the `generate` calls of a setting at one batch size (each call: its list of `Generation`).
+
+    Speed is aggregate (all new tokens / wall time of all calls); each request's latency is the wall
+    time of the call it was part of. Tokens per forward and forwards are per request; the forward
+    profile and engine overhead count a batched forward once.
+    """
+    generations = [g for call in calls for g in call]
     tokens = sum(g.new_tokens for g in generations)
-    seconds = sum(g.seconds for g in generations)
+    wall = [call_seconds(call) for call in calls]
+    seconds = sum(wall)
+    latencies = [secs for secs, call in zip(wall, calls) for _ in call]
     forwards = sum(g.forward_passes for g in generations)
-    inside = sum(g.forward_seconds for g in generations)
+    # A batch decoded together shares one runner: its forward statistics are on every row, counted once.
+    timed = [g for call in calls for g in (call[:1] if call[0].batch_size > 1 else call)]
+    inside = sum(g.forward_seconds for g in timed)
     profile: dict[int, list] = {}
-    for g in generations:
+    for g in timed:
         for width, (count, secs) in g.forward_profile.items():
             entry = profile.setdefault(int(width), [0, 0.0])
             entry[0] += count
@@ -177,11 +217,12 @@ def summarise(spec: DecoderSpec, generations, peak_mb: float, max_new_tokens: in
         "settings": {"decoder": spec.decoder, "max_new_tokens": max_new_tokens, **spec.options},
         "resolved_settings": {k: v for k, v in generations[0].settings.items() if k != "max_new_tokens"},
         "lossless": spec.decoder in LOSSLESS,
-        "batch_size": 1,
+        "batch_size": batch_size,
         "prompts": len(generations),
         "new_tokens": tokens,
         "seconds": round(seconds, 3),
         "tokens_per_second": round(tokens / seconds, 3) if seconds else 0.0,
+        "latency_ms": {"mean": round(1000 * sum(latencies) / len(latencies), 1), "p95": round(1000 * _p95(latencies), 1)},
         "tokens_per_forward": round(tokens / forwards, 4) if forwards else 0.0,
         "forward_passes": round(forwards / len(generations), 2),
         "forward_ms_by_width": {w: round(1000 * s / n, 2) for w, (n, s) in sorted(profile.items())},
@@ -195,11 +236,18 @@ def summarise(spec: DecoderSpec, generations, peak_mb: float, max_new_tokens: in
     return row
 
 
-def run_bench(model, tokenizer, prompts: list[str], specs: list[DecoderSpec], *, max_new_tokens: int = 96,
-              chat: bool = True, warmup: bool = True, progress: bool = True) -> dict:
-    """Run every spec over every prompt (batch 1); returns {"rows": [...], "outputs": {label: [text, ...]}}.
+def output_key(label: str, batch_size: int) -> str:
+    """A row's name in `outputs`: the label at batch 1, `label@batch4` at batch 4."""
+    return label if batch_size == 1 else f"{label}@batch{batch_size}"
 
-    An `ar` row is run first when `specs` has none: every ratio needs it.
+
+def run_bench(model, tokenizer, prompts: list[str], specs: list[DecoderSpec], *, max_new_tokens: int = 96,
+              chat: bool = True, warmup: bool = True, progress: bool = True, batch_sizes: list[int] = (1,)) -> dict:
+    """Run every spec over every prompt at every batch size; returns {"rows": [...], "outputs": {key: [text, ...]}}.
+
+    Rows come batch size by batch size, specs in order within each. An `ar` row is run first when
+    `specs` has none (every ratio needs it), and `ar` also runs at batch 1 when `batch_sizes` lacks
+    1 (identical-to-ar compares with it). `outputs` is keyed by `output_key(label, batch_size)`.
     """
     from tqdm.auto import tqdm
 
@@ -207,34 +255,47 @@ def run_bench(model, tokenizer, prompts: list[str], specs: list[DecoderSpec], *,
 
     if not any(spec.decoder == "ar" and not spec.options for spec in specs):
         specs = [DecoderSpec("ar"), *specs]
+    batch_sizes = list(batch_sizes) or [1]
+    plan = [(spec, size) for size in batch_sizes for spec in specs]
+    if 1 not in batch_sizes:
+        plan.insert(0, (DecoderSpec("ar"), 1))
     encoded = [encode_prompt(tokenizer, prompt, chat=chat) for prompt in prompts]
     device = next(model.parameters()).device
-    rows, outputs, tokens_by_label = [], {}, {}
-    for spec in specs:
-        if warmup:  # untimed: each prompt's first step (CPU kernels are built per input shape)
-            for ids in encoded:
+
+    def call(group: list[torch.Tensor], spec: DecoderSpec, size: int, **kwargs) -> list:
+        if size == 1:
+            return [generate(model, tokenizer, group[0], decoder=spec.decoder, **spec.options, **kwargs)]
+        return generate(model, tokenizer, [ids[0] for ids in group], decoder=spec.decoder, **spec.options, **kwargs)
+
+    rows, outputs, tokens_by_key = [], {}, {}
+    for spec, size in plan:
+        groups = [encoded[start:start + size] for start in range(0, len(encoded), size)]
+        if warmup:  # untimed: each group's first step (CPU kernels are built per input shape)
+            for group in groups:
                 asked = []
-                generate(model, tokenizer, ids, decoder=spec.decoder, max_new_tokens=max_new_tokens,
-                         should_stop=lambda: bool(asked) or asked.append(1), **spec.options)
-        generations = []
+                call(group, spec, size, max_new_tokens=max_new_tokens, should_stop=lambda: bool(asked) or asked.append(1))
+        calls = []
+        desc = spec.label if size == 1 else f"{spec.label} batch {size}"
         with PeakMemory(device) as memory:
-            for ids in tqdm(encoded, desc=spec.label, disable=not progress, leave=False):
-                generations.append(generate(model, tokenizer, ids, decoder=spec.decoder, max_new_tokens=max_new_tokens,
-                                            **spec.options))
-        row = summarise(spec, generations, memory.peak_mb, max_new_tokens)
+            for group in tqdm(groups, desc=desc, disable=not progress, leave=False):
+                calls.append(call(group, spec, size, max_new_tokens=max_new_tokens))
+        generations = [g for c in calls for g in c]
+        row = summarise(spec, calls, memory.peak_mb, max_new_tokens, batch_size=size)
         loglik = [ar_loglik(model, ids, g.tokens) for ids, g in zip(encoded, generations)]
         total, count = sum(s for s, _ in loglik), sum(n for _, n in loglik)
         row["ar_loglik_per_token"] = round(total / count, 4) if count else None
         rows.append(row)
-        outputs[spec.label] = [g.text for g in generations]
-        tokens_by_label[spec.label] = [g.tokens for g in generations]
-    baseline = next(row for row in rows if row["label"] == "ar")
+        key = output_key(spec.label, size)
+        outputs[key] = [g.text for g in generations]
+        tokens_by_key[key] = [g.tokens for g in generations]
+    reference = tokens_by_key["ar"]  # ar at batch 1
     for row in rows:
+        baseline = next(r for r in rows if r["label"] == "ar" and r["batch_size"] == row["batch_size"])
         row["speedup_vs_ar"] = round(row["tokens_per_second"] / baseline["tokens_per_second"], 3) if baseline["tokens_per_second"] else None
-        pairs = list(zip(tokens_by_label[row["label"]], tokens_by_label["ar"]))
+        pairs = list(zip(tokens_by_key[output_key(row["label"], row["batch_size"])], reference))
         row["identical_to_ar"] = round(sum(a == b for a, b in pairs) / len(pairs), 4)
         gaps = [divergence_gap(model, ids, a, b) for ids, (a, b) in zip(encoded, pairs) if a != b]
         gaps = sorted(g for g in gaps if g is not None)
         # Where the text leaves ar's: how close the AR head's two choices were (logits), median and largest.
         row["divergence_logit_gap"] = {"median": round(gaps[len(gaps) // 2], 4), "max": round(gaps[-1], 4)} if gaps else None
-    return {"rows": rows, "outputs": outputs, "prompts": prompts}
+    return {"rows": rows, "outputs": outputs, "prompts": prompts, "batch_sizes": sorted({size for _, size in plan})}
