@@ -403,21 +403,22 @@ def test_every_float_option_rejects_nan_and_infinity_by_name(argv, flag, workspa
     assert snapshot(workspace["root"]) == before
 
 
-# `python -m refusion.lm_eval` indexes every lm-eval task before it reads --model_args (about 10 s): two cases.
+# `python -m refusion.lm_eval` indexes every lm-eval task before it reads --model_args (about 10 s): three cases.
 LM_EVAL = [
-    pytest.param("pretrained={notmodel}", "is not a model directory", id="lm-eval-not-a-model"),
+    pytest.param("pretrained={notmodel}", "refusion_gsm8k", "is not a model directory", id="lm-eval-not-a-model"),
     # The option is refused before the model would load (and fail).
-    pytest.param("pretrained={notmodel},decoder=refusion,slot_threshold=nan", "slot-threshold must be a finite number",
-                 id="lm-eval-threshold-nan"),
+    pytest.param("pretrained={notmodel},decoder=refusion,slot_threshold=nan", "refusion_gsm8k",
+                 "slot-threshold must be a finite number", id="lm-eval-threshold-nan"),
+    pytest.param("pretrained={notmodel}", "nosuchtask", "Tasks not found: nosuchtask", id="lm-eval-unknown-task"),
 ]
 
 
 @pytest.mark.skipif(RefusionLM is None, reason="lm-evaluation-harness is not installed")
-@pytest.mark.parametrize("model_args, message", LM_EVAL)
-def test_lm_eval_model_args_are_checked_before_anything_runs(model_args, message, workspace):
+@pytest.mark.parametrize("model_args, tasks, message", LM_EVAL)
+def test_lm_eval_arguments_are_checked_before_anything_runs(model_args, tasks, message, workspace):
     before = snapshot(workspace["root"])
     argv = [sys.executable, "-m", "refusion.lm_eval", "--model", "refusion", "--model_args", model_args.format(**workspace),
-            "--tasks", "refusion_gsm8k", "--limit", "1", "--output_path", workspace["new"]]
+            "--tasks", tasks, "--limit", "1", "--output_path", workspace["new"]]
     run = subprocess.run(argv, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert_one_line_error(run.returncode, run.stdout, run.stderr, message)

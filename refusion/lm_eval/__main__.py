@@ -4,6 +4,7 @@ and this package's task YAMLs on the include path."""
 from __future__ import annotations
 
 import sys
+import traceback
 
 from ..errors import RefusionError
 
@@ -22,6 +23,12 @@ def main() -> None:
         cli_evaluate()
     except RefusionError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except ValueError as error:  # lm-eval's own refusals of its arguments, e.g. "Tasks not found: ..."
+        if not any("lm_eval/config" in frame.filename or "lm_eval/__main__" in frame.filename
+                   for frame in traceback.extract_tb(error.__traceback__)[-2:]):
+            raise  # not an argument check: a real failure keeps its traceback
+        print(f"error: lm-eval: {error}", file=sys.stderr)
         sys.exit(2)
 
 
