@@ -31,6 +31,7 @@ and depth were accepted and picks the (b, d) that maximises expected tokens per 
 forward's cost. That cost, by tokens fed, is measured once per model (`width_cost="auto"`: on a
 GPU or a bf16 CPU tens of tokens cost little more than one; in float32 on a CPU they do not), or
 modelled as `1 + width_cost * (tokens fed - 1)`. b = 0 feeds nothing extra: a plain `ar` step.
+Seeded sampling adapts from the prior with a fixed cost model instead, so that a seed gives one text.
 Knows nothing about tokenizers.
 """
 
@@ -192,8 +193,13 @@ def decode(
     P = prompt_ids.shape[1]
     cache = kv_cache.new_cache()
     adaptive = branches == "auto" or depth == "auto"
+    # Seeded sampling gives the same text every time only if the shape (which decides the random draws) does not
+    # depend on timings or on earlier generations: it adapts from the prior with a fixed cost model.
+    seeded = generator is not None and temperature > 0
+    if seeded and width_cost == "auto":
+        width_cost = SEEDED_WIDTH_COST
     shape = Shape(branches, depth, max_branches, max_depth, forward_cost(runner, width_cost) if adaptive else None)
-    if adaptive:  # what this model's candidates achieved in earlier generations is the best prior
+    if adaptive and not seeded:  # what this model's candidates achieved in earlier generations is the best prior
         shape.restore(getattr(runner.model, "_refusion_lossless_stats", None))
     pending = prompt_ids[0].tolist()  # committed, KV not cached yet
     candidates = NONE
@@ -367,6 +373,10 @@ def _next_candidates(rows, node, group, count, temperature, generator) -> Candid
     first = draw(qs[0], count, generator)
     chain = [draw(q, 1, generator)[0] for q in qs[1:]]
     return Candidates(first, chain, qs[0], qs[1:])
+
+
+SEEDED_WIDTH_COST = 0.02
+"""Cost of one more fed token, relative to a one-token forward, assumed by seeded sampling (no timing)."""
 
 
 def prepare(runner: ModelRunner, options: dict) -> None:

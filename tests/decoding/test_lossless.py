@@ -226,3 +226,18 @@ def test_greedy_output_equals_ar_and_the_cache_is_the_causal_cache_of_the_text(k
                                                             kv_cache.layer_tensors(fresh)):
             torch.testing.assert_close(keys, want_keys, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(values, want_values, rtol=1e-4, atol=1e-5)
+
+
+def test_a_seed_gives_the_same_sample_every_time_whatever_the_timings_and_history():
+    tokenizer = char_tokenizer()
+    model = tiny_model("llama", vocab_size=128, seed=5)
+    model.config.mask_token_id = 127
+    ids = refusion.encode_prompt(tokenizer, "Hello there")
+    first = refusion.generate(model, tokenizer, ids, decoder="lossless", max_new_tokens=24, temperature=0.7, seed=11)
+    for prompt in ("a", "bb", "ccc"):  # other generations move the acceptance history kept on the model
+        refusion.generate(model, tokenizer, refusion.encode_prompt(tokenizer, prompt), decoder="lossless",
+                          max_new_tokens=24)
+    # and a forward cost measured very differently (wide forwards nearly free)
+    model._refusion_width_costs = {(str(model.device), model.dtype): {1: 1.0, 2: 1.0, 64: 1.01, 256: 1.02}}
+    again = refusion.generate(model, tokenizer, ids, decoder="lossless", max_new_tokens=24, temperature=0.7, seed=11)
+    assert again.tokens == first.tokens
