@@ -22,7 +22,7 @@ A decoder without batched decoding (`ar` has it) decodes each group row by row. 
 
 --decoders takes specs separated by commas, options after a colon, in refusion.generate's names:
   ar,lossless,refusion                      the three decoders at their defaults
-  refusion:kv=recompute,refusion:slot_size=8,blocks=2,lossless:draft_length=2
+  refusion:kv=recompute,refusion:slot_size=8,blocks=2,lossless:branches=2,depth=3
 
 Writes DIR/bench.md (table), bench.json, outputs.jsonl (every text) and bench.png (speed vs quality)."""
 
