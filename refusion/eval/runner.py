@@ -73,6 +73,21 @@ def summarize(records: list[dict], task: str, decoder: str, model_name: str | No
     }
 
 
+def merge_shards(shards: list[list[dict]]) -> list[dict]:
+    """Records of `shard=(i, n)` runs, i = 0..n-1, back in the task's order (shard i holds examples i, i+n, ...)."""
+    count = len(shards)
+    ordered = sorted((position * count + index, record) for index, records in enumerate(shards)
+                     for position, record in enumerate(records))
+    return [record for _, record in ordered]
+
+
+def write_results(directory: str | Path, records: list[dict], summary: dict) -> None:
+    """samples.jsonl, then summary.json, each replacing an earlier run's in one step."""
+    directory = Path(directory)
+    write_text(directory / SAMPLES_FILE, "".join(json.dumps(record) + "\n" for record in records))
+    write_text(directory / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
 def evaluate(
     model,
     tokenizer,
@@ -89,6 +104,7 @@ def evaluate(
     temperature: float = 0.0,
     seed: int | None = None,
     batch_size: int = 1,
+    shard: tuple[int, int] = (0, 1),
     **decoder_options,
 ) -> EvalResult:
     """Evaluate `model` on a task (its name or module) with one decoder; see the module docstring.
@@ -97,6 +113,7 @@ def evaluate(
     left as None with the paper's settings for that task. With `output`, per-sample records are
     appended to `output/samples.jsonl` as they are scored and the summary goes to `summary.json`.
     `batch_size` examples at a time are generated together (see the module docstring).
+    `shard=(i, n)` evaluates every n-th example from the i-th (one of n processes; see `merge_shards`).
     """
     from tqdm.auto import tqdm
 
@@ -112,7 +129,8 @@ def evaluate(
     decoder = options.pop("decoder")
     budget = options.pop("max_new_tokens") or task_module.MAX_NEW_TOKENS
     knobs = {name: value for name, value in options.items() if value is not None}
-    examples = task_module.examples(limit)
+    index, count = shard
+    examples = task_module.examples(limit)[index::count]
     directory = Path(output) if output is not None else None
     # Samples go to a hidden file beside their place; they and the summary replace an earlier run's
     # only at the end, so an interrupted run leaves the earlier results whole.

@@ -186,3 +186,32 @@ def test_reference_settings_fill_only_what_the_user_left_unset():
     assert (arc["slot_size"], arc["blocks"], arc["token_threshold"]) == (8, 64, 0.1)
     with pytest.raises(RefusionError, match="do not apply to --decoder ar"):
         with_reference_settings(get_task("gsm8k"), {"decoder": "ar"})
+
+
+def test_accelerate_launch_shards_the_task_and_merges_one_summary(model_dir, tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    common = ["--model", model_dir, "--task", "gsm8k", "--limit", "5", "--max-new-tokens", "4", "--decoder", "refusion",
+              "--no-progress", "--json"]
+    run_cli(["eval", *common, "--output", str(tmp_path / "one")], capsys)
+    # On a machine without a GPU, accelerate's multi-process launcher gives CPU processes over gloo.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+               "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "refusion", "eval", *common,
+               "--output", str(tmp_path / "two")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(printed) == 1  # one summary, from the main process
+    summary = json.loads(printed[0])
+    assert summary["processes"] == 2 and summary["samples"] == 5
+
+    def samples(name):
+        return [{k: r[k] for k in ("id", "output", "correct", "new_tokens", "forward_passes")}
+                for r in map(json.loads, (tmp_path / name / "samples.jsonl").read_text().splitlines())]
+
+    assert samples("two") == samples("one")  # the same records, in the task's order
+    alone = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["accuracy"] == alone["accuracy"]
