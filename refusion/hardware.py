@@ -60,7 +60,8 @@ def default_threads() -> int:
     return max(1, cores - busy)
 
 
-THREADS = Option("threads", "auto", "CPU threads", int, low=1, auto=True)
+# More threads than CPUs only slows a forward down, and tens of thousands crash the BLAS thread pool.
+THREADS = Option("threads", "auto", "CPU threads", int, low=1, high=os.cpu_count() or 1, auto=True)
 
 
 def set_threads(threads: int | str | None) -> int:

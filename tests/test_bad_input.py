@@ -110,8 +110,9 @@ GENERATE = [
     ("width-cost-minus-inf", ["generate", "hi", "--decoder", "lossless", "--width-cost=-inf"], "width-cost must be a finite number"),
     ("branches-text", ["generate", "hi", "--decoder", "lossless", "--branches", "lots"], "branches must be 'auto' or a whole number"),
     ("kv-unknown", ["generate", "hi", "--decoder", "refusion", "--kv", "keep"], "kv must be one of"),
-    ("threads-0", ["generate", "hi", "--threads", "0"], "threads must be a positive integer"),
+    ("threads-0", ["generate", "hi", "--threads", "0"], "threads must lie in [1, "),
     ("threads-text", ["generate", "hi", "--threads", "x"], "threads must be 'auto' or a whole number"),
+    ("threads-huge", ["generate", "hi", "--threads", "99999"], "threads must lie in [1, "),
     ("dtype-unknown", ["generate", "hi", "--dtype", "float8"], "argument --dtype: invalid choice"),
     ("device-unknown", ["generate", "hi", "--device", "bogus"], "unknown device 'bogus'"),
     ("decoder-unknown", ["generate", "hi", "--decoder", "beam"], "unknown decoder 'beam'"),
@@ -191,7 +192,7 @@ EVAL = [(name, EVAL_ARGS + extra, message) for name, extra, message in [
     ("max-new-tokens-zero", ["--max-new-tokens", "0"], "max-new-tokens must be a positive integer"),
     ("token-threshold-nan", ["--decoder", "refusion", "--token-threshold", "nan"], "token-threshold must be a finite number"),
     ("option-of-another-decoder", ["--decoder", "ar", "--slot-size", "4"], "decoder 'ar' does not take slot_size"),
-    ("threads-zero", ["--threads", "0"], "threads must be a positive integer"),
+    ("threads-zero", ["--threads", "0"], "threads must lie in [1, "),
     ("dtype-unknown", ["--dtype", "int4"], "argument --dtype: invalid choice"),
     ("device-unknown", ["--device", "bogus"], "unknown device 'bogus'"),
 ]] + [
@@ -236,7 +237,7 @@ SERVE = [(name, SERVE_ARGS + extra, message) for name, extra, message in [
     ("decoder-unknown", ["--decoder", "nope"], "unknown decoder 'nope'"),
     ("option-of-another-decoder", ["--decoder", "ar", "--slot-size", "4"], "decoder 'ar' does not take slot_size"),
     ("log-level-unknown", ["--log-level", "loud"], "argument --log-level: invalid choice"),
-    ("threads-zero", ["--model", "{masked}", "--threads", "0"], "threads must be a positive integer"),
+    ("threads-zero", ["--model", "{masked}", "--threads", "0"], "threads must lie in [1, "),
     ("device-unknown", ["--model", "{masked}", "--device", "bogus"], "unknown device 'bogus'"),
     ("host-unknown", ["--host", "999.1.1.1"], "cannot listen on 999.1.1.1"),
 ]] + [
