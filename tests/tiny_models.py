@@ -42,3 +42,11 @@ def tiny_model(kind: str = "llama", vocab_size: int = 128, seed: int = 0, **over
     config = tiny_config(kind, vocab_size, **overrides)
     model_class = Qwen3ForCausalLM if kind == "qwen3" else LlamaForCausalLM
     return model_class(config).eval()
+
+
+def tiny_mask_model(max_position_embeddings: int = 2048):
+    """(model, tokenizer): a tiny random Llama whose char tokenizer has <|mask|>, recorded as its mask token."""
+    tokenizer = char_tokenizer(extra_specials=["<|mask|>"])
+    model = tiny_model("llama", vocab_size=len(tokenizer), max_position_embeddings=max_position_embeddings)
+    model.config.mask_token_id = tokenizer.convert_tokens_to_ids("<|mask|>")
+    return model, tokenizer

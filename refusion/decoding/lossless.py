@@ -258,7 +258,7 @@ def decode(
         candidates = (_next_candidates(rows, node, forward.group_size[node], wanted_b, temperature, generator)
                       if feed_masks else NONE)
 
-    if adaptive:
+    if adaptive and not seeded:  # a seeded run started from the prior: its counts would overwrite the history
         _remember(runner.model, shape)
     return DecodeOutput(
         tokens=text,

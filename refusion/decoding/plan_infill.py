@@ -356,9 +356,8 @@ def effective_slot_size(slot_size: int, max_new_tokens: int) -> int:
 
 
 def generation_length(max_new_tokens: int, slot_size: int, blocks: int | None) -> tuple[int, int]:
-    """(L, B): L rounded up to a multiple of k (so under 2x the budget, k being at most the budget);
+    """(L, B) for the `effective_slot_size` k: L rounded up to a multiple of k (so under 2x the budget);
     by default blocks of at most 4 slots."""
-    slot_size = effective_slot_size(slot_size, max_new_tokens)
     if blocks is None:
         block_len = min(4 * slot_size, -(-max_new_tokens // slot_size) * slot_size)
         length = -(-max_new_tokens // block_len) * block_len

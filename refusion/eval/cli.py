@@ -89,11 +89,11 @@ def evaluate_sharded(state, args: argparse.Namespace, model, tokenizer, task, de
     torch.distributed.all_gather_object(shards, shard.records)  # one list of records per process, in process order
     if not state.is_main_process:
         return None
-    summary = summarize(merge_shards(shards), shard.summary["task"], decoder, args.model, shard.summary["settings"],
-                        args.batch_size)
+    records = merge_shards(shards)
+    summary = summarize(records, shard.summary["task"], decoder, args.model, shard.summary["settings"], args.batch_size)
     summary["processes"] = state.num_processes
     if args.output:
-        write_results(args.output, merge_shards(shards), summary)
+        write_results(args.output, records, summary)
     return summary
 
 

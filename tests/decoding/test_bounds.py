@@ -3,7 +3,7 @@
 import pytest
 
 import refusion
-from tests.tiny_models import char_tokenizer, tiny_model
+from tests.tiny_models import tiny_mask_model
 
 # Options that size work, at values far beyond a 2-token budget.
 OVERSIZED = [
@@ -22,10 +22,7 @@ ALL_DECODERS = ["refusion", "lossless", "ar", "mdm", "fast-dllm"]
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer():
-    tokenizer = char_tokenizer(extra_specials=["<|mask|>"])
-    model = tiny_model("llama", vocab_size=len(tokenizer), max_position_embeddings=8192)
-    model.config.mask_token_id = tokenizer.convert_tokens_to_ids("<|mask|>")
-    return model, tokenizer
+    return tiny_mask_model(max_position_embeddings=8192)
 
 
 @pytest.mark.parametrize("decoder,options", OVERSIZED)

@@ -9,17 +9,14 @@ import time
 
 import pytest
 
-from tests.tiny_models import char_tokenizer, tiny_model
+from tests.tiny_models import tiny_mask_model
 
 MODEL_NAME = "tiny-llama"
 
 
 @pytest.fixture(scope="session")
 def model_and_tokenizer():
-    tokenizer = char_tokenizer(extra_specials=["<|mask|>"])
-    model = tiny_model("llama", vocab_size=len(tokenizer), max_position_embeddings=2048)
-    model.config.mask_token_id = tokenizer.convert_tokens_to_ids("<|mask|>")
-    return model, tokenizer
+    return tiny_mask_model(max_position_embeddings=2048)
 
 
 def make_app(model_and_tokenizer, **limits):
@@ -80,12 +77,10 @@ SLOW_FORWARD_SECONDS = 0.05
 
 
 @pytest.fixture(scope="module")
-def slow_live(model_and_tokenizer):
+def slow_live():
     """uvicorn serving a copy of the tiny model whose every forward takes SLOW_FORWARD_SECONDS, so
     that a long decode stays in progress while a test disconnects, queues or checks /health."""
-    model, tokenizer = model_and_tokenizer
-    slow = tiny_model("llama", vocab_size=len(tokenizer), max_position_embeddings=2048)
-    slow.config.mask_token_id = model.config.mask_token_id
+    slow, tokenizer = tiny_mask_model(max_position_embeddings=2048)
     slow.register_forward_pre_hook(lambda module, args: time.sleep(SLOW_FORWARD_SECONDS))
     with LiveServer(make_app((slow, tokenizer), max_tokens=4096, max_waiting=2)) as server:
         yield server
