@@ -50,3 +50,10 @@ def tiny_mask_model(max_position_embeddings: int = 2048):
     model = tiny_model("llama", vocab_size=len(tokenizer), max_position_embeddings=max_position_embeddings)
     model.config.mask_token_id = tokenizer.convert_tokens_to_ids("<|mask|>")
     return model, tokenizer
+
+
+def tiny_model_with_mask(kind: str, mask_id: int = 127):
+    """A tiny random model of 128 tokens whose last id stands for the mask (the char tokenizer never emits it)."""
+    model = tiny_model(kind, vocab_size=128)
+    model.config.mask_token_id = mask_id
+    return model

@@ -35,7 +35,7 @@ def _ms_by_width(row: dict) -> str:
 
 
 def _batches(result: dict) -> str:
-    sizes = result.get("batch_sizes") or sorted({row.get("batch_size", 1) for row in result["rows"]})
+    sizes = result["batch_sizes"]
     return f"batch {sizes[0]}" if len(sizes) == 1 else f"batch sizes {', '.join(map(str, sizes))}"
 
 
@@ -56,10 +56,9 @@ def markdown(result: dict) -> str:
         loglik = row["ar_loglik_per_token"]
         gap = row.get("divergence_logit_gap")
         gap = "-" if gap is None else f"{gap['median']:.3f} / {gap['max']:.3f}"
-        latency = row.get("latency_ms")
-        latency = "-" if latency is None else f"{latency['mean']:.0f} / {latency['p95']:.0f}"
+        latency = f"{row['latency_ms']['mean']:.0f} / {row['latency_ms']['p95']:.0f}"
         lines.append(
-            f"| {row['label']} | {row.get('batch_size', 1)} | {'yes' if row['lossless'] else 'no'} | {row['tokens_per_second']:.2f} "
+            f"| {row['label']} | {row['batch_size']} | {'yes' if row['lossless'] else 'no'} | {row['tokens_per_second']:.2f} "
             f"| {row['speedup_vs_ar']:.2f}x | {latency} "
             f"| {row['tokens_per_forward']:.2f} | {row['forward_passes']:.1f} | {'-' if drafts is None else f'{drafts:.2f}'} "
             f"| {_ms_by_width(row)} | {100 * row['engine_overhead']:.1f}% | {row['peak_memory_mb']:.0f} "
@@ -79,13 +78,13 @@ def plot(result: dict, path: Path) -> Path:
 
     figure, axes = plt.subplots(figsize=(8, 5))
     rows = [row for row in result["rows"] if row["ar_loglik_per_token"] is not None]
-    several = len({row.get("batch_size", 1) for row in rows}) > 1
+    several = len(result["batch_sizes"]) > 1
     for index, row in enumerate(sorted(rows, key=lambda r: r["speedup_vs_ar"])):
         marker = "o" if row["lossless"] else "s"
         point = (row["speedup_vs_ar"], row["ar_loglik_per_token"])
         axes.scatter(*point, marker=marker, s=50)
         # Labels alternate above and below their point, so that neighbours do not overwrite each other.
-        name = f"{row['label']} b{row.get('batch_size', 1)}" if several else row["label"]
+        name = f"{row['label']} b{row['batch_size']}" if several else row["label"]
         axes.annotate(name, point, fontsize=7, xytext=(4, 6 if index % 2 == 0 else -12),
                       textcoords="offset points")
     axes.margins(x=0.25, y=0.12)
@@ -104,7 +103,6 @@ def plot(result: dict, path: Path) -> Path:
 def write(result: dict, directory: str | Path) -> list[Path]:
     """bench.md, bench.json, outputs.jsonl (each row's text per prompt) and bench.png, written atomically."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     outputs = result["outputs"]
     files = {
         "bench.md": markdown(result),

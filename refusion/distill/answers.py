@@ -23,14 +23,15 @@ def done_ids(path: Path) -> set[int]:
     rewritten (in one step) without it, so that appending starts on a clean line."""
     if not path.is_file():
         return set()
+    raw = path.read_bytes()
     complete, ids = [], set()
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in raw.decode("utf-8", errors="replace").splitlines():
         try:
             ids.add(json.loads(line)["id"])
             complete.append(line + "\n")
         except (ValueError, KeyError, TypeError):
             continue
-    if path.read_bytes() != "".join(complete).encode():
+    if raw != "".join(complete).encode():
         write_text(path, "".join(complete))
     return ids
 

@@ -26,7 +26,6 @@ def build_data_command(args: argparse.Namespace) -> None:
         device(args.device)
     if not args.instructions_only:  # a model that does not load is reported before any file is written
         model, tokenizer = load(args.model, dtype=args.dtype, device=args.device)
-    output.mkdir(parents=True, exist_ok=True)
     instructions = build_instructions(args.count, seed=args.seed)
     write_text(output / "instructions.jsonl", "".join(json.dumps(r) + "\n" for r in instructions))
     if args.instructions_only:

@@ -15,14 +15,13 @@ time once (the sum of `seconds / batch_size` over samples), so its TPS is the ru
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 from ..errors import RefusionError
-from ..files import staged_file, write_text
+from ..files import write_text
 from .tasks import get_task
 
 SAMPLES_FILE = "samples.jsonl"
@@ -110,8 +109,9 @@ def evaluate(
     """Evaluate `model` on a task (its name or module) with one decoder; see the module docstring.
 
     `max_new_tokens=None` uses the task's default budget; `reference_settings=True` fills knobs
-    left as None with the paper's settings for that task. With `output`, per-sample records are
-    appended to `output/samples.jsonl` as they are scored and the summary goes to `summary.json`.
+    left as None with the paper's settings for that task. With `output`, the per-sample records go to
+    `output/samples.jsonl` and the summary to `summary.json` when the run ends, each replacing an
+    earlier run's whole (an interrupted run leaves the earlier results as they were).
     `batch_size` examples at a time are generated together (see the module docstring).
     `shard=(i, n)` evaluates every n-th example from the i-th (one of n processes; see `merge_shards`).
     """
@@ -131,14 +131,10 @@ def evaluate(
     knobs = {name: value for name, value in options.items() if value is not None}
     index, count = shard
     examples = task_module.examples(limit)[index::count]
-    directory = Path(output) if output is not None else None
-    # Samples go to a hidden file beside their place; they and the summary replace an earlier run's
-    # only at the end, so an interrupted run leaves the earlier results whole.
-    staged = staged_file(directory / SAMPLES_FILE) if directory is not None else contextlib.nullcontext(None)
     records: list[dict] = []
     settings: dict = {}
     bar = tqdm(total=len(examples), desc=task_module.NAME, unit="sample", disable=not progress, dynamic_ncols=True)
-    with staged as samples_path, bar:
+    with bar:
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
             prompts = [task_module.prompt(example) for example in batch]
@@ -153,14 +149,11 @@ def evaluate(
                           "reference": example.get("answer"), "correct": bool(correct), **result.stats(),
                           "prompt_tokens": result.prompt_tokens, "batch_size": result.batch_size}
                 records.append(record)
-                if samples_path is not None:
-                    with open(samples_path, "a", encoding="utf-8") as handle:
-                        handle.write(json.dumps(record) + "\n")
                 running = summarize(records, task_module.NAME, decoder, model_name, settings, batch_size)
                 bar.update(1)
                 bar.set_postfix(acc=f"{running['accuracy']:.3f}", tps=f"{running['tokens_per_second']:.1f}")
 
     summary = summarize(records, task_module.NAME, decoder, model_name, settings, batch_size)
-    if directory is not None:
-        write_text(directory / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    if output is not None:
+        write_results(output, records, summary)
     return EvalResult(summary, records)

@@ -166,12 +166,12 @@ def decoding_options(request, max_tokens: int, model, defaults: dict) -> dict:
         raise ApiError(400, f"decoder {decoder!r} needs a model with a <|mask|> token; this one has none: use 'ar'", "decoder")
     takes = options_of(DECODERS[decoder])
     knobs = {name: value for name, value in defaults.items() if name in takes and value is not None}
-    knobs.update({name: value for name, value in request.knobs().items() if value is not None})
-    given = [name for name, value in request.knobs().items() if value is not None]
+    requested = {name: value for name, value in request.knobs().items() if value is not None}
+    knobs.update(requested)
     try:
         resolved = check_options(decoder, knobs, max_tokens)
     except RefusionError as error:
-        raise ApiError(400, str(error), named_last(str(error), given)) from error
+        raise ApiError(400, str(error), named_last(str(error), list(requested))) from error
     knobs = {name: resolved[name] for name in knobs}
     temperature = checked(TEMPERATURE, request.temperature if request.temperature is not None else
                           defaults.get("temperature") or 0.0, "temperature")

@@ -11,7 +11,7 @@ import refusion
 from refusion.decoding.generation import Generation
 from refusion.errors import RefusionError
 from tests.decoding.oracle import EOS, PROMPT, PositionOracle, Tokenizer
-from tests.tiny_models import char_tokenizer, tiny_model
+from tests.tiny_models import char_tokenizer, tiny_model, tiny_model_with_mask
 
 # The oracle's AR head predicts DRAFT[j] after generated offset j - 1, offsets counted from a
 # 3-token prompt, so a prompt of length P starts writing at DRAFT[P - 3]. With a budget of 6:
@@ -148,11 +148,6 @@ def test_ar_batch_rows_equal_each_prompt_alone_on_real_models(kind, sampling, to
     assert batch_forwards == max(steps) < sum(steps)
 
 
-def with_mask(kind):
-    model = tiny_model(kind, vocab_size=128)
-    model.config.mask_token_id = 127
-    return model
-
 
 OTHER_DECODERS = {
     "refusion": dict(max_new_tokens=16, slot_size=4, blocks=2, slot_threshold=0.012, token_threshold=0.012),
@@ -168,9 +163,9 @@ OTHER_DECODERS = {
 def test_every_other_decoder_takes_a_list_and_gives_what_each_prompt_gets_alone(decoder, tokenizer):
     prompts = [refusion.encode_prompt(tokenizer, text)[0].tolist() for text in TEXTS[:3]]
     options = dict(decoder=decoder, temperature=0.1, seed=5, **OTHER_DECODERS[decoder])
-    model = with_mask("qwen3")
+    model = tiny_model_with_mask("qwen3")
     alone = [refusion.generate(model, tokenizer, prompt, **options) for prompt in prompts]
-    batched = refusion.generate(with_mask("qwen3"), tokenizer, prompts, **options)
+    batched = refusion.generate(tiny_model_with_mask("qwen3"), tokenizer, prompts, **options)
     assert len(batched) == len(prompts)
     for row, single in zip(batched, alone):
         same_generation(row, single)

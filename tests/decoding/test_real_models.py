@@ -5,7 +5,7 @@ import torch
 
 import refusion
 from refusion import kv_cache
-from tests.tiny_models import char_tokenizer, tiny_model
+from tests.tiny_models import char_tokenizer, tiny_model, tiny_model_with_mask
 
 MASK_ID = 127
 
@@ -18,11 +18,6 @@ def tokenizer():
 def prompt_ids(tokenizer):
     return refusion.encode_prompt(tokenizer, "Add 2 and 3.")
 
-
-def with_mask(kind):
-    model = tiny_model(kind, vocab_size=128)
-    model.config.mask_token_id = MASK_ID
-    return model
 
 
 # Low thresholds on a random model: several slots per plan, partial acceptance and completion rounds.
@@ -38,7 +33,7 @@ def fresh_cache(model, tokens, positions):
 
 @pytest.mark.parametrize("kind", ["qwen3", "llama"])
 def test_recompute_cache_equals_a_fresh_causal_forward_over_the_decode_order(kind, tokenizer):
-    model = with_mask(kind)
+    model = tiny_model_with_mask(kind)
     result = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv="recompute", trace=True, return_state=True, **LOOSE)
     events = {event["event"] for event in result.trace}
     assert {"plan", "commit", "round"} <= events, "the settings must drive parallel completion"
@@ -53,7 +48,7 @@ def test_recompute_cache_equals_a_fresh_causal_forward_over_the_decode_order(kin
 
 @pytest.mark.parametrize("kind", ["qwen3", "llama"])
 def test_exact_kv_makes_recomputes_choices_and_cache_without_its_extra_forwards(kind, tokenizer):
-    model = with_mask(kind)
+    model = tiny_model_with_mask(kind)
     recompute = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv="recompute", trace=True, **LOOSE)
     exact = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv="exact", trace=True, return_state=True, **LOOSE)
     assert exact.tokens == recompute.tokens
@@ -69,7 +64,7 @@ def test_exact_kv_makes_recomputes_choices_and_cache_without_its_extra_forwards(
 
 @pytest.mark.parametrize("kind", ["qwen3", "llama"])
 def test_reuse_keeps_one_cache_entry_per_decoded_token_and_exact_prompt_kv(kind, tokenizer):
-    model = with_mask(kind)
+    model = tiny_model_with_mask(kind)
     result = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv="reuse", return_state=True, **LOOSE)
     state = result.state
     assert kv_cache.length(state.cache) == len(state.decode_order_tokens)
@@ -82,7 +77,7 @@ def test_reuse_keeps_one_cache_entry_per_decoded_token_and_exact_prompt_kv(kind,
 @pytest.mark.parametrize("kind", ["qwen3", "llama"])
 @pytest.mark.parametrize("kv", ["reuse", "recompute"])
 def test_outputs_hold_no_mask_and_greedy_is_deterministic(kind, kv, tokenizer):
-    model = with_mask(kind)
+    model = tiny_model_with_mask(kind)
     first = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv=kv, **LOOSE)
     second = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv=kv, **LOOSE)
     assert first.tokens == second.tokens and first.forward_passes == second.forward_passes
@@ -91,7 +86,7 @@ def test_outputs_hold_no_mask_and_greedy_is_deterministic(kind, kv, tokenizer):
 
 
 def test_sampling_is_reproducible_with_a_seed(tokenizer):
-    model = with_mask("llama")
+    model = tiny_model_with_mask("llama")
     runs = [refusion.generate(model, tokenizer, prompt_ids(tokenizer), temperature=1.0, seed=seed, **LOOSE).tokens
             for seed in (1, 1, 2)]
     assert runs[0] == runs[1] and runs[0] != runs[2]
@@ -110,7 +105,7 @@ def test_ar_equals_transformers_greedy_generate(kind, tokenizer):
 
 def test_refusion_with_one_token_slots_and_zero_thresholds_is_greedy_ar_after_the_first_token(tokenizer):
     """k = 1, B = L: each step plans one slot, verification accepts it: the text is the mask head's greedy."""
-    model = with_mask("llama")
+    model = tiny_model_with_mask("llama")
     result = refusion.generate(model, tokenizer, prompt_ids(tokenizer), max_new_tokens=8, slot_size=1, blocks=8,
                                slot_threshold=0.0, token_threshold=0.0, trace=True)
     assert result.forward_passes == 9  # one plan, then a verify per token carrying the next token's plan
