@@ -8,8 +8,8 @@ them greedily (N/b calls of `refusion.generate` with b prompts each) after an un
 Aggregate tokens/s = all new tokens / wall time of all calls. Also printed: the model forwards the
 batches ran (each batched forward once) against the forwards the rows would take alone, and how
 many rows wrote exactly the tokens they write at batch 1. In float32 every row does; in bfloat16
-the CPU's matrix kernels round differently by batch size (even 16 copies of one prompt, no padding
-or mask, move its logits by up to ~0.3), so a near-tie can go the other way and the text part ways.
+the CPU's matrix kernels round differently by batch size, so a near-tie can go the other way and
+the text part ways.
 Other work on the machine skews the numbers badly with 2+ threads: run it on a quiet machine.
 """
 
