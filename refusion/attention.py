@@ -43,6 +43,15 @@ def segment_mask(past: int, segments: list[tuple[int, list[tuple[int, int]]]], d
     tokens of that (earlier) segment. So one sequence holds what would otherwise need a batch of
     rows, each with its own copy of the cache.
     """
+    visible = segment_visibility(segments)
+    fed = visible.shape[0]
+    mask = torch.zeros(fed, past + fed, dtype=dtype)
+    mask[:, past:] = torch.zeros(fed, fed, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
+    return mask[None, None].to(device)
+
+
+def segment_visibility(segments: list[tuple[int, list[tuple[int, int]]]]) -> torch.Tensor:
+    """Who sees whom among the fed tokens of `segment_mask`'s segments: [S, S] bool, True = visible."""
     fed = sum(length for length, _ in segments)
     visible = torch.zeros(fed, fed, dtype=torch.bool)
     starts = []
@@ -53,6 +62,16 @@ def segment_mask(past: int, segments: list[tuple[int, list[tuple[int, int]]]], d
         for other, count in sees:
             visible[start : start + length, starts[other] : starts[other] + count] = True
         start += length
-    mask = torch.zeros(fed, past + fed, dtype=dtype)
-    mask[:, past:] = torch.zeros(fed, fed, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
-    return mask[None, None].to(device)
+    return visible
+
+
+def rows_mask(cache_padding: torch.Tensor, fed_visible: torch.Tensor, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """Additive mask [B, 1, W, C + W] for a batch whose rows each feed their own tokens after a shared cache.
+
+    `cache_padding` [B, C] (True = not this row's entry) hides other rows' padding in the cache;
+    `fed_visible` [B, W, W] says which of its fed tokens each fed token sees.
+    """
+    rows, width = fed_visible.shape[:2]
+    visible = torch.cat([(~cache_padding)[:, None, :].expand(rows, width, -1), fed_visible], dim=2)
+    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
+    return mask[:, None].to(device)

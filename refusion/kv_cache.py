@@ -70,3 +70,35 @@ def layer_tensors(cache: DynamicCache) -> LayerKV:
 def segment(cache: DynamicCache, start: int, count: int) -> LayerKV:
     """The keys/values of cached tokens start .. start+count-1: [B, H, count, D] per layer (views)."""
     return [(layer.keys[..., start : start + count, :], layer.values[..., start : start + count, :]) for layer in cache.layers]
+
+
+def gather_columns(cache: DynamicCache, index: torch.Tensor) -> None:
+    """Keep, for each batch row b, the cached tokens at `index[b]` ([B, K], in that order).
+
+    What rows of a batch keep of one forward differs by row (how many drafts each accepted); a row
+    that keeps fewer repeats an entry, which its owner marks as padding.
+    """
+    for layer in cache.layers:
+        if layer.is_initialized:
+            gather = index.to(layer.keys.device)[:, None, :, None].expand(-1, layer.keys.shape[1], -1,
+                                                                          layer.keys.shape[-1])
+            layer.keys = layer.keys.gather(2, gather)
+            layer.values = layer.values.gather(2, gather)
+
+
+def add_rows(cache: DynamicCache, other: DynamicCache) -> None:
+    """Append the batch rows of `other` to `cache`, the shorter one left-padded with zero entries."""
+    for layer, extra in zip(cache.layers, other.layers):
+        keys, values, new_keys, new_values = layer.keys, layer.values, extra.keys, extra.values
+        width = max(keys.shape[2], new_keys.shape[2])
+        layer.keys = torch.cat([_left_pad(keys, width), _left_pad(new_keys, width)], dim=0)
+        layer.values = torch.cat([_left_pad(values, width), _left_pad(new_values, width)], dim=0)
+
+
+def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - tensor.shape[2]
+    if not missing:
+        return tensor
+    shape = list(tensor.shape)
+    shape[2] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=2)

@@ -1,8 +1,9 @@
 """The autoregressive baseline: prefill the prompt, then one token per forward with a KV cache.
 
-Greedy output equals transformers' `generate(do_sample=False)`. `decode_batch` decodes several
-prompts together (left-padded, one forward per step for the rows still running), each row getting
-the tokens `decode` gives it alone. Knows nothing about slots or masks.
+Greedy output equals transformers' `generate(do_sample=False)`. `ArRow` is the same decode as a
+row of a `Batch`: `decode_batch` decodes several prompts together (one forward per step for the
+rows still running), each row getting the tokens `decode` gives it alone, and the server's
+running batch takes `ar` requests as such rows. Knows nothing about slots or masks.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Callable
 import torch
 
 from .. import kv_cache
-from ..attention import padded_causal_mask
+from .batching import Batch, Feed
 from .generation import EventCallback
 from .runner import DecodeOutput, ModelRunner
 from .sampling import choose
@@ -67,66 +68,54 @@ def decode_batch(
 ) -> list[DecodeOutput]:
     """`decode` for several prompts ([1, P] each) at once: one forward per step for every unfinished row.
 
-    Prompts are left-padded to the longest, with an additive mask hiding the padding and each row's
-    own position ids, so every row sees exactly the keys and positions it sees alone; its tokens are
-    chosen from its own logits with its own generator. A row that ends (EOS, its `should_stop`,
-    the budget) leaves the batch: its cache row is dropped, and cache columns that are padding in
-    every remaining row are cut, so finished or short rows stop costing work.
+    Each row sees exactly the keys and positions it sees alone and chooses from its own logits
+    with its own generator; a row that ends (EOS, its `should_stop`, the budget) leaves the batch
+    (`refusion.decoding.batching`).
     """
-    lengths = [prompt.shape[1] for prompt in prompts]
-    width = max(lengths)
-    pads = torch.tensor([width - length for length in lengths])
-    input_ids = torch.zeros(len(prompts), width, dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - lengths[row]:] = prompt[0]
-    columns = torch.arange(width)[None]
-    positions = (columns - pads[:, None]).clamp_min(0)  # [B, P]: a row's prompt at 0 .. P-1, as alone
-    padding = columns < pads[:, None]  # [B, cache columns], True = padding
-    cache = kv_cache.new_cache()
-    tokens: list[list[int]] = [[] for _ in prompts]
-    active = list(range(len(prompts)))  # the prompt of each batch row, in cache row order
-    for step in range(max_new_tokens):
-        mask = padded_causal_mask(padding, input_ids.shape[1], runner.dtype, runner.device)
-        logits = runner(input_ids, positions, cache, attention_mask=mask, logits_to_keep=1)[:, -1]  # [b, V]
-        chosen = _choose_rows(logits, temperature, [generators[index] for index in active])
-        running = []
-        for row, index in enumerate(active):
-            tokens[index].append(chosen[row])
-            emits[index]({"event": "commit", "step": step + 1, "positions": [step], "tokens": [chosen[row]], "phase": "ar"})
-            if not (chosen[row] in eos_token_ids or should_stops[index]()):
-                running.append(row)
-        if not running or step + 1 == max_new_tokens:
-            break
-        if len(running) < len(active):
-            padding = _leave(cache, padding, torch.tensor(running))
-            active = [active[row] for row in running]
-        input_ids = torch.tensor([[tokens[index][-1]] for index in active])
-        positions = torch.tensor([[lengths[index] + step] for index in active])
-        padding = torch.cat([padding, torch.zeros(len(active), 1, dtype=torch.bool)], dim=1)
-    return [
-        DecodeOutput(
-            tokens=row_tokens,
-            forward_passes=len(row_tokens),  # one forward per token, as alone: the forwards this row took part in
-            decode_order_tokens=prompt[0].tolist() + row_tokens,
-            decode_order_positions=list(range(prompt.shape[1] + len(row_tokens))),
+    rows = [ArRow(prompt[0].tolist(), max_new_tokens=max_new_tokens, eos_token_ids=eos_token_ids,
+                  temperature=temperature, generator=generator, emit=emit, should_stop=should_stop)
+            for prompt, generator, emit, should_stop in zip(prompts, generators, emits, should_stops)]
+    batch = Batch(runner)
+    for row in rows:
+        batch.add(row)
+    while len(batch):
+        batch.step()
+    return [row.output() for row in rows]
+
+
+class ArRow:
+    """One prompt's `ar` decode as a row of a `Batch`: feeds its last token, takes the next one."""
+
+    def __init__(self, prompt: list[int], *, max_new_tokens: int, eos_token_ids: set[int], temperature: float = 0.0,
+                 generator: torch.Generator | None = None, emit: EventCallback = lambda event: None,
+                 should_stop: Callable[[], bool] = lambda: False):
+        self.prompt = prompt
+        self.pending, self.position = list(prompt), 0
+        self.max_new_tokens, self.eos_token_ids = max_new_tokens, eos_token_ids
+        self.temperature, self.generator, self.emit, self.should_stop = temperature, generator, emit, should_stop
+        self.tokens: list[int] = []
+        self.forwards = 0
+        self.done = False
+
+    def feed(self, rows: int) -> Feed:
+        fed = len(self.pending)
+        return Feed(self.pending, list(range(self.position, self.position + fed)), None, [fed - 1])
+
+    def take(self, logits: torch.Tensor) -> list[int]:
+        token, _ = choose(logits, self.temperature, self.generator)
+        self.tokens.append(int(token))
+        step = len(self.tokens)
+        self.emit({"event": "commit", "step": step, "positions": [step - 1], "tokens": [self.tokens[-1]], "phase": "ar"})
+        self.done = self.tokens[-1] in self.eos_token_ids or step == self.max_new_tokens or self.should_stop()
+        kept = list(range(len(self.pending)))
+        self.position += len(self.pending)
+        self.pending = [self.tokens[-1]]
+        return kept
+
+    def output(self) -> DecodeOutput:
+        return DecodeOutput(
+            tokens=self.tokens,
+            forward_passes=self.forwards,  # the forwards this row took part in: as many as alone
+            decode_order_tokens=self.prompt + self.tokens,
+            decode_order_positions=list(range(len(self.prompt) + len(self.tokens))),
         )
-        for prompt, row_tokens in zip(prompts, tokens)
-    ]
-
-
-def _choose_rows(logits: torch.Tensor, temperature: float, generators: list[torch.Generator | None]) -> list[int]:
-    """One token per row of logits [b, V]; sampling draws each row from its own generator, as alone."""
-    if temperature == 0:
-        return logits.argmax(dim=-1).tolist()
-    return [int(choose(logits[row : row + 1], temperature, generator)[0]) for row, generator in enumerate(generators)]
-
-
-def _leave(cache, padding: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
-    """Keep only the `running` rows of the cache and padding; cut columns that are now padding in every row."""
-    kv_cache.select_rows(cache, running)
-    padding = padding[running]
-    first = int((~padding).any(dim=0).int().argmax())  # the first column some remaining row does not pad
-    if first:
-        kv_cache.keep_indices(cache, torch.arange(first, padding.shape[1]))
-        padding = padding[:, first:]
-    return padding

@@ -56,16 +56,16 @@ def test_finished_rows_leave_the_batch_and_padding_columns_are_cut():
     assert sum(count for count, _ in batched[0].forward_profile.values()) == 6
     rows = [len(call.input_ids) for call in model.calls]
     assert rows == [3, 3, 2, 2, 2, 1]
-    # The longest prompt leaves after step 2: the 4 columns padding both others are cut (11 -> 7);
+    # The longest prompt leaves after step 2: the 4 columns that only it used are cut (11 -> 7);
     # the middle one leaves after step 5 and the short one keeps only its own 3 + 4 entries.
     assert [call.past_length for call in model.calls] == [0, 10, 7, 8, 9, 7]
     alone = oracle()
     refusion.generate(alone, Tokenizer(), torch.tensor(SHORT), **ORACLE_OPTIONS)
     assert model.calls[-1].past_length == alone.calls[-1].past_length
     assert model.calls[-1].position_ids == alone.calls[-1].position_ids == [[3 + 4]]
-    # Each row's prompt sits at positions 0 .. P-1 behind its left padding, as alone.
+    # Each row's prompt sits at positions 0 .. P-1, as alone.
     first = model.calls[0]
-    assert first.position_ids[2] == list(range(10)) and first.position_ids[0][-3:] == [0, 1, 2]
+    assert first.position_ids[2] == list(range(10)) and first.position_ids[0][:3] == [0, 1, 2]
 
 
 def test_a_cancelled_batch_ends_every_row():

@@ -1,0 +1,151 @@
+"""Rows that decode together: each step is one forward that feeds every running row its own tokens.
+
+A row is one prompt's decoder state (`autoregressive.ArRow`, `lossless.LosslessRow`). It holds
+`pending`, its committed tokens whose KV is not cached yet (the whole prompt at first), and
+`position`, the position of the first of them, and it answers two calls per step:
+
+- `feed(rows)` -> `Feed`: the tokens it feeds this step (its pending tokens first), their true
+  positions, which of them see which, and the offsets whose logits it reads. `rows` is how many
+  rows share the forward, for a row that sizes its work by what the forward costs;
+- `take(logits)` with the logits it asked for, in that order: it decides, reports through its own
+  callbacks, sets `done` when it has finished, and returns the offsets of the fed tokens whose KV
+  the cache keeps (in order: its exact causal cache of the text).
+
+Rows' feeds are laid side by side in a [rows, widest feed] batch; one additive mask hides from each
+row the cache entries and fed tokens that are not its own. The cache is shared: a column holds
+one entry per row, and `padding` marks the entries that are not that row's (its feed was shorter,
+it kept fewer tokens, or it joined with a shorter prompt). Columns that are padding in every row
+are cut, and a finished row's cache row is dropped, so that finished rows stop costing work.
+
+A row may join a running batch between steps (the server's continuous batching): its prompt but
+the last token is fed in a forward of its own, and its cache row is added to the batch's, so that
+the running rows' steps never carry a long prompt's width. Knows nothing about tokenizers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import kv_cache
+from ..attention import rows_mask
+from .runner import ModelRunner
+
+COMPACT_WASTE = 64
+"""Re-pack the cache when its width exceeds the longest row's own entries by this many columns."""
+
+
+@dataclass
+class Feed:
+    ids: list[int]
+    positions: list[int]
+    visible: torch.Tensor | None
+    """[w, w] bool: which fed tokens each fed token sees (None: causal)."""
+    read: list[int]
+    """Offsets of the fed tokens whose logits the row reads."""
+
+
+class Batch:
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
+        self.cache = kv_cache.new_cache()
+        self.padding = torch.zeros(0, 0, dtype=torch.bool)  # [rows, columns], True = not that row's entry
+        self.rows: list = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, row) -> None:
+        """A row whose whole prompt rides along its first step (as it would alone)."""
+        self.rows.append(row)
+        self.padding = torch.cat([self.padding, torch.ones(1, self.padding.shape[1], dtype=torch.bool)])
+
+    def join(self, row) -> None:
+        """A row joining a running batch: its prompt but the last token is cached by a forward of its own."""
+        if not self.padding.shape[1] or len(row.pending) < 2:  # nothing cached yet: ride along like the rest
+            self.add(row)
+            return
+        prefix = row.pending[:-1]
+        cache = kv_cache.new_cache()
+        self.runner(torch.tensor([prefix]), torch.arange(row.position, row.position + len(prefix))[None], cache,
+                    logits_to_keep=1)
+        row.forwards += 1
+        row.pending, row.position = row.pending[-1:], row.position + len(prefix)
+        width = max(self.padding.shape[1], len(prefix))
+        padding = torch.cat([torch.ones(len(self.rows), width - self.padding.shape[1], dtype=torch.bool), self.padding], 1)
+        its_padding = torch.arange(width) < width - len(prefix)
+        kv_cache.add_rows(self.cache, cache)
+        self.padding = torch.cat([padding, its_padding[None]])
+        self.rows.append(row)
+
+    def step(self) -> list:
+        """One forward for every row; returns the rows that finished (they have left the batch)."""
+        feeds = [row.feed(len(self.rows)) for row in self.rows]
+        rows, width, columns = len(feeds), max(len(feed.ids) for feed in feeds), self.padding.shape[1]
+        ids = torch.zeros(rows, width, dtype=torch.long)
+        positions = torch.zeros(rows, width, dtype=torch.long)
+        visible = torch.eye(width, dtype=torch.bool).repeat(rows, 1, 1)  # a pad sees itself: no all-hidden row
+        for b, feed in enumerate(feeds):
+            fed = len(feed.ids)
+            ids[b, :fed] = torch.tensor(feed.ids)
+            positions[b, :fed] = torch.tensor(feed.positions)
+            visible[b, :fed, :fed] = feed.visible if feed.visible is not None else torch.ones(fed, fed).tril().bool()
+        causal = rows == 1 and feeds[0].visible is None and not self.padding.any()
+        mask = None if causal else rows_mask(self.padding, visible, self.runner.dtype, self.runner.device)
+        read = sorted({offset for feed in feeds for offset in feed.read})
+        where = {offset: i for i, offset in enumerate(read)}
+        logits = self.runner(ids, positions, self.cache, mask, logits_to_keep=torch.tensor(read, device=self.runner.device))
+        keeps = []
+        for b, (row, feed) in enumerate(zip(self.rows, feeds)):
+            row.forwards += 1
+            keeps.append(row.take(logits[b, [where[offset] for offset in feed.read]]))
+        self._keep(columns, keeps)
+        finished = [row for row in self.rows if row.done]
+        if finished:
+            self._leave([b for b, row in enumerate(self.rows) if not row.done])
+        else:
+            self.compact()
+        return finished
+
+    def _keep(self, columns: int, keeps: list[list[int]]) -> None:
+        """Keep each row's chosen fed entries fed after the `columns` cached before this step."""
+        most = max(len(keep) for keep in keeps)
+        if all(keep == list(range(len(keep))) for keep in keeps):  # prefixes: cutting the cache is enough
+            kv_cache.truncate(self.cache, columns + most)
+        else:
+            index = torch.arange(columns + most).repeat(len(keeps), 1)
+            for b, keep in enumerate(keeps):
+                index[b, columns : columns + len(keep)] = columns + torch.tensor(keep, dtype=torch.long)
+            kv_cache.gather_columns(self.cache, index)
+        kept = torch.arange(most)[None] >= torch.tensor([len(keep) for keep in keeps])[:, None]
+        self.padding = torch.cat([self.padding, kept], dim=1)
+
+    def _leave(self, running: list[int]) -> None:
+        """Drop the finished rows; cut the columns no remaining row uses; re-pack a cache mostly padding."""
+        if not running:
+            self.rows, self.cache, self.padding = [], kv_cache.new_cache(), torch.zeros(0, 0, dtype=torch.bool)
+            return
+        self.rows = [self.rows[b] for b in running]
+        kv_cache.select_rows(self.cache, torch.tensor(running))
+        self.padding = self.padding[running]
+        self.compact()
+
+    def compact(self) -> None:
+        """Cut columns that are padding in every row; re-pack each row's entries if most of the cache is waste."""
+        used = ~self.padding.all(dim=0)
+        if not used.all():
+            kv_cache.keep_indices(self.cache, used.nonzero()[:, 0])
+            self.padding = self.padding[:, used]
+        own = (~self.padding).sum(dim=1)
+        longest = int(own.max()) if len(own) else 0
+        if self.padding.shape[1] - longest > COMPACT_WASTE:
+            # Each row's own entries in order, right-aligned; the rest of its columns repeat its first entry as padding.
+            index = torch.zeros(len(self.rows), longest, dtype=torch.long)
+            padding = torch.ones(len(self.rows), longest, dtype=torch.bool)
+            for b in range(len(self.rows)):
+                entries = (~self.padding[b]).nonzero()[:, 0]
+                index[b, longest - len(entries):] = entries
+                padding[b, longest - len(entries):] = False
+            kv_cache.gather_columns(self.cache, index)
+            self.padding = padding
