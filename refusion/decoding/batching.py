@@ -49,21 +49,26 @@ class Feed:
 class Batch:
     def __init__(self, runner: ModelRunner):
         self.runner = runner
+        self.rows: list = []
+        self._empty()
+
+    def _empty(self) -> None:
         self.cache = kv_cache.new_cache()
         self.padding = torch.zeros(0, 0, dtype=torch.bool)  # [rows, columns], True = not that row's entry
-        self.rows: list = []
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def add(self, row) -> None:
         """A row whose whole prompt rides along its first step (as it would alone)."""
+        if not self.rows:
+            self._empty()
         self.rows.append(row)
         self.padding = torch.cat([self.padding, torch.ones(1, self.padding.shape[1], dtype=torch.bool)])
 
     def join(self, row) -> None:
         """A row joining a running batch: its prompt but the last token is cached by a forward of its own."""
-        if not self.padding.shape[1] or len(row.pending) < 2:  # nothing cached yet: ride along like the rest
+        if not self.rows or not self.padding.shape[1] or len(row.pending) < 2:  # nothing cached yet: ride along like the rest
             self.add(row)
             return
         prefix = row.pending[:-1]
@@ -123,8 +128,8 @@ class Batch:
 
     def _leave(self, running: list[int]) -> None:
         """Drop the finished rows; cut the columns no remaining row uses; re-pack a cache mostly padding."""
-        if not running:
-            self.rows, self.cache, self.padding = [], kv_cache.new_cache(), torch.zeros(0, 0, dtype=torch.bool)
+        if not running:  # the cache stays as the last row left it (a decode alone returns it) until a row comes
+            self.rows = []
             return
         self.rows = [self.rows[b] for b in running]
         kv_cache.select_rows(self.cache, torch.tensor(running))

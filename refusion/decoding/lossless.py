@@ -32,6 +32,10 @@ forward's cost. That cost, by tokens fed, is measured once per model (`width_cos
 GPU or a bf16 CPU tens of tokens cost little more than one; in float32 on a CPU they do not), or
 modelled as `1 + width_cost * (tokens fed - 1)`. b = 0 feeds nothing extra: a plain `ar` step.
 Seeded sampling adapts from the prior with a fixed cost model instead, so that a seed gives one text.
+
+A decode is a `LosslessRow` of a `refusion.decoding.batching.Batch`: alone, the batch has one row;
+several prompts (or the server's running batch) share each forward, every row feeding its own
+tree. In a batch, an unseeded row prices a wider tree by what it adds to the whole forward.
 Knows nothing about tokenizers.
 """
 
@@ -42,9 +46,9 @@ from typing import Callable
 
 import torch
 
-from .. import kv_cache
-from ..attention import segment_mask
+from ..attention import segment_visibility
 from ..errors import RefusionError
+from .batching import Batch, Feed
 from .generation import EventCallback
 from .options import Option
 from .runner import DecodeOutput, ModelRunner, interpolate_cost, width_costs
@@ -173,103 +177,137 @@ class Candidates:
 NONE = Candidates([], [])
 
 
-def decode(
-    runner: ModelRunner,
-    prompt_ids: torch.Tensor,
-    *,
-    max_new_tokens: int,
-    eos_token_ids: set[int],
-    mask_token_id: int,
-    branches: int | str = "auto",
-    depth: int | str = "auto",
-    max_branches: int = 8,
-    max_depth: int = 10,
-    width_cost: float | str = "auto",
-    temperature: float = 0.0,
-    generator: torch.Generator | None = None,
-    emit: EventCallback = lambda event: None,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> DecodeOutput:
-    P = prompt_ids.shape[1]
-    cache = kv_cache.new_cache()
-    adaptive = branches == "auto" or depth == "auto"
-    # Seeded sampling gives the same text every time only if the shape (which decides the random draws) does not
-    # depend on timings or on earlier generations: it adapts from the prior with a fixed cost model.
-    seeded = generator is not None and temperature > 0
-    if seeded and width_cost == "auto":
-        width_cost = SEEDED_WIDTH_COST
-    shape = Shape(branches, depth, max_branches, max_depth, forward_cost(runner, width_cost) if adaptive else None)
-    if adaptive and not seeded:  # what this model's candidates achieved in earlier generations is the best prior
-        shape.restore(getattr(runner.model, "_refusion_lossless_stats", None))
-    pending = prompt_ids[0].tolist()  # committed, KV not cached yet
-    candidates = NONE
-    text: list[int] = []
-    step = offered_total = accepted_total = 0
+def decode(runner: ModelRunner, prompt_ids: torch.Tensor, **options) -> DecodeOutput:
+    """One prompt ([1, P]) alone: a batch of one row (`LosslessRow` takes the keyword arguments)."""
+    row = LosslessRow(runner, prompt_ids[0].tolist(), **options)
+    batch = Batch(runner)
+    batch.add(row)
+    while len(batch):
+        batch.step()
+    return row.output(batch.cache)
 
-    while len(text) < max_new_tokens:
-        step += 1
-        remaining = max_new_tokens - len(text)
+
+def decode_batch(runner: ModelRunner, prompts: list[torch.Tensor], *, generators, emits, should_stops,
+                 **options) -> list[DecodeOutput]:
+    """Several prompts ([1, P] each) decoded together: one forward per step feeds every unfinished row's tree.
+
+    Each row adapts its own tree; unseeded rows price a wider tree by what it costs the whole
+    batch's forward, so that a large batch spends its width on rows, not on drafts.
+    """
+    rows = [LosslessRow(runner, prompt[0].tolist(), generator=generator, emit=emit, should_stop=should_stop, **options)
+            for prompt, generator, emit, should_stop in zip(prompts, generators, emits, should_stops)]
+    batch = Batch(runner)
+    for row in rows:
+        batch.add(row)
+    while len(batch):
+        batch.step()
+    return [row.output() for row in rows]
+
+
+class LosslessRow:
+    """One prompt's lossless decode as a row of a `Batch` (see the module docstring for one step)."""
+
+    def __init__(self, runner: ModelRunner, prompt: list[int], *, max_new_tokens: int, eos_token_ids: set[int],
+                 mask_token_id: int, branches: int | str = "auto", depth: int | str = "auto", max_branches: int = 8,
+                 max_depth: int = 10, width_cost: float | str = "auto", temperature: float = 0.0,
+                 generator: torch.Generator | None = None, emit: EventCallback = lambda event: None,
+                 should_stop: Callable[[], bool] = lambda: False):
+        self.prompt = prompt
+        self.max_new_tokens, self.eos_token_ids, self.mask_token_id = max_new_tokens, eos_token_ids, mask_token_id
+        self.temperature, self.generator, self.emit, self.should_stop = temperature, generator, emit, should_stop
+        self.adaptive = branches == "auto" or depth == "auto"
+        # Seeded sampling gives the same text every time only if the shape (which decides the random draws) does
+        # not depend on timings, earlier generations or the batch: it adapts from the prior with a fixed cost model.
+        self.seeded = generator is not None and temperature > 0
+        if self.seeded and width_cost == "auto":
+            width_cost = SEEDED_WIDTH_COST
+        self.settings = {"branches": branches, "depth": depth, "max_branches": max_branches, "max_depth": max_depth,
+                         "width_cost": width_cost}
+        self.forward_cost = forward_cost(runner, width_cost) if self.adaptive else None
+        self.shape = Shape(branches, depth, max_branches, max_depth, self.forward_cost)
+        if self.adaptive and not self.seeded:  # what this model's candidates achieved earlier is the best prior
+            self.shape.restore(getattr(runner.model, "_refusion_lossless_stats", None))
+        self.model = runner.model
+        self.pending, self.position = list(prompt), 0  # committed, KV not cached yet; the first one's position
+        self.candidates = NONE
+        self.text: list[int] = []
+        self.steps = self.offered = self.accepted = self.forwards = 0
+        self.done = False
+
+    def feed(self, rows: int) -> Feed:
+        if self.forward_cost is not None:
+            self.shape.cost = self._cost_in_batch(1 if self.seeded else rows)
+        remaining = self.max_new_tokens - len(self.text)
         # A chain of d and its masks reach T+2d+1: fed only as far as the token budget reaches.
         reach = (remaining - 1) // 2
-        wanted_b, wanted_d = shape.choose(reach) if reach >= 1 else (0, 1)
+        wanted_b, wanted_d = self.shape.choose(reach) if reach >= 1 else (0, 1)
+        candidates = self.candidates
         b = min(wanted_b, len(candidates.first))  # what this forward can offer
         d = min(wanted_d, 1 + len(candidates.chain))
-        feed_masks = wanted_b > 0  # masks give the next forward its candidates
+        self.wanted_b, self.feed_masks = wanted_b, wanted_b > 0  # masks give the next forward its candidates
         g = wanted_d + 1  # masks per group: a placeholder where the AR token goes, then the next chain
-        past = kv_cache.length(cache)
-        T = past + len(pending) - 1
-        forward = Forward(pending, T, mask_token_id)
-        if feed_masks:
+        forward = Forward(self.pending, self.position + len(self.pending) - 1, self.mask_token_id)
+        if self.feed_masks:
             forward.root_group(g)
         chains = [[candidates.first[0]] + candidates.chain[: d - 1]] if b else []
         chains += [[token] for token in candidates.first[1:b]]
         for chain in chains:
-            forward.chain(chain, g if feed_masks else 0)
-        logits = runner(forward.ids(), forward.positions(), cache,
-                        forward.mask(past, runner.dtype, runner.device) if len(forward.segments) > 1 else None,
-                        logits_to_keep=torch.tensor(forward.read, device=runner.device))[0]
+            forward.chain(chain, g if self.feed_masks else 0)
+        self.forward, self.chains, self.depth = forward, chains, d if b else 0
+        return Feed(forward.ids(), forward.positions(), forward.visibility() if len(forward.segments) > 1 else None,
+                    forward.read)
+
+    def take(self, logits: torch.Tensor) -> list[int]:
+        forward, chains, candidates = self.forward, self.chains, self.candidates
         rows = dict(zip(forward.read_keys, logits))
-
-        token_after, path, rank = _walk(rows, chains, candidates.first_q, candidates.chain_q, temperature, generator)
-        deeper = len(path) - 1 if path else 0
-        if adaptive:
-            shape.update(b, d if b else 0, rank, deeper)
-        offered_total += sum(len(chain) for chain in chains)
-        accepted_total += len(path)
-
-        node = ("root",) if not path else ("chain", rank, len(path) - 1)
-        if path:  # exact KV: the cache before, the pending tokens and the accepted chain tokens
-            accepted = [past + forward.index[("chain", rank, i)] for i in path]
-            kv_cache.keep_indices(cache, torch.cat([torch.arange(past + len(pending)), torch.tensor(accepted)]))
-        else:
-            kv_cache.truncate(cache, past + len(pending))
+        token_after, path, rank = _walk(rows, chains, candidates.first_q, candidates.chain_q, self.temperature,
+                                        self.generator)
+        if self.adaptive:
+            self.shape.update(len(chains), self.depth, rank, len(path) - 1 if path else 0)
+        self.offered += sum(len(chain) for chain in chains)
+        self.accepted += len(path)
+        self.steps += 1
+        # Exact KV: the pending tokens and the accepted chain tokens.
+        kept = list(range(len(self.pending))) + [forward.index[("chain", rank, i)] for i in path]
 
         new = chains[rank][: len(path)] + [token_after] if path else [token_after]
-        eos_at = next((i for i, t in enumerate(new) if t in eos_token_ids), None)
+        eos_at = next((i for i, t in enumerate(new) if t in self.eos_token_ids), None)
         new = new[: eos_at + 1] if eos_at is not None else new
-        new = new[:remaining]
-        emit({"event": "commit", "step": step, "positions": list(range(len(text), len(text) + len(new))),
-              "tokens": new, "phase": "lossless", "branches": len(chains), "depth": d if chains else 0,
-              "accepted": len(path)})
-        text += new
-        if eos_at is not None or should_stop():
-            break
-        pending = [new[-1]]
-        candidates = (_next_candidates(rows, node, forward.group_size[node], wanted_b, temperature, generator)
-                      if feed_masks else NONE)
+        new = new[: self.max_new_tokens - len(self.text)]
+        self.emit({"event": "commit", "step": self.steps, "positions": list(range(len(self.text), len(self.text) + len(new))),
+                   "tokens": new, "phase": "lossless", "branches": len(chains), "depth": self.depth,
+                   "accepted": len(path)})
+        self.text += new
+        self.position += len(kept)
+        self.pending = [new[-1]]
+        self.done = eos_at is not None or len(self.text) >= self.max_new_tokens or self.should_stop()
+        if self.done:
+            if self.adaptive and not self.seeded:  # a seeded run started from the prior: it must not overwrite
+                _remember(self.model, self.shape)
+        elif self.feed_masks:
+            node = ("root",) if not path else ("chain", rank, len(path) - 1)
+            self.candidates = _next_candidates(rows, node, forward.group_size[node], self.wanted_b, self.temperature,
+                                               self.generator)
+        else:
+            self.candidates = NONE
+        return kept
 
-    if adaptive and not seeded:  # a seeded run started from the prior: its counts would overwrite the history
-        _remember(runner.model, shape)
-    return DecodeOutput(
-        tokens=text,
-        forward_passes=runner.forward_passes,
-        cache=cache,
-        decode_order_tokens=prompt_ids[0].tolist() + text[:-1] if text else prompt_ids[0].tolist(),
-        decode_order_positions=list(range(P + max(len(text) - 1, 0))),
-        settings={"branches": branches, "depth": depth, "max_branches": max_branches, "max_depth": max_depth,
-                  "width_cost": width_cost},
-        counters={"drafts_offered": offered_total, "drafts_accepted": accepted_total},
-    )
+    def _cost_in_batch(self, rows: int) -> Callable[[int], float]:
+        """A tree of w tokens per row, priced against one token per row: what it adds to the whole forward."""
+        base = self.forward_cost
+        return lambda width: base(rows * width) / base(rows)
+
+    def output(self, cache=None) -> DecodeOutput:
+        text = self.text
+        return DecodeOutput(
+            tokens=text,
+            forward_passes=self.forwards,
+            cache=cache,
+            decode_order_tokens=self.prompt + text[:-1] if text else list(self.prompt),
+            decode_order_positions=list(range(len(self.prompt) + max(len(text) - 1, 0))),
+            settings=dict(self.settings),
+            counters={"drafts_offered": self.offered, "drafts_accepted": self.accepted},
+        )
 
 
 class Forward:
@@ -317,14 +355,14 @@ class Forward:
                 size = group if i == len(tokens) - 1 else min(INNER_GROUP, group)
                 self._group(("chain", j, i), self.last + i + 2, size, [pending, (segment, i + 1)])
 
-    def ids(self) -> torch.Tensor:
-        return torch.tensor([[t for ids, _, _ in self.segments for t in ids]])
+    def ids(self) -> list[int]:
+        return [t for ids, _, _ in self.segments for t in ids]
 
-    def positions(self) -> torch.Tensor:
-        return torch.tensor([[p for _, positions, _ in self.segments for p in positions]])
+    def positions(self) -> list[int]:
+        return [p for _, positions, _ in self.segments for p in positions]
 
-    def mask(self, past: int, dtype, device) -> torch.Tensor:
-        return segment_mask(past, [(len(ids), sees) for ids, _, sees in self.segments], dtype, device)
+    def visibility(self) -> torch.Tensor:
+        return segment_visibility([(len(ids), sees) for ids, _, sees in self.segments])
 
 
 def _walk(rows, chains, first_q, chain_q, temperature, generator):

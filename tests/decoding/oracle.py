@@ -59,8 +59,10 @@ class PositionOracle:
         for b in range(batch):
             for s in range(length):
                 offset = int(position_ids[b, s]) - self.prompt_len
-                if int(input_ids[b, s]) == MASK:
+                if int(input_ids[b, s]) == MASK and 0 <= offset < len(self.draft):
                     logits[b, s] = distribution(self.draft[offset], self.mask_conf[offset])
+                elif int(input_ids[b, s]) == MASK:
+                    logits[b, s] = distribution(0, 0.5)
                 elif 0 <= offset + 1 < len(self.draft):
                     logits[b, s] = distribution(self.ar_token[offset + 1], self.ar_conf[offset + 1])
                 else:

@@ -1,6 +1,6 @@
 """Several prompts in one `generate` call: each row gets exactly what it gets alone.
 
-`ar` decodes the rows together (left padding, one forward per step for the unfinished rows); the
+`ar` and `lossless` decode the rows together (one forward per step for the unfinished rows); the
 other decoders decode them one after another. Rows end on their own EOS, stop string or budget.
 """
 
@@ -149,11 +149,58 @@ def test_ar_batch_rows_equal_each_prompt_alone_on_real_models(kind, sampling, to
 
 
 
+LOSSLESS_ORACLE = dict(decoder="lossless", max_new_tokens=6, stop="17 18", trace=True, branches=2, depth=2)
+
+
+@pytest.mark.parametrize("sampling", [dict(), dict(temperature=1.0, seed=3)], ids=["greedy", "seeded"])
+def test_lossless_batch_rows_equal_each_prompt_alone_on_the_oracle(sampling):
+    prompts = [SHORT, MIDDLE, LONG]
+    alone = [refusion.generate(oracle(), Tokenizer(), torch.tensor(prompt), **LOSSLESS_ORACLE, **sampling)
+             for prompt in prompts]
+    model = oracle()
+    batched = refusion.generate(model, Tokenizer(), prompts, **LOSSLESS_ORACLE, **sampling)
+    for row, single in zip(batched, alone):
+        same_generation(row, single)
+        assert row.counters == single.counters
+    if not sampling:  # drafts accepted: fewer forwards than tokens, and the rows shared them
+        assert [row.tokens for row in batched] == [[11, 12, 13, 14, 15, 16], [14, 15, 16, 17, 18], [18, EOS]]
+        assert all(row.forward_passes < len(row.tokens) for row in batched[:2])
+        assert len(model.calls) == max(row.forward_passes for row in batched)
+
+
+# Stop strings picked from what these seeded random models write, so that rows end at different steps.
+LOSSLESS_STOPS = {("llama", "greedy"): "-P", ("llama", "seeded"): "AG", ("qwen3", "greedy"): "0-P",
+                  ("qwen3", "seeded"): "|;"}
+
+
+@pytest.mark.parametrize("sampling", list(SAMPLING))
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_lossless_batch_rows_equal_each_prompt_alone_on_real_models(kind, sampling, tokenizer):
+    """Trees of different shapes and widths per row, prompts of different lengths, rows ending at different steps."""
+    options = dict(decoder="lossless", max_new_tokens=14, stop=LOSSLESS_STOPS[kind, sampling], width_cost=0.1,
+                   **SAMPLING[sampling])
+    prompts = [refusion.encode_prompt(tokenizer, text)[0] for text in TEXTS]
+
+    def model():  # fresh each side: the acceptance history a model keeps would shape the next trees
+        return tiny_model_with_mask(kind)
+
+    alone = [refusion.generate(model(), tokenizer, prompt, **options) for prompt in prompts]
+    batched = refusion.generate(model(), tokenizer, prompts, **options)
+    for row, single in zip(batched, alone):
+        assert (row.tokens, row.text, row.finish_reason) == (single.tokens, single.text, single.finish_reason)
+        if sampling == "seeded":  # the same trees as alone, whatever the batch: the same draws
+            same_generation(row, single)
+    assert {row.finish_reason for row in batched} == {"stop", "length"}
+    assert len({row.forward_passes for row in batched}) >= 2
+    ar = refusion.generate(model(), tokenizer, prompts, **{**options, "decoder": "ar", "width_cost": None})
+    if sampling == "greedy":
+        assert [row.tokens for row in batched] == [row.tokens for row in ar]
+
+
 OTHER_DECODERS = {
     "refusion": dict(max_new_tokens=16, slot_size=4, blocks=2, slot_threshold=0.012, token_threshold=0.012),
     # A fixed width cost: "auto" times the model, which no two runs share. Its acceptance history is
     # kept on the model from one generation to the next, so each side starts from a fresh model.
-    "lossless": dict(max_new_tokens=16, width_cost=0.1),
     "mdm": dict(max_new_tokens=16, steps=8),
     "fast-dllm": dict(max_new_tokens=16, block_length=8),
 }
