@@ -1,9 +1,9 @@
 """The autoregressive baseline: prefill the prompt, then one token per forward with a KV cache.
 
 Greedy output equals transformers' `generate(do_sample=False)`. `ArRow` is the same decode as a
-row of a `Batch`: `decode_batch` decodes several prompts together (one forward per step for the
-rows still running), each row getting the tokens `decode` gives it alone, and the server's
-running batch takes `ar` requests as such rows. Knows nothing about slots or masks.
+row of a `Batch`: several prompts decode together (one forward per step for the rows still
+running), each row getting the tokens `decode` gives it alone; the server's running batch takes
+`ar` requests as such rows. Knows nothing about slots or masks.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from .. import kv_cache
-from .batching import Batch, Feed
+from .batching import Feed
 from .generation import EventCallback
 from .runner import DecodeOutput, ModelRunner
 from .sampling import choose
@@ -55,38 +55,10 @@ def decode(
     )
 
 
-def decode_batch(
-    runner: ModelRunner,
-    prompts: list[torch.Tensor],
-    *,
-    max_new_tokens: int,
-    eos_token_ids: set[int],
-    temperature: float = 0.0,
-    generators: list[torch.Generator | None],
-    emits: list[EventCallback],
-    should_stops: list[Callable[[], bool]],
-) -> list[DecodeOutput]:
-    """`decode` for several prompts ([1, P] each) at once: one forward per step for every unfinished row.
-
-    Each row sees exactly the keys and positions it sees alone and chooses from its own logits
-    with its own generator; a row that ends (EOS, its `should_stop`, the budget) leaves the batch
-    (`refusion.decoding.batching`).
-    """
-    rows = [ArRow(prompt[0].tolist(), max_new_tokens=max_new_tokens, eos_token_ids=eos_token_ids,
-                  temperature=temperature, generator=generator, emit=emit, should_stop=should_stop)
-            for prompt, generator, emit, should_stop in zip(prompts, generators, emits, should_stops)]
-    batch = Batch(runner)
-    for row in rows:
-        batch.add(row)
-    while len(batch):
-        batch.step()
-    return [row.output() for row in rows]
-
-
 class ArRow:
     """One prompt's `ar` decode as a row of a `Batch`: feeds its last token, takes the next one."""
 
-    def __init__(self, prompt: list[int], *, max_new_tokens: int, eos_token_ids: set[int], temperature: float = 0.0,
+    def __init__(self, runner: ModelRunner, prompt: list[int], *, max_new_tokens: int, eos_token_ids: set[int], temperature: float = 0.0,
                  generator: torch.Generator | None = None, emit: EventCallback = lambda event: None,
                  should_stop: Callable[[], bool] = lambda: False):
         self.prompt = prompt
@@ -119,3 +91,6 @@ class ArRow:
             decode_order_tokens=self.prompt + self.tokens,
             decode_order_positions=list(range(len(self.prompt) + len(self.tokens))),
         )
+
+
+ROW = ArRow

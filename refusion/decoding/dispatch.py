@@ -6,14 +6,13 @@ and `decode(runner, prompt_ids, *, max_new_tokens, eos_token_ids, temperature, g
 should_stop, [mask_token_id,] **options)`, and optionally `validate_options(options, max_new_tokens)`
 raising RefusionError for values that make no sense. The tokenizer is only asked for `eos_token_id` and `decode`.
 
-Several prompts: a module may also expose `decode_batch(runner, prompts, *, max_new_tokens,
-eos_token_ids, temperature, generators, emits, should_stops, [mask_token_id,] **options)`, where
-`prompts` is a list of [1, P] tensors (lengths may differ) and `generators`, `emits` and
-`should_stops` hold one per prompt; it returns one `DecodeOutput` per prompt, in order, each with
-the tokens that prompt gets from `decode` alone and `forward_passes` counting the forwards that
-prompt took part in (its `cache` may be None: the rows shared one). A module without it decodes the prompts one after another with `decode`,
-which is correct by construction, just not faster; adding `decode_batch` to a module is all it
-takes to batch that decoder.
+Several prompts: a module may also expose `ROW`, a class whose instances are one prompt's decode as
+a row of a `refusion.decoding.batching.Batch`: `ROW(runner, prompt, *, max_new_tokens, eos_token_ids,
+temperature, generator, emit, should_stop, [mask_token_id,] **options)` with `pending`, `position`,
+`forwards`, `done`, `feed`, `take` (see `batching`) and `output()` -> `DecodeOutput`, the tokens that
+prompt gets from `decode` alone. Such rows share each forward, in `generate` with several prompts
+and in the server's running batch (`open_row`). A module without it decodes several prompts one
+after another with `decode`, which is correct by construction, just not faster.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import torch
 from ..errors import RefusionError
 from ..model import eos_token_ids as find_eos_token_ids
 from . import autoregressive, fast_dllm, lossless, masked_diffusion, plan_infill
+from .batching import Batch
 from .generation import EventCallback, Generation
 from .options import MAX_NEW_TOKENS, SEED, TEMPERATURE, options_of
 from .rows import Row
@@ -155,8 +155,8 @@ def generate(
     several (a list of token-id lists or 1-D tensors, lengths may differ) -> a list of
     `Generation`, one per prompt, in order. Every row gets the same settings and its own seeded
     generator, and ends on its own EOS, stop string or budget; each row's result is the one it gets
-    alone. A decoder with `decode_batch` decodes the rows together (`ar`: one forward per step for
-    the unfinished rows); the others decode them one after another. `on_event` and `on_text` are for
+    alone. `ar` and `lossless` decode the rows together (one forward per step for the unfinished
+    rows); the others decode them one after another. `on_event` and `on_text` are for
     one prompt only; `should_stop` cancels every row.
 
     `decoder_options` are the decoder's own (`refusion.DECODERS[decoder].OPTIONS` declares each
@@ -171,15 +171,32 @@ def generate(
     steps; once it returns True the decode ends there (`finish_reason` "cancelled"), e.g. when the
     client that asked for it has gone.
     """
+    batch = is_batch(input_ids)
+    if batch and (on_event is not None or on_text is not None):
+        raise RefusionError("on_event and on_text follow one prompt; generate several prompts without them")
+    request, prompts = _checked_request(model, tokenizer, input_ids, batch, decoder, max_new_tokens, temperature, seed,
+                                        stop, trace, return_state, decoder_options)
+
+    def row() -> Row:
+        return Row(tokenizer, request.eos, request.max_new_tokens, request.stop, trace=trace, on_event=on_event,
+                   on_text=on_text, should_stop=should_stop)
+
+    if not batch:
+        return _decode_one(model, request, prompts[0], row())
+    if hasattr(request.module, "ROW") and len(prompts) > 1:
+        return _decode_batch(model, request, prompts, [row() for _ in prompts])
+    return [_decode_one(model, request, prompt_ids, row()) for prompt_ids in prompts]
+
+
+def _checked_request(model, tokenizer, input_ids, batch: bool, decoder: str, max_new_tokens, temperature, seed, stop,
+                     trace: bool, return_state: bool, decoder_options: dict) -> tuple[Request, list[torch.Tensor]]:
+    """Every check `generate` makes before decoding: the settings as a `Request`, and the prompts as [1, P] each."""
     if decoder not in DECODERS:
         raise RefusionError(f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
     max_new_tokens = MAX_NEW_TOKENS.check(max_new_tokens)
     temperature = TEMPERATURE.check(0.0 if temperature is None else temperature)
     seed = None if seed is None else SEED.check(seed)
-    batch = is_batch(input_ids)
     prompts = [_as_prompt_ids(item) for item in input_ids] if batch else [_as_prompt_ids(input_ids)]
-    if batch and (on_event is not None or on_text is not None):
-        raise RefusionError("on_event and on_text follow one prompt; generate several prompts without them")
     stop = check_stop(stop)
     options = check_options(decoder, decoder_options, max_new_tokens)
     extra = {}
@@ -198,19 +215,55 @@ def generate(
             raise RefusionError(
                 f"{which} ({prompt_ids.shape[1]} tokens) plus max-new-tokens ({max_new_tokens}) exceeds the model's context of {context}"
             )
-
     request = Request(decoder, max_new_tokens, temperature, seed, stop, options, extra,
                       find_eos_token_ids(tokenizer, model), trace, return_state)
+    return request, prompts
 
-    def row() -> Row:
-        return Row(tokenizer, request.eos, max_new_tokens, stop, trace=trace, on_event=on_event, on_text=on_text,
-                   should_stop=should_stop)
 
-    if not batch:
-        return _decode_one(model, request, prompts[0], row())
-    if hasattr(request.module, "decode_batch") and len(prompts) > 1:
-        return _decode_batch(model, request, prompts, [row() for _ in prompts])
-    return [_decode_one(model, request, prompt_ids, row()) for prompt_ids in prompts]
+def batches(decoder: str) -> bool:
+    """Whether the decoder's rows can share forwards (`generate` with several prompts, the server's batch)."""
+    return hasattr(DECODERS[decoder], "ROW")
+
+
+class OpenRow:
+    """One prompt decoding as a row of a running `Batch` that others share (the server's continuous batching).
+
+    `state` joins the batch; once it is `done`, `result()` gives the `Generation` that `generate`
+    would give for this prompt alone (seconds: from opening to the result; the forward profile:
+    the batch's forwards while it was in it).
+    """
+
+    def __init__(self, request: Request, prompt_ids: torch.Tensor, row: Row, runner: ModelRunner):
+        self.request, self.prompt_ids, self.row, self.runner = request, prompt_ids, row, runner
+        self.started = time.perf_counter()
+        self.stats_before = runner.stats.copy()
+        self.state = request.module.ROW(
+            runner, prompt_ids[0].tolist(), max_new_tokens=request.max_new_tokens, eos_token_ids=request.eos,
+            temperature=request.temperature, generator=request.generator(), emit=row.emit, should_stop=row.stop_now,
+            **request.extra, **request.options,
+        )
+
+    def result(self, batch_size: int = 1) -> Generation:
+        seconds = time.perf_counter() - self.started
+        return self.row.result(self.state.output(), decoder=self.request.decoder, prompt_tokens=self.prompt_ids.shape[1],
+                               seconds=seconds, stats=self.runner.stats.minus(self.stats_before),
+                               settings=self.request.settings, batch_size=batch_size)
+
+
+def open_row(model, tokenizer, runner: ModelRunner, input_ids, *, decoder: str, max_new_tokens: int = 256,
+             temperature: float = 0.0, seed: int | None = None, stop: list[str] | str | None = None,
+             on_event: EventCallback | None = None, on_text: Callable[[str], None] | None = None,
+             should_stop: Callable[[], bool] | None = None, **decoder_options) -> OpenRow:
+    """One prompt as a row for `runner`'s running batch, checked as `generate` checks it (a decoder that `batches`)."""
+    request, prompts = _checked_request(model, tokenizer, input_ids, False, decoder, max_new_tokens, temperature, seed,
+                                        stop, False, False, decoder_options)
+    if not batches(decoder):
+        raise RefusionError(f"decoder {decoder!r} decodes one prompt at a time")
+    if hasattr(request.module, "prepare"):
+        request.module.prepare(runner, request.options)
+    row = Row(tokenizer, request.eos, request.max_new_tokens, request.stop, on_event=on_event, on_text=on_text,
+              should_stop=should_stop)
+    return OpenRow(request, prompts[0], row, runner)
 
 
 def _decode_one(model, request: Request, prompt_ids: torch.Tensor, row: Row) -> Generation:
@@ -223,20 +276,23 @@ def _decode_one(model, request: Request, prompt_ids: torch.Tensor, row: Row) -> 
     )
     seconds = time.perf_counter() - started
     return row.result(output, decoder=request.decoder, prompt_tokens=prompt_ids.shape[1], seconds=seconds,
-                      runner=runner, settings=request.settings, return_state=request.return_state)
+                      stats=runner.stats, settings=request.settings, return_state=request.return_state)
 
 
 def _decode_batch(model, request: Request, prompts: list[torch.Tensor], rows: list[Row]) -> list[Generation]:
     runner = request.runner(model)
     started = time.perf_counter()
-    outputs: list[DecodeOutput] = request.module.decode_batch(
-        runner, prompts, max_new_tokens=request.max_new_tokens, eos_token_ids=request.eos,
-        temperature=request.temperature, generators=[request.generator() for _ in prompts],
-        emits=[row.emit for row in rows], should_stops=[row.stop_now for row in rows],
-        **request.extra, **request.options,
-    )
+    states = [request.module.ROW(
+        runner, prompt_ids[0].tolist(), max_new_tokens=request.max_new_tokens, eos_token_ids=request.eos,
+        temperature=request.temperature, generator=request.generator(), emit=row.emit, should_stop=row.stop_now,
+        **request.extra, **request.options) for prompt_ids, row in zip(prompts, rows)]
+    batch = Batch(runner)
+    for state in states:
+        batch.add(state)
+    while len(batch):
+        batch.step()
     seconds = time.perf_counter() - started
-    return [row.result(output, decoder=request.decoder, prompt_tokens=prompt_ids.shape[1], seconds=seconds,
-                       runner=runner, settings=request.settings, batch_size=len(prompts),
+    return [row.result(state.output(), decoder=request.decoder, prompt_tokens=prompt_ids.shape[1], seconds=seconds,
+                       stats=runner.stats, settings=request.settings, batch_size=len(prompts),
                        return_state=request.return_state)
-            for row, prompt_ids, output in zip(rows, prompts, outputs)]
+            for row, prompt_ids, state in zip(rows, prompts, states)]

@@ -187,23 +187,6 @@ def decode(runner: ModelRunner, prompt_ids: torch.Tensor, **options) -> DecodeOu
     return row.output(batch.cache)
 
 
-def decode_batch(runner: ModelRunner, prompts: list[torch.Tensor], *, generators, emits, should_stops,
-                 **options) -> list[DecodeOutput]:
-    """Several prompts ([1, P] each) decoded together: one forward per step feeds every unfinished row's tree.
-
-    Each row adapts its own tree; unseeded rows price a wider tree by what it costs the whole
-    batch's forward, so that a large batch spends its width on rows, not on drafts.
-    """
-    rows = [LosslessRow(runner, prompt[0].tolist(), generator=generator, emit=emit, should_stop=should_stop, **options)
-            for prompt, generator, emit, should_stop in zip(prompts, generators, emits, should_stops)]
-    batch = Batch(runner)
-    for row in rows:
-        batch.add(row)
-    while len(batch):
-        batch.step()
-    return [row.output() for row in rows]
-
-
 class LosslessRow:
     """One prompt's lossless decode as a row of a `Batch` (see the module docstring for one step)."""
 
@@ -293,7 +276,10 @@ class LosslessRow:
         return kept
 
     def _cost_in_batch(self, rows: int) -> Callable[[int], float]:
-        """A tree of w tokens per row, priced against one token per row: what it adds to the whole forward."""
+        """A tree of w tokens per row, priced against one token per row: what it adds to the whole forward.
+
+    So a large batch spends its width on rows, not on drafts (on this CPU a forward's cost grows with
+    every token it feeds; on a GPU far more slowly)."""
         base = self.forward_cost
         return lambda width: base(rows * width) / base(rows)
 
@@ -439,3 +425,6 @@ def forward_cost(runner: ModelRunner, width_cost: float | str) -> Callable[[int]
         width_cost = 0.02  # a stand-in model: nothing worth timing
     return lambda width: 1 + float(width_cost) * (width - 1)
 
+
+
+ROW = LosslessRow

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .generation import EventCallback, Generation
-from .runner import DecodeOutput, ModelRunner
+from .runner import DecodeOutput, ForwardStats
 from .streaming import FinalText, cut_at_stop
 
 
@@ -53,7 +53,7 @@ class Row:
         self.cancelled = self.cancelled or (self.should_stop is not None and bool(self.should_stop()))
         return self.cancelled
 
-    def result(self, output: DecodeOutput, *, decoder: str, prompt_tokens: int, seconds: float, runner: ModelRunner,
+    def result(self, output: DecodeOutput, *, decoder: str, prompt_tokens: int, seconds: float, stats: ForwardStats,
                settings: dict, batch_size: int = 1, return_state: bool = False) -> Generation:
         """The `Generation` for this prompt once the decoder returned `output`."""
         # Stopped early, a decoder may hold tokens ahead of a gap: the text is the final left-to-right prefix.
@@ -73,8 +73,8 @@ class Row:
             finish_reason="stop" if stopped else "cancelled" if self.cancelled else "length",
             trace=self.events if self.trace else None,
             settings={**settings, **output.settings, **({"stop": self.stop} if self.stop else {})},
-            forward_seconds=runner.stats.seconds,
-            forward_profile={width: list(entry) for width, entry in sorted(runner.stats.by_width.items())},
+            forward_seconds=stats.seconds,
+            forward_profile={width: list(entry) for width, entry in sorted(stats.by_width.items())},
             counters=dict(output.counters),
             batch_size=batch_size,
         )

@@ -45,6 +45,21 @@ class ForwardStats:
     def seconds(self) -> float:
         return sum(seconds for _, seconds in self.by_width.values())
 
+    def copy(self) -> "ForwardStats":
+        copied = ForwardStats()
+        for width, (count, seconds) in self.by_width.items():
+            copied.by_width[width] = [count, seconds]
+        return copied
+
+    def minus(self, before: "ForwardStats") -> "ForwardStats":
+        """The forwards since `before` was copied."""
+        since = ForwardStats()
+        for width, (count, seconds) in self.by_width.items():
+            earlier = before.by_width.get(width, [0, 0.0])
+            if count > earlier[0]:
+                since.by_width[width] = [count - earlier[0], seconds - earlier[1]]
+        return since
+
     def add(self, width: int, seconds: float) -> None:
         entry = self.by_width[width]
         entry[0] += 1

@@ -28,7 +28,7 @@ STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("refusion.server")
 
 def create_app(model, tokenizer, config: ServerConfig) -> FastAPI:
-    engine = Engine(model, tokenizer, max_waiting=config.limits.max_waiting)
+    engine = Engine(model, tokenizer, max_waiting=config.limits.max_waiting, max_batch_size=config.limits.max_batch_size)
     refusals = Refusals()
     started = int(time.time())
     app = FastAPI(title="refusion", description="OpenAI-compatible API for ReFusion decoding", docs_url="/docs",
@@ -42,6 +42,7 @@ def create_app(model, tokenizer, config: ServerConfig) -> FastAPI:
     def health() -> dict:
         c = engine.counters
         return {"status": "ok", "model": config.model_name, "busy": engine.busy, "waiting": engine.waiting,
+                "batch": {"running": engine.running, "max_batch_size": engine.max_batch_size},
                 "served": c.served, "cancelled_waiting": c.cancelled_waiting, "cancelled_decoding": c.cancelled_decoding,
                 "failed": c.failed, "refused": dict(refusals.counts)}
 

@@ -16,6 +16,10 @@ def serve_command(args: argparse.Namespace) -> None:
     The decoding options below are the server's defaults; each request may override them with the
     extra body fields decoder and the decoder options (slot_size, blocks, slot_threshold, token_threshold, kv,
     branches, steps, block_length, threshold, ...: the same names as the flags below, with underscores).
+
+    Requests for ar and lossless decode together: each joins the running batch at its next step and
+    leaves it when done (up to --max-batch-size at once, each with its own settings and stream);
+    refusion, mdm and fast-dllm requests take the model alone, between batches.
     """
     from ..cli import apply_runtime_options, decoder_options, precheck_decoder_options, resolve_decoder
     from ..decoding.dispatch import NEEDS_MASK
@@ -24,7 +28,7 @@ def serve_command(args: argparse.Namespace) -> None:
 
     if not 0 < args.port < 65536:
         raise RefusionError(f"--port must lie in 1..65535, got {args.port}")
-    for name in ("max_tokens_limit", "max_body_bytes", "max_waiting"):
+    for name in ("max_tokens_limit", "max_body_bytes", "max_waiting", "max_batch_size"):
         if getattr(args, name) < 1:
             raise RefusionError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
@@ -44,7 +48,8 @@ def serve_command(args: argparse.Namespace) -> None:
         raise RefusionError(f"--decoder {defaults['decoder']} needs a model trained with a <|mask|> token; {args.model} has none "
                             "(convert it with `refusion train --objective refusion`, or use --decoder ar)")
     limits = Limits(max_tokens=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
-                    max_body_bytes=args.max_body_bytes, max_waiting=args.max_waiting)
+                    max_body_bytes=args.max_body_bytes, max_waiting=args.max_waiting,
+                    max_batch_size=args.max_batch_size)
     config = ServerConfig(model_name=args.model_name or args.model, defaults=defaults, limits=limits)
     show_server_log(args.log_level)
     app = create_app(model, tokenizer, config)
@@ -98,6 +103,9 @@ def register(subparsers) -> None:
     limits.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     limits.add_argument("--max-waiting", type=int, default=64,
                         help="requests that may wait for the model; more answer 429 (default 64)")
+    limits.add_argument("--max-batch-size", type=int, default=16,
+                        help="requests decoded together: ar and lossless requests join the running batch at "
+                             "its next step and leave it when done (default 16; 1 serves one at a time)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (default info)")
     parser.set_defaults(func=serve_command)

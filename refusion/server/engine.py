@@ -1,24 +1,35 @@
-"""One model, many clients: generations run one at a time, in arrival order, on a worker thread.
+"""One model, many clients: continuous batching on one worker thread.
 
-A request takes its place in line when it is admitted (`admit`: the model's turn at once, a
-place in a FIFO, or `QueueFull`), so that a full line is known before any response starts. A
-client that leaves while waiting is taken out of the line, and one that leaves while decoding
-stops it at the decoder's next step (`should_stop`); `release` does either, whatever state the
-request is in, so no path can leave the model marked busy. The model is only ever called from
-the single worker thread, so requests never interleave on its state. Knows nothing about HTTP
-or the OpenAI protocol.
+Requests whose decoder batches (`ar`, `lossless`) decode as rows of one running batch: a request
+joins it at the next step boundary and leaves it when done, so that one forward per step serves
+every running request (`refusion.decoding.batching`). At most `max_batch_size` rows run at once.
+Requests for the other decoders (`refusion`, `mdm`, `fast-dllm`) need the model alone: one starts
+when the batch has emptied, and the batch refills after it. Requests take places in arrival order.
+
+A request takes its place when it is admitted (`admit`): a place held for it at once (a row of
+the batch, or the model alone), a place in a FIFO line, or `QueueFull`, so that a full line is
+known before any response starts. It starts decoding only when its caller `run`s it, once it has
+set its listeners. A client that leaves while waiting is taken out of the line, and one that
+leaves while decoding stops at its decoder's next step (`should_stop`); `release` does either,
+whatever state the request is in, so no path can leave a place taken. The model is only ever
+called from the worker thread. Knows nothing about HTTP or the OpenAI protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..decoding import Generation, generate
+from ..decoding import DECODERS, Generation, generate
+from ..decoding.batching import Batch
+from ..decoding.dispatch import batches, open_row
+from ..decoding.runner import ModelRunner
+
+log = logging.getLogger("refusion.server")
 
 
 class QueueFull(Exception):
@@ -33,18 +44,25 @@ class Job:
     on_text: Callable[[str], None] | None = None  # gets the text as it becomes final, on the worker thread
     cancelled: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def batched(self) -> bool:
+        decoder = self.options.get("decoder")
+        return decoder in DECODERS and batches(decoder)
+
 
 class Ticket:
-    """An admitted job's place: waiting in line, holding the model's turn, decoding, or done.
+    """An admitted job's place: waiting in line, holding a place, decoding, or done.
 
-    `turn` resolves (on the admitting event loop) once the model is this job's. The state moves
-    only under the engine's lock, so a release racing a hand-over never loses or doubles a turn.
+    `turn` resolves (on the admitting event loop) once a place is held for it; `outcome` once its
+    decode has ended. The state moves only under the engine's lock, so a release racing a
+    hand-over never loses or doubles a place.
     """
 
     def __init__(self, job: Job, loop: asyncio.AbstractEventLoop):
         self.job, self.loop = job, loop
         self.turn: asyncio.Future = loop.create_future()
-        self.state = "waiting"  # -> "holding" (the turn is ours) -> "decoding" (the worker's); "done" if released first
+        self.outcome: asyncio.Future = loop.create_future()
+        self.state = "waiting"  # -> "holding" (a place is ours) -> "decoding" (the worker's); "done" if released first
 
 
 @dataclass
@@ -59,15 +77,25 @@ class Counters:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, max_waiting: int = 64):
+    def __init__(self, model, tokenizer, max_waiting: int = 64, max_batch_size: int = 16):
         self.model = model
         self.tokenizer = tokenizer
         self.max_waiting = max_waiting
+        self.max_batch_size = max_batch_size
         self.counters = Counters()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refusion-decode")
         self._lock = threading.Lock()
-        self._busy = False
+        self._wake = threading.Condition(self._lock)
         self._line: collections.deque[Ticket] = collections.deque()
+        self._rows = 0  # batch rows held or decoding
+        self._alone = False  # a job that needs the model alone holds it or decodes
+        self._arrivals: collections.deque[Ticket] = collections.deque()  # run, not yet picked up by the worker
+        self._closed = False
+        self._batch: Batch | None = None
+        self._open: dict[int, tuple] = {}  # id(row state) -> (ticket, OpenRow) for the rows of the batch
+        self.running = 0
+        """Rows in the running batch now (a job decoding alone counts as one)."""
+        self._worker = threading.Thread(target=self._work, name="refusion-decode", daemon=True)
+        self._worker.start()
 
     @property
     def waiting(self) -> int:
@@ -75,18 +103,18 @@ class Engine:
 
     @property
     def busy(self) -> bool:
-        return self._busy
+        return bool(self._rows or self._alone or self._line)
 
     def admit(self, job: Job) -> Ticket:
-        """Take the model's turn if it is free and nobody waits, else a place at the end of the line.
+        """Hold a place for the job if one is free and nobody waits, else put it at the end of the line.
 
         Call from the event loop that will `run` the ticket. Raises QueueFull when the line is full.
         Every admitted ticket must end in `run` returning or in `release`.
         """
         ticket = Ticket(job, asyncio.get_running_loop())
         with self._lock:
-            if not self._busy and not self._line:
-                self._busy, ticket.state = True, "holding"
+            if not self._line and self._fits(job):
+                self._hold(ticket)
                 ticket.turn.set_result(None)
             elif len(self._line) >= self.max_waiting:
                 raise QueueFull(f"{len(self._line)} requests are already waiting for the model")
@@ -95,23 +123,23 @@ class Engine:
         return ticket
 
     async def run(self, ticket: Ticket) -> Generation | None:
-        """Wait for the turn, decode, return the result (None when the job was cancelled or released).
+        """Wait for a place, decode, return the result (None when the job was cancelled or released).
 
         Cancelling the awaiting task releases the ticket: a waiting job leaves the line, a decoding one stops.
         """
         try:
             await ticket.turn
             with self._lock:
-                if ticket.state != "holding":  # released while the turn was on its way
+                if ticket.state != "holding":  # released while the place was on its way
                     return None
+                if self._closed:  # nothing will run it, so its place must not stay taken
+                    ticket.state = "done"
+                    self._free(ticket.job)
+                    raise RuntimeError("the server is shutting down")
                 ticket.state = "decoding"
-            try:
-                future = self._executor.submit(self._decode, ticket.job)
-            except RuntimeError:  # shutting down: nothing will run, so the turn must not stay taken
-                self._pass_turn()
-                raise
-            future.add_done_callback(lambda _: self._pass_turn())  # only once the model is really free
-            return await asyncio.shield(asyncio.wrap_future(future))
+                self._arrivals.append(ticket)
+                self._wake.notify()
+            return await asyncio.shield(ticket.outcome)
         except asyncio.CancelledError:
             self.release(ticket)
             raise
@@ -119,8 +147,8 @@ class Engine:
     def release(self, ticket: Ticket) -> None:
         """Give up the ticket's place, whatever its state; harmless once its decode has ended.
 
-        A waiting ticket leaves the line; a turn not yet used passes on; a running decode is told
-        to stop at its next step (its worker passes the turn on when it returns).
+        A waiting ticket leaves the line; a place not yet used passes on; a running decode is told
+        to stop at its next step (the worker frees its place when it has).
         """
         ticket.job.cancelled.set()
         with self._lock:
@@ -130,43 +158,145 @@ class Engine:
                 self.counters.cancelled_waiting += 1
             if state == "waiting":
                 self._line.remove(ticket)
-        if state == "holding":
-            self._pass_turn()
+            if state == "holding":
+                self._free(ticket.job)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
 
-    def _decode(self, job: Job) -> Generation | None:
-        if job.cancelled.is_set():
-            self.counters.cancelled_decoding += 1
-            return None
+    # --- places (all under the lock) --------------------------------------------------------
+
+    def _fits(self, job: Job) -> bool:
+        if job.batched:
+            return not self._alone and self._rows < self.max_batch_size
+        return not self._alone and not self._rows
+
+    def _hold(self, ticket: Ticket) -> None:
+        ticket.state = "holding"
+        if ticket.job.batched:
+            self._rows += 1
+        else:
+            self._alone = True
+
+    def _free(self, job: Job) -> None:
+        """Give back the job's place and hand free places to the line, first come first served."""
+        if job.batched:
+            self._rows -= 1
+        else:
+            self._alone = False
+        while self._line and self._fits(self._line[0].job):
+            ticket = self._line.popleft()
+            try:
+                ticket.loop.call_soon_threadsafe(_hand_over, ticket.turn)
+            except RuntimeError:  # its event loop has closed: nobody is there to take the place
+                ticket.state = "done"
+                continue
+            self._hold(ticket)
+
+    # --- the worker thread ------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._arrivals and not self._open and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                arrivals = list(self._arrivals)
+                self._arrivals.clear()
+            for ticket in arrivals:
+                if ticket.job.batched:
+                    self._join(ticket)
+                else:
+                    self._decode_alone(ticket)
+            if self._open:
+                self._step()
+
+    def _decode_alone(self, ticket: Ticket) -> None:
+        job = ticket.job
+        self.running = 1
         try:
+            if job.cancelled.is_set():
+                self.counters.cancelled_decoding += 1
+                self._end(ticket, None)
+                return
             result = generate(self.model, self.tokenizer, job.prompt_ids, on_event=job.listener, on_text=job.on_text,
                               should_stop=job.cancelled.is_set, **job.options)
-        except Exception:
+        except Exception as error:
             self.counters.failed += 1
-            raise
+            self._end(ticket, error=error)
+            return
+        finally:
+            self.running = 0
+        self._finish(ticket, result)
+
+    def _join(self, ticket: Ticket) -> None:
+        job = ticket.job
+        if job.cancelled.is_set():
+            self.counters.cancelled_decoding += 1
+            self._end(ticket, None)
+            return
+        try:
+            if self._batch is None:
+                self._batch = Batch(ModelRunner(self.model, suppress_token_id=getattr(self.model.config, "mask_token_id", None)))
+            opened = open_row(self.model, self.tokenizer, self._batch.runner, job.prompt_ids, on_event=job.listener,
+                              on_text=job.on_text, should_stop=job.cancelled.is_set, **job.options)
+            self._batch.join(opened.state)
+        except Exception as error:
+            self.counters.failed += 1
+            self._end(ticket, error=error)
+            return
+        self._open[id(opened.state)] = (ticket, opened)
+        self.running = len(self._batch)
+
+    def _step(self) -> None:
+        size = len(self._batch)
+        try:
+            finished = self._batch.step()
+        except Exception as error:  # a failed forward leaves the batch's cache unknown: every row ends with it
+            log.error("a batch step failed", exc_info=error)
+            self.counters.failed += len(self._open)
+            for ticket, _ in self._open.values():
+                self._end(ticket, error=error)
+            self._open.clear()
+            self._batch = None
+            self.running = 0
+            return
+        for state in finished:
+            ticket, opened = self._open.pop(id(state))
+            self._finish(ticket, opened.result(batch_size=size))
+        self.running = len(self._batch)
+
+    def _finish(self, ticket: Ticket, result: Generation) -> None:
         if result.finish_reason == "cancelled":
             self.counters.cancelled_decoding += 1
-            return None
-        self.counters.served += 1
-        return result
+            self._end(ticket, None)
+        else:
+            self.counters.served += 1
+            self._end(ticket, result)
 
-    def _pass_turn(self) -> None:
-        """Hand the model to the first ticket in line whose event loop still runs, or mark it free."""
+    def _end(self, ticket: Ticket, result: Generation | None = None, error: Exception | None = None) -> None:
+        """Free the place, then hand the outcome to the caller's event loop (which then sees the place free)."""
         with self._lock:
-            while self._line:
-                ticket = self._line.popleft()
-                try:
-                    ticket.loop.call_soon_threadsafe(_hand_over, ticket.turn)
-                except RuntimeError:  # its event loop has closed: nobody is there to take the turn
-                    ticket.state = "done"
-                    continue
-                ticket.state = "holding"
-                return
-            self._busy = False
+            ticket.state = "done"
+            self._free(ticket.job)
+        try:
+            ticket.loop.call_soon_threadsafe(_settle, ticket.outcome, result, error)
+        except RuntimeError:  # its event loop has closed: nobody waits for it
+            pass
 
 
 def _hand_over(turn: asyncio.Future) -> None:
-    if not turn.done():  # a cancelled waiter has released its ticket, which passed the turn on
+    if not turn.done():  # a cancelled waiter has released its ticket, which passed the place on
         turn.set_result(None)
+
+
+def _settle(outcome: asyncio.Future, result, error) -> None:
+    if outcome.done():
+        return
+    if error is not None:
+        outcome.set_exception(error)
+    else:
+        outcome.set_result(result)

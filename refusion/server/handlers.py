@@ -54,6 +54,8 @@ class Limits:
     max_body_bytes: int = 1 << 20
     max_waiting: int = 64
     """Requests that may wait for the model; more answer 429."""
+    max_batch_size: int = 16
+    """Requests decoding together in the running batch (ar and lossless); 1 serves one at a time."""
 
 
 @dataclass

@@ -79,8 +79,9 @@ SLOW_FORWARD_SECONDS = 0.05
 @pytest.fixture(scope="module")
 def slow_live():
     """uvicorn serving a copy of the tiny model whose every forward takes SLOW_FORWARD_SECONDS, so
-    that a long decode stays in progress while a test disconnects, queues or checks /health."""
+    that a long decode stays in progress while a test disconnects, queues or checks /health. One
+    request decodes at a time, so that the line's limits show with a few requests."""
     slow, tokenizer = tiny_mask_model(max_position_embeddings=2048)
     slow.register_forward_pre_hook(lambda module, args: time.sleep(SLOW_FORWARD_SECONDS))
-    with LiveServer(make_app((slow, tokenizer), max_tokens=4096, max_waiting=2)) as server:
+    with LiveServer(make_app((slow, tokenizer), max_tokens=4096, max_waiting=2, max_batch_size=1)) as server:
         yield server

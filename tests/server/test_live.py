@@ -60,9 +60,10 @@ def test_disconnects_free_the_model(live):
         lines = decoding.iter_lines()  # kept: dropping the iterator closes the connection
         assert next(lines).startswith("data: ")  # decoding has started
         assert health(live)["busy"]
-        # a second client waits in line, then gives up
+        # a second client, whose decoder needs the model alone, waits in line, then gives up
+        alone = {**long, "stream": False, "decoder": "refusion"}
         waiter = threading.Thread(target=lambda: pytest.raises(httpx.ReadTimeout, httpx.post, f"{live.url}/v1/completions",
-                                                               json={**long, "stream": False}, timeout=1.5))
+                                                               json=alone, timeout=1.5))
         waiter.start()
         assert wait_for(lambda: health(live)["waiting"] == 1)
         waiter.join()
