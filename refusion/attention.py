@@ -1,5 +1,5 @@
-"""Attention masks for the bidirectional (masked-diffusion) use of a causal Hugging Face model, and for
-left-padded batches of prompts.
+"""Attention masks for the bidirectional (masked-diffusion) use of a causal Hugging Face model, for
+segments fed side by side in one sequence, and for batch rows that each feed their own tokens.
 
 transformers takes a ready 4D mask as is. Under eager attention it must be an *additive float*
 mask (0 = visible, dtype-min = hidden); a bool mask there is silently wrong, so we always build floats.
@@ -17,22 +17,6 @@ def bidirectional_mask(batch: int, query_len: int, key_len: int, dtype: torch.dt
     if key_padding is not None:
         mask = mask.masked_fill(key_padding[:, None, None, :].to(device), torch.finfo(dtype).min)
     return mask
-
-
-def padded_causal_mask(key_padding: torch.Tensor, query_len: int, dtype: torch.dtype, device=None) -> torch.Tensor:
-    """Causal additive mask [B, 1, Q, K] for queries that are the last Q of K keys, hiding padding.
-
-    `key_padding` ([B, K] bool, True = pad) marks the left padding of a batch of prompts. A pad
-    query still sees itself, so that no row of the mask is all hidden (its output is never read);
-    every real query sees exactly the real keys it would see alone.
-    """
-    keys = key_padding.shape[1]
-    queries = torch.arange(keys - query_len, keys)[:, None]  # each query's own key column
-    columns = torch.arange(keys)[None, :]
-    visible = (columns <= queries)[None] & ~key_padding[:, None, :].cpu()
-    visible |= (columns == queries)[None]
-    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
-    return mask[:, None].to(device)
 
 
 def segment_mask(past: int, segments: list[tuple[int, list[tuple[int, int]]]], dtype: torch.dtype, device=None) -> torch.Tensor:

@@ -129,8 +129,11 @@ class Shape:
             n = min(len(hits), len(own_hits))
             own_hits[:n], own_trials[:n] = hits[:n], trials[:n]
 
-    def choose(self, reach: int) -> tuple[int, int]:
-        """(branches, depth) for the next forward; chains no deeper than `reach`."""
+    def choose(self, reach: int, explore: bool = True) -> tuple[int, int]:
+        """(branches, depth) for the next forward; chains no deeper than `reach`.
+
+        `explore=False` never offers candidates only to see whether they pay: in a batch, one row's
+        tree widens every row's share of the forward."""
         most_depth = max(1, min(self.max_depth, reach))
         if self.cost is None:  # fixed by the caller
             return self.branches, min(self.depth, most_depth)
@@ -142,7 +145,7 @@ class Shape:
         branch_choices = [self.branches] if self.branches != "auto" else range(self.max_branches + 1)
         depth_choices = [min(self.depth, most_depth)] if self.depth != "auto" else range(1, most_depth + 1)
         best, shape = 1.0 / self.cost(1), (0, 1)
-        if self.branches == "auto" and self.plain_steps >= EXPLORE_EVERY:
+        if self.branches == "auto" and self.plain_steps >= EXPLORE_EVERY and explore:
             self.exploring, self.plain_steps = 2, 0
         if self.exploring:  # candidates of one branch, as deep as allowed: shows whether they pay now
             self.exploring -= 1
@@ -223,7 +226,8 @@ class LosslessRow:
         remaining = self.max_new_tokens - len(self.text)
         # A chain of d and its masks reach T+2d+1: fed only as far as the token budget reaches.
         reach = (remaining - 1) // 2
-        wanted_b, wanted_d = self.shape.choose(reach) if reach >= 1 else (0, 1)
+        # Seeded rows explore whatever the batch: their trees (and so their draws) must not depend on it.
+        wanted_b, wanted_d = self.shape.choose(reach, explore=rows == 1 or self.seeded) if reach >= 1 else (0, 1)
         candidates = self.candidates
         b = min(wanted_b, len(candidates.first))  # what this forward can offer
         d = min(wanted_d, 1 + len(candidates.chain))
