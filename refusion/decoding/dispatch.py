@@ -11,8 +11,8 @@ a row of a `refusion.decoding.batching.Batch`: `ROW(runner, prompt, *, max_new_t
 temperature, generator, emit, should_stop, [mask_token_id,] **options)` with `pending`, `position`,
 `forwards`, `done`, `feed`, `take` (see `batching`) and `output()` -> `DecodeOutput`, the tokens that
 prompt gets from `decode` alone. Such rows share each forward, in `generate` with several prompts
-and in the server's running batch (`open_row`). A module without it decodes several prompts one
-after another with `decode`, which is correct by construction, just not faster.
+and in the server's running batch (`open_row`). A module without it decodes several prompts in
+lockstep (`lockstep`): each prompt's `decode` runs as written and their model calls are batched.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ..model import eos_token_ids as find_eos_token_ids
 from . import autoregressive, fast_dllm, lossless, masked_diffusion, plan_infill
 from .batching import Batch
 from .generation import EventCallback, Generation
+from .lockstep import decode_lockstep
 from .options import MAX_NEW_TOKENS, SEED, TEMPERATURE, options_of
 from .rows import Row
 from .runner import DecodeOutput, ModelRunner
@@ -155,8 +156,9 @@ def generate(
     several (a list of token-id lists or 1-D tensors, lengths may differ) -> a list of
     `Generation`, one per prompt, in order. Every row gets the same settings and its own seeded
     generator, and ends on its own EOS, stop string or budget; each row's result is the one it gets
-    alone. `ar` and `lossless` decode the rows together (one forward per step for the unfinished
-    rows); the others decode them one after another. `on_event` and `on_text` are for
+    alone. The rows share forwards: `ar` and `lossless` as rows of one batch (one forward per step
+    for the unfinished rows), the other decoders in lockstep (each call of every row's decode in one
+    forward). `on_event` and `on_text` are for
     one prompt only; `should_stop` cancels every row.
 
     `decoder_options` are the decoder's own (`refusion.DECODERS[decoder].OPTIONS` declares each
@@ -183,9 +185,11 @@ def generate(
 
     if not batch:
         return _decode_one(model, request, prompts[0], row())
-    if hasattr(request.module, "ROW") and len(prompts) > 1:
+    if len(prompts) == 1:
+        return [_decode_one(model, request, prompts[0], row())]
+    if hasattr(request.module, "ROW"):
         return _decode_batch(model, request, prompts, [row() for _ in prompts])
-    return [_decode_one(model, request, prompt_ids, row()) for prompt_ids in prompts]
+    return _decode_lockstep(model, request, prompts, [row() for _ in prompts])
 
 
 def _checked_request(model, tokenizer, input_ids, batch: bool, decoder: str, max_new_tokens, temperature, seed, stop,
@@ -296,3 +300,17 @@ def _decode_batch(model, request: Request, prompts: list[torch.Tensor], rows: li
                        stats=runner.stats, settings=request.settings, batch_size=len(prompts),
                        return_state=request.return_state)
             for row, prompt_ids, state in zip(rows, prompts, states)]
+
+
+def _decode_lockstep(model, request: Request, prompts: list[torch.Tensor], rows: list[Row]) -> list[Generation]:
+    runner = request.runner(model)
+    started = time.perf_counter()
+    per_prompt = [dict(generator=request.generator(), emit=row.emit, should_stop=row.stop_now) for row in rows]
+    outputs = decode_lockstep(runner, request.module.decode, prompts, per_prompt, max_new_tokens=request.max_new_tokens,
+                              eos_token_ids=request.eos, temperature=request.temperature, **request.extra,
+                              **request.options)
+    seconds = time.perf_counter() - started
+    return [row.result(output, decoder=request.decoder, prompt_tokens=prompt_ids.shape[1], seconds=seconds,
+                       stats=runner.stats, settings=request.settings, batch_size=len(prompts),
+                       return_state=request.return_state)
+            for row, prompt_ids, output in zip(rows, prompts, outputs)]

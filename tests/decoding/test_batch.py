@@ -4,6 +4,8 @@
 other decoders decode them one after another. Rows end on their own EOS, stop string or budget.
 """
 
+import threading
+
 import pytest
 import torch
 
@@ -197,23 +199,88 @@ def test_lossless_batch_rows_equal_each_prompt_alone_on_real_models(kind, sampli
         assert [row.tokens for row in batched] == [row.tokens for row in ar]
 
 
+# --- the other decoders, in lockstep ------------------------------------------------------------
+
 OTHER_DECODERS = {
     "refusion": dict(max_new_tokens=16, slot_size=4, blocks=2, slot_threshold=0.012, token_threshold=0.012),
-    # A fixed width cost: "auto" times the model, which no two runs share. Its acceptance history is
-    # kept on the model from one generation to the next, so each side starts from a fresh model.
+    "refusion-exact": dict(decoder="refusion", max_new_tokens=16, slot_size=2, slot_threshold=0.012,
+                           token_threshold=0.012, kv="exact"),
+    "refusion-recompute": dict(decoder="refusion", max_new_tokens=12, slot_size=4, slot_threshold=0.012,
+                               token_threshold=0.5, kv="recompute"),
     "mdm": dict(max_new_tokens=16, steps=8),
     "fast-dllm": dict(max_new_tokens=16, block_length=8),
 }
 
 
-@pytest.mark.parametrize("decoder", list(OTHER_DECODERS))
-def test_every_other_decoder_takes_a_list_and_gives_what_each_prompt_gets_alone(decoder, tokenizer):
-    prompts = [refusion.encode_prompt(tokenizer, text)[0].tolist() for text in TEXTS[:3]]
-    options = dict(decoder=decoder, temperature=0.1, seed=5, **OTHER_DECODERS[decoder])
-    model = tiny_model_with_mask("qwen3")
-    alone = [refusion.generate(model, tokenizer, prompt, **options) for prompt in prompts]
-    batched = refusion.generate(tiny_model_with_mask("qwen3"), tokenizer, prompts, **options)
+class Counting:
+    """A model whose forwards are counted."""
+
+    def __init__(self, model):
+        self.calls = 0
+        model.register_forward_pre_hook(lambda *_: setattr(self, "calls", self.calls + 1))
+        self.model = model
+
+
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+@pytest.mark.parametrize("sampling", list(SAMPLING))
+@pytest.mark.parametrize("setting", list(OTHER_DECODERS))
+def test_every_other_decoder_takes_a_list_and_gives_what_each_prompt_gets_alone(setting, sampling, attention, tokenizer):
+    """Each prompt's decode runs as written; their model calls share forwards (fewer than the rows' own)."""
+    if attention == "bidirectional" and not setting.startswith(("mdm", "fast-dllm")):
+        pytest.skip("only the masked-diffusion baselines attend both ways")
+    prompts = [refusion.encode_prompt(tokenizer, text)[0].tolist() for text in TEXTS[:4]]
+    options = {"decoder": setting, **OTHER_DECODERS[setting], **SAMPLING[sampling], "stop": "ab"}
+
+    def model():
+        model = tiny_model_with_mask("qwen3")
+        if attention == "bidirectional":
+            model.config.refusion_objective = "mdm"
+        return model
+
+    alone = [refusion.generate(model(), tokenizer, prompt, **options) for prompt in prompts]
+    counting = Counting(model())
+    batched = refusion.generate(counting.model, tokenizer, prompts, **options)
     assert len(batched) == len(prompts)
     for row, single in zip(batched, alone):
         same_generation(row, single)
-    assert len({tuple(row.tokens) for row in batched}) > 1
+    if sampling == "seeded":  # (greedy, this random model writes one token over and over)
+        assert len({tuple(row.tokens) for row in batched}) > 1
+    assert counting.calls == max(row.forward_passes for row in batched) < sum(row.forward_passes for row in batched)
+
+
+def test_the_paper_mode_in_lockstep_matches_the_oracle_alone():
+    """Prompts of different lengths whose rows end at different steps (EOS, stop string, budget)."""
+    options = dict(decoder="refusion", max_new_tokens=6, slot_size=2, slot_threshold=0.5, token_threshold=0.5,
+                   stop="17 18", trace=True)
+    prompts = [SHORT, MIDDLE, LONG]
+
+    def unsure():  # drafts rejected here and there: rows need different numbers of forwards
+        return PositionOracle(DRAFT, mask_conf=[0.9, 0.4, 0.9, 0.2, 0.9, 0.9, 0.4, 0.9, 0.9],
+                              ar_conf=[0.9, 0.9, 0.4, 0.9, 0.9, 0.2, 0.9, 0.9, 0.9])
+
+    alone = [refusion.generate(unsure(), Tokenizer(), torch.tensor(prompt), **options) for prompt in prompts]
+    model = unsure()
+    batched = refusion.generate(model, Tokenizer(), prompts, **options)
+    for row, single in zip(batched, alone):
+        same_generation(row, single)
+    assert [row.forward_passes for row in batched] == [5, 4, 2]
+    assert [row.finish_reason for row in batched] == ["length", "stop", "stop"]
+    assert len(model.calls) == 5
+    assert [len(call.input_ids) for call in model.calls] == [3, 3, 2, 2, 1]  # finished rows leave the forwards
+
+
+def test_a_decode_that_fails_in_lockstep_raises_and_ends_the_others(tokenizer):
+    model = tiny_model_with_mask("qwen3")
+    prompts = [refusion.encode_prompt(tokenizer, text)[0].tolist() for text in TEXTS[:3]]
+    calls = []
+
+    def should_stop():  # the third forward of the batch raises inside one row's decode
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("a row failed")
+        return False
+
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="a row failed"):
+        refusion.generate(model, tokenizer, prompts, decoder="mdm", max_new_tokens=8, steps=8, should_stop=should_stop)
+    assert threading.active_count() <= before + 1  # the other rows' threads ended (or are ending)
