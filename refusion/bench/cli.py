@@ -18,7 +18,7 @@ generation per setting is not counted. An `ar` row is added when --decoders has 
 aggregate (all new tokens / wall time of all calls), latency is each request's batch wall time
 (mean and p95), "vs ar" compares with `ar` at the same batch size, tokens per forward and forwards
 stay per request, and "identical to ar" compares with `ar` at batch 1 (run too when not listed).
-A decoder without batched decoding (`ar` and `lossless` have it) decodes each group row by row. Default: 1.
+Every decoder decodes a group together (see `refusion.generate`). Default: 1.
 
 --decoders takes specs separated by commas, options after a colon, in refusion.generate's names:
   ar,lossless,refusion                      the three decoders at their defaults

@@ -12,7 +12,8 @@ temperature, generator, emit, should_stop, [mask_token_id,] **options)` with `pe
 `forwards`, `done`, `feed`, `take` (see `batching`) and `output()` -> `DecodeOutput`, the tokens that
 prompt gets from `decode` alone. Such rows share each forward, in `generate` with several prompts
 and in the server's running batch (`open_row`). A module without it decodes several prompts in
-lockstep (`lockstep`): each prompt's `decode` runs as written and their model calls are batched.
+lockstep (`lockstep`): each prompt's `decode` runs as written and their model calls are batched
+(in the server too); rows of a `Batch` copy no cache, so they are the faster way.
 """
 
 from __future__ import annotations
@@ -224,32 +225,37 @@ def _checked_request(model, tokenizer, input_ids, batch: bool, decoder: str, max
     return request, prompts
 
 
-def batches(decoder: str) -> bool:
-    """Whether the decoder's rows can share forwards (`generate` with several prompts, the server's batch)."""
-    return hasattr(DECODERS[decoder], "ROW")
-
-
 class OpenRow:
-    """One prompt decoding as a row of a running `Batch` that others share (the server's continuous batching).
+    """One prompt decoding beside others that started before or after it (the server's continuous batching).
 
-    `state` joins the batch; once it is `done`, `result()` gives the `Generation` that `generate`
-    would give for this prompt alone (seconds: from opening to the result; the forward profile:
-    the batch's forwards while it was in it).
+    A decoder with a `ROW` joins a `Batch` as `state`; any other decodes in a `Lockstep` group,
+    which runs `decode`. Once it has ended, `result` gives the `Generation` that `generate` would give
+    for this prompt alone (seconds: from opening to the result; the forward profile: the group's
+    forwards while it was in it).
     """
 
     def __init__(self, request: Request, prompt_ids: torch.Tensor, row: Row, runner: ModelRunner):
         self.request, self.prompt_ids, self.row, self.runner = request, prompt_ids, row, runner
         self.started = time.perf_counter()
         self.stats_before = runner.stats.copy()
-        self.state = request.module.ROW(
-            runner, prompt_ids[0].tolist(), max_new_tokens=request.max_new_tokens, eos_token_ids=request.eos,
-            temperature=request.temperature, generator=request.generator(), emit=row.emit, should_stop=row.stop_now,
-            **request.extra, **request.options,
-        )
+        self.generator = request.generator()
+        self.state = request.module.ROW(runner, prompt_ids[0].tolist(), **self._arguments()) \
+            if hasattr(request.module, "ROW") else None
 
-    def result(self, batch_size: int = 1) -> Generation:
+    def _arguments(self) -> dict:
+        request = self.request
+        return dict(max_new_tokens=request.max_new_tokens, eos_token_ids=request.eos, temperature=request.temperature,
+                    generator=self.generator, emit=self.row.emit, should_stop=self.row.stop_now, **request.extra,
+                    **request.options)
+
+    def decode(self, runner: ModelRunner) -> DecodeOutput:
+        """The whole decode with `runner` (a lockstep lane's)."""
+        return self.request.module.decode(runner, self.prompt_ids, **self._arguments())
+
+    def result(self, output: DecodeOutput | None = None, batch_size: int = 1) -> Generation:
         seconds = time.perf_counter() - self.started
-        return self.row.result(self.state.output(), decoder=self.request.decoder, prompt_tokens=self.prompt_ids.shape[1],
+        output = output if output is not None else self.state.output()
+        return self.row.result(output, decoder=self.request.decoder, prompt_tokens=self.prompt_ids.shape[1],
                                seconds=seconds, stats=self.runner.stats.minus(self.stats_before),
                                settings=self.request.settings, batch_size=batch_size)
 
@@ -258,11 +264,9 @@ def open_row(model, tokenizer, runner: ModelRunner, input_ids, *, decoder: str, 
              temperature: float = 0.0, seed: int | None = None, stop: list[str] | str | None = None,
              on_event: EventCallback | None = None, on_text: Callable[[str], None] | None = None,
              should_stop: Callable[[], bool] | None = None, **decoder_options) -> OpenRow:
-    """One prompt as a row for `runner`'s running batch, checked as `generate` checks it (a decoder that `batches`)."""
+    """One prompt to decode with `runner` beside others, checked as `generate` checks it."""
     request, prompts = _checked_request(model, tokenizer, input_ids, False, decoder, max_new_tokens, temperature, seed,
                                         stop, False, False, decoder_options)
-    if not batches(decoder):
-        raise RefusionError(f"decoder {decoder!r} decodes one prompt at a time")
     if hasattr(request.module, "prepare"):
         request.module.prepare(runner, request.options)
     row = Row(tokenizer, request.eos, request.max_new_tokens, request.stop, on_event=on_event, on_text=on_text,

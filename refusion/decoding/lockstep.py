@@ -103,7 +103,8 @@ class Lane:
         """End a decode that waits on a call (its result is not wanted)."""
         if not self.done and self.call_waiting is not None:
             self.abandoned = True
-            self.resume()
+            self._turn.release()
+            self._yielded.acquire()
 
     def resume(self) -> None:
         """On the coordinator's thread: let the decode run until its next call or its end."""
@@ -113,30 +114,72 @@ class Lane:
         self._yielded.acquire()
 
 
+class Lockstep:
+    """Decodes whose model calls share forwards; a decode may join between any two forwards (the server's batch)."""
+
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
+        self.lanes: list[Lane] = []
+
+    def __len__(self) -> int:
+        return len(self.lanes)
+
+    def add(self, work: Callable[[ModelRunner], DecodeOutput]) -> Lane:
+        """Start `work(runner)` (a decode) and run it up to its first model call."""
+        lane = Lane(lambda lane: work(LockstepRunner(self.runner, lane)))
+        lane.resume()
+        self.lanes.append(lane)
+        return lane
+
+    def step(self) -> list[Lane]:
+        """One forward for every waiting decode, each then run up to its next call; returns the lanes that ended.
+
+        A lane that ended with an error carries it (`lane.error`); the others go on. If the forward
+        itself fails, every lane in it ends with that error.
+        """
+        waiting = [lane for lane in self.lanes if not lane.done]
+        if waiting:
+            try:
+                batched_forward(self.runner, [lane.call_waiting for lane in waiting])
+            except Exception as error:
+                for lane in waiting:
+                    lane.error = error
+                    lane.abandon()
+                    lane.done = True
+            else:
+                for lane in waiting:
+                    lane.resume()
+        ended = [lane for lane in self.lanes if lane.done]
+        self.lanes = [lane for lane in self.lanes if not lane.done]
+        return ended
+
+    def abandon(self) -> None:
+        """End every decode still waiting on a call (their results are not wanted)."""
+        for lane in self.lanes:
+            lane.abandon()
+        self.lanes = []
+
+
 def decode_lockstep(runner: ModelRunner, decode: Callable, prompts: list[torch.Tensor],
                     per_prompt: list[dict], **shared) -> list[DecodeOutput]:
     """`decode(runner, prompt, **shared, **per_prompt[i])` for every prompt, their model calls batched.
 
     Each output is the one that decode gives alone, with `forward_passes` its own calls.
     """
-    lanes = [Lane(lambda lane, prompt=prompt, own=own: decode(LockstepRunner(runner, lane), prompt, **shared, **own))
+    group = Lockstep(runner)
+    lanes = [group.add(lambda lane_runner, prompt=prompt, own=own: decode(lane_runner, prompt, **shared, **own))
              for prompt, own in zip(prompts, per_prompt)]
-    for lane in lanes:
-        lane.resume()
     try:
-        while True:
-            waiting = [lane for lane in lanes if not lane.done]
-            failed = next((lane.error for lane in lanes if lane.error is not None), None)
-            if failed is not None:
-                raise failed
-            if not waiting:
-                return [lane.output for lane in lanes]
-            batched_forward(runner, [lane.call_waiting for lane in waiting])
-            for lane in waiting:
-                lane.resume()
+        while len(group):
+            for lane in group.step():
+                if lane.error is not None:
+                    raise lane.error
+        for lane in lanes:  # one that failed before its first call never entered a step
+            if lane.error is not None:
+                raise lane.error
+        return [lane.output for lane in lanes]
     finally:
-        for lane in lanes:  # after a failure the others still wait on a call: end their threads
-            lane.abandon()
+        group.abandon()
 
 
 def batched_forward(runner: ModelRunner, calls: list[Call]) -> None:

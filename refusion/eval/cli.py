@@ -135,7 +135,7 @@ def register(subparsers) -> None:
     run.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     run.add_argument("--batch-size", type=int, default=1, metavar="N",
                      help="generate N examples at a time (default 1); the same outputs, and the summary's tokens/s "
-                          "is the throughput (decoders ar and lossless batch their forwards; the others decode the N one by one)")
+                          "is the throughput (every decoder batches their forwards)")
     run.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                      help="send prompts through the tokenizer's chat template (default: on when it has one)")
     run.add_argument("--output", default=None, metavar="DIR", help="write samples.jsonl (one line per example) and summary.json here")

@@ -6,8 +6,8 @@ all new tokens / all decode seconds, TPF = all new tokens / all forward passes. 
 any particular benchmark (see `refusion.eval.tasks`) or about the command line.
 
 With `batch_size` N > 1, N examples at a time go to `generate` as one list; each sample's text is
-the one it gets alone. A record's `batch_size` is how many samples shared its forwards (N for a
-decoder that batches, like ar and lossless; 1 for one that decodes the list one by one) and its `seconds` are
+the one it gets alone. A record's `batch_size` is how many samples shared its forwards (N, or
+fewer in the last batch) and its `seconds` are
 that whole batch's wall time (what it waited for); its forward passes are those it took part in
 (as alone), so TPF and forwards per sample match batch 1. The summary counts each batch's wall
 time once (the sum of `seconds / batch_size` over samples), so its TPS is the run's throughput.

@@ -17,9 +17,8 @@ def serve_command(args: argparse.Namespace) -> None:
     extra body fields decoder and the decoder options (slot_size, blocks, slot_threshold, token_threshold, kv,
     branches, steps, block_length, threshold, ...: the same names as the flags below, with underscores).
 
-    Requests for ar and lossless decode together: each joins the running batch at its next step and
-    leaves it when done (up to --max-batch-size at once, each with its own settings and stream);
-    refusion, mdm and fast-dllm requests take the model alone, between batches.
+    Requests decode together: each joins the running batch at its next step and leaves it when done
+    (up to --max-batch-size at once, each with its own decoder, settings and stream).
     """
     from ..cli import apply_runtime_options, decoder_options, precheck_decoder_options, resolve_decoder
     from ..decoding.dispatch import NEEDS_MASK
@@ -104,8 +103,8 @@ def register(subparsers) -> None:
     limits.add_argument("--max-waiting", type=int, default=64,
                         help="requests that may wait for the model; more answer 429 (default 64)")
     limits.add_argument("--max-batch-size", type=int, default=16,
-                        help="requests decoded together: ar and lossless requests join the running batch at "
-                             "its next step and leave it when done (default 16; 1 serves one at a time)")
+                        help="requests decoded together: each joins the running batch at its next step and "
+                             "leaves it when done (default 16; 1 serves one at a time)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (default info)")
     parser.set_defaults(func=serve_command)

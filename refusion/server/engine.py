@@ -1,13 +1,15 @@
 """One model, many clients: continuous batching on one worker thread.
 
-Requests whose decoder batches (`ar`, `lossless`) decode as rows of one running batch: a request
-joins it at the next step boundary and leaves it when done, so that one forward per step serves
-every running request (`refusion.decoding.batching`). At most `max_batch_size` rows run at once.
-Requests for the other decoders (`refusion`, `mdm`, `fast-dllm`) need the model alone: one starts
-when the batch has emptied, and the batch refills after it. Requests take places in arrival order.
+Every running request is a row of the running batch: it joins at the next step boundary and
+leaves when done, so that one forward serves every running request. `ar` and `lossless` requests
+are rows of a `refusion.decoding.batching.Batch` (one forward per step for all of them); requests
+for the other decoders (`refusion`, `mdm`, `fast-dllm`) run in a `refusion.decoding.lockstep`
+group (one forward for each model call of all of them). While both groups have rows, the worker
+alternates: a step of the one, a forward of the other. At most `max_batch_size` requests run at
+once; the others wait in arrival order.
 
 A request takes its place when it is admitted (`admit`): a place held for it at once (a row of
-the batch, or the model alone), a place in a FIFO line, or `QueueFull`, so that a full line is
+the batch), a place in a FIFO line, or `QueueFull`, so that a full line is
 known before any response starts. It starts decoding only when its caller `run`s it, once it has
 set its listeners. A client that leaves while waiting is taken out of the line, and one that
 leaves while decoding stops at its decoder's next step (`should_stop`); `release` does either,
@@ -24,9 +26,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..decoding import DECODERS, Generation, generate
+from ..decoding import Generation
+from ..errors import RefusionError
 from ..decoding.batching import Batch
-from ..decoding.dispatch import batches, open_row
+from ..decoding.dispatch import OpenRow, open_row
+from ..decoding.lockstep import Lockstep
 from ..decoding.runner import ModelRunner
 
 log = logging.getLogger("refusion.server")
@@ -43,11 +47,6 @@ class Job:
     listener: Callable[[dict], None] | None = None  # gets each decode event, on the worker thread
     on_text: Callable[[str], None] | None = None  # gets the text as it becomes final, on the worker thread
     cancelled: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def batched(self) -> bool:
-        decoder = self.options.get("decoder")
-        return decoder in DECODERS and batches(decoder)
 
 
 class Ticket:
@@ -86,14 +85,15 @@ class Engine:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._line: collections.deque[Ticket] = collections.deque()
-        self._rows = 0  # batch rows held or decoding
-        self._alone = False  # a job that needs the model alone holds it or decodes
+        self._rows = 0  # places held or decoding
         self._arrivals: collections.deque[Ticket] = collections.deque()  # run, not yet picked up by the worker
         self._closed = False
+        self._runner: ModelRunner | None = None
         self._batch: Batch | None = None
-        self._open: dict[int, tuple] = {}  # id(row state) -> (ticket, OpenRow) for the rows of the batch
+        self._lockstep: Lockstep | None = None
+        self._open: dict[int, tuple[Ticket, OpenRow]] = {}  # id(row state or lane) -> its ticket and row
         self.running = 0
-        """Rows in the running batch now (a job decoding alone counts as one)."""
+        """Requests decoding now."""
         self._worker = threading.Thread(target=self._work, name="refusion-decode", daemon=True)
         self._worker.start()
 
@@ -103,7 +103,7 @@ class Engine:
 
     @property
     def busy(self) -> bool:
-        return bool(self._rows or self._alone or self._line)
+        return bool(self._rows or self._line)
 
     def admit(self, job: Job) -> Ticket:
         """Hold a place for the job if one is free and nobody waits, else put it at the end of the line.
@@ -169,23 +169,15 @@ class Engine:
     # --- places (all under the lock) --------------------------------------------------------
 
     def _fits(self, job: Job) -> bool:
-        if job.batched:
-            return not self._alone and self._rows < self.max_batch_size
-        return not self._alone and not self._rows
+        return self._rows < self.max_batch_size
 
     def _hold(self, ticket: Ticket) -> None:
         ticket.state = "holding"
-        if ticket.job.batched:
-            self._rows += 1
-        else:
-            self._alone = True
+        self._rows += 1
 
     def _free(self, job: Job) -> None:
         """Give back the job's place and hand free places to the line, first come first served."""
-        if job.batched:
-            self._rows -= 1
-        else:
-            self._alone = False
+        self._rows -= 1
         while self._line and self._fits(self._line[0].job):
             ticket = self._line.popleft()
             try:
@@ -203,34 +195,18 @@ class Engine:
                 while not self._arrivals and not self._open and not self._closed:
                     self._wake.wait()
                 if self._closed:
+                    if self._lockstep is not None:
+                        self._lockstep.abandon()
                     return
                 arrivals = list(self._arrivals)
                 self._arrivals.clear()
             for ticket in arrivals:
-                if ticket.job.batched:
-                    self._join(ticket)
-                else:
-                    self._decode_alone(ticket)
-            if self._open:
-                self._step()
-
-    def _decode_alone(self, ticket: Ticket) -> None:
-        job = ticket.job
-        self.running = 1
-        try:
-            if job.cancelled.is_set():
-                self.counters.cancelled_decoding += 1
-                self._end(ticket, None)
-                return
-            result = generate(self.model, self.tokenizer, job.prompt_ids, on_event=job.listener, on_text=job.on_text,
-                              should_stop=job.cancelled.is_set, **job.options)
-        except Exception as error:
-            self.counters.failed += 1
-            self._end(ticket, error=error)
-            return
-        finally:
-            self.running = 0
-        self._finish(ticket, result)
+                self._join(ticket)
+            if self._batch is not None and len(self._batch):
+                self._step_batch()
+            if self._lockstep is not None and len(self._lockstep):
+                self._step_lockstep()
+            self.running = len(self._open)
 
     def _join(self, ticket: Ticket) -> None:
         job = ticket.job
@@ -239,35 +215,47 @@ class Engine:
             self._end(ticket, None)
             return
         try:
-            if self._batch is None:
-                self._batch = Batch(ModelRunner(self.model, suppress_token_id=getattr(self.model.config, "mask_token_id", None)))
-            opened = open_row(self.model, self.tokenizer, self._batch.runner, job.prompt_ids, on_event=job.listener,
+            if self._runner is None:
+                self._runner = ModelRunner(self.model, suppress_token_id=getattr(self.model.config, "mask_token_id", None))
+                self._batch, self._lockstep = Batch(self._runner), Lockstep(self._runner)
+            opened = open_row(self.model, self.tokenizer, self._runner, job.prompt_ids, on_event=job.listener,
                               on_text=job.on_text, should_stop=job.cancelled.is_set, **job.options)
-            self._batch.join(opened.state)
+            if opened.state is not None:
+                self._batch.join(opened.state)
+                self._open[id(opened.state)] = (ticket, opened)
+            else:  # runs up to its first model call now
+                self._open[id(self._lockstep.add(opened.decode))] = (ticket, opened)
         except Exception as error:
             self.counters.failed += 1
             self._end(ticket, error=error)
-            return
-        self._open[id(opened.state)] = (ticket, opened)
-        self.running = len(self._batch)
 
-    def _step(self) -> None:
+    def _step_batch(self) -> None:
         size = len(self._batch)
         try:
             finished = self._batch.step()
         except Exception as error:  # a failed forward leaves the batch's cache unknown: every row ends with it
             log.error("a batch step failed", exc_info=error)
-            self.counters.failed += len(self._open)
-            for ticket, _ in self._open.values():
+            for state in self._batch.rows:
+                ticket, _ = self._open.pop(id(state))
+                self.counters.failed += 1
                 self._end(ticket, error=error)
-            self._open.clear()
-            self._batch = None
-            self.running = 0
+            self._batch = Batch(self._runner)
             return
         for state in finished:
             ticket, opened = self._open.pop(id(state))
             self._finish(ticket, opened.result(batch_size=size))
-        self.running = len(self._batch)
+
+    def _step_lockstep(self) -> None:
+        size = len(self._lockstep)
+        for lane in self._lockstep.step():
+            ticket, opened = self._open.pop(id(lane))
+            if lane.error is not None:
+                if not isinstance(lane.error, RefusionError):
+                    log.error("a decode failed", exc_info=lane.error)
+                self.counters.failed += 1
+                self._end(ticket, error=lane.error)
+            else:
+                self._finish(ticket, opened.result(lane.output, batch_size=size))
 
     def _finish(self, ticket: Ticket, result: Generation) -> None:
         if result.finish_reason == "cancelled":

@@ -55,7 +55,7 @@ class Limits:
     max_waiting: int = 64
     """Requests that may wait for the model; more answer 429."""
     max_batch_size: int = 16
-    """Requests decoding together in the running batch (ar and lossless); 1 serves one at a time."""
+    """Requests decoding together in the running batch; 1 serves one at a time."""
 
 
 @dataclass

@@ -60,17 +60,17 @@ def test_disconnects_free_the_model(live):
         lines = decoding.iter_lines()  # kept: dropping the iterator closes the connection
         assert next(lines).startswith("data: ")  # decoding has started
         assert health(live)["busy"]
-        # a second client, whose decoder needs the model alone, waits in line, then gives up
-        alone = {**long, "stream": False, "decoder": "refusion"}
+        # a second client joins the running batch (another decoder, not streamed), then gives up
+        joining = {**long, "stream": False, "decoder": "refusion"}
         waiter = threading.Thread(target=lambda: pytest.raises(httpx.ReadTimeout, httpx.post, f"{live.url}/v1/completions",
-                                                               json=alone, timeout=1.5))
+                                                               json=joining, timeout=1.5))
         waiter.start()
-        assert wait_for(lambda: health(live)["waiting"] == 1)
+        assert wait_for(lambda: health(live)["batch"]["running"] == 2)
         waiter.join()
-        assert wait_for(lambda: health(live)["cancelled_waiting"] == before["cancelled_waiting"] + 1)
-        assert health(live)["waiting"] == 0
-    # the streaming client left mid-decode: it stops at the next event, long before 2000 tokens
-    assert wait_for(lambda: health(live)["cancelled_decoding"] == before["cancelled_decoding"] + 1)
+        assert wait_for(lambda: health(live)["cancelled_decoding"] == before["cancelled_decoding"] + 1)
+        assert health(live)["batch"]["running"] == 1 and health(live)["waiting"] == 0
+    # the streaming client left mid-decode: it stops at the next step, long before 2000 tokens
+    assert wait_for(lambda: health(live)["cancelled_decoding"] == before["cancelled_decoding"] + 2)
     assert wait_for(lambda: not health(live)["busy"])
     after = httpx.post(f"{live.url}/v1/completions", json={**long, "stream": False, "max_tokens": 3}, timeout=30).json()
     assert after["usage"]["completion_tokens"] == 3
