@@ -87,9 +87,14 @@ def gather_columns(cache: DynamicCache, index: torch.Tensor) -> None:
 
 
 def add_rows(cache: DynamicCache, other: DynamicCache) -> None:
-    """Append the batch rows of `other` to `cache`, the shorter one left-padded with zero entries."""
-    for layer, extra in zip(cache.layers, other.layers):
-        keys, values, new_keys, new_values = layer.keys, layer.values, extra.keys, extra.values
+    """Append the batch row of `other` (empty or not) to `cache`, the shorter one left-padded with zero entries."""
+    started = any(layer.is_initialized for layer in other.layers)
+    for index, layer in enumerate(cache.layers):
+        keys, values = layer.keys, layer.values
+        if started:
+            new_keys, new_values = other.layers[index].keys, other.layers[index].values
+        else:  # nothing cached for it yet: a row of padding
+            new_keys, new_values = keys.new_zeros(1, keys.shape[1], 0, keys.shape[3]), values.new_zeros(1, values.shape[1], 0, values.shape[3])
         width = max(keys.shape[2], new_keys.shape[2])
         layer.keys = torch.cat([_left_pad(keys, width), _left_pad(new_keys, width)], dim=0)
         layer.values = torch.cat([_left_pad(values, width), _left_pad(new_values, width)], dim=0)

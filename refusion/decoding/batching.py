@@ -18,8 +18,7 @@ it kept fewer tokens, or it joined with a shorter prompt). Columns that are padd
 are cut, and a finished row's cache row is dropped, so that finished rows stop costing work.
 
 A row may join a running batch between steps (the server's continuous batching): its prompt but
-the last token is fed in a forward of its own, and its cache row is added to the batch's, so that
-the running rows' steps never carry a long prompt's width. Knows nothing about tokenizers.
+the last token is fed in a forward of its own, and its cache row is added to the batch's. Knows nothing about tokenizers.
 """
 
 from __future__ import annotations
@@ -60,22 +59,21 @@ class Batch:
         return len(self.rows)
 
     def add(self, row) -> None:
-        """A row whose whole prompt rides along its first step (as it would alone)."""
+        """Take a row in. Before the first step its whole prompt rides along that step (as it would alone);
+        into a running batch, its prompt but the last token is cached by a forward of its own, so that
+        the running rows' steps never carry a long prompt's width."""
         if not self.rows:
             self._empty()
-        self.rows.append(row)
-        self.padding = torch.cat([self.padding, torch.ones(1, self.padding.shape[1], dtype=torch.bool)])
-
-    def join(self, row) -> None:
-        """A row joining a running batch: its prompt but the last token is cached by a forward of its own."""
-        if not self.rows or not self.padding.shape[1] or len(row.pending) < 2:  # nothing cached yet: ride along like the rest
-            self.add(row)
+        if not self.padding.shape[1]:  # nothing cached yet
+            self.rows.append(row)
+            self.padding = torch.cat([self.padding, torch.ones(1, 0, dtype=torch.bool)])
             return
         prefix = row.pending[:-1]
         cache = kv_cache.new_cache()
-        self.runner(torch.tensor([prefix]), torch.arange(row.position, row.position + len(prefix))[None], cache,
-                    logits_to_keep=1)
-        row.forwards += 1
+        if prefix:
+            self.runner(torch.tensor([prefix]), torch.arange(row.position, row.position + len(prefix))[None], cache,
+                        logits_to_keep=1)
+            row.forwards += 1
         row.pending, row.position = row.pending[-1:], row.position + len(prefix)
         width = max(self.padding.shape[1], len(prefix))
         padding = torch.cat([torch.ones(len(self.rows), width - self.padding.shape[1], dtype=torch.bool), self.padding], 1)

@@ -113,7 +113,7 @@ class Engine:
         """
         ticket = Ticket(job, asyncio.get_running_loop())
         with self._lock:
-            if not self._line and self._fits(job):
+            if not self._line and self._has_room():
                 self._hold(ticket)
                 ticket.turn.set_result(None)
             elif len(self._line) >= self.max_waiting:
@@ -134,7 +134,7 @@ class Engine:
                     return None
                 if self._closed:  # nothing will run it, so its place must not stay taken
                     ticket.state = "done"
-                    self._free(ticket.job)
+                    self._free()
                     raise RuntimeError("the server is shutting down")
                 ticket.state = "decoding"
                 self._arrivals.append(ticket)
@@ -159,7 +159,7 @@ class Engine:
             if state == "waiting":
                 self._line.remove(ticket)
             if state == "holding":
-                self._free(ticket.job)
+                self._free()
 
     def close(self) -> None:
         with self._lock:
@@ -168,17 +168,17 @@ class Engine:
 
     # --- places (all under the lock) --------------------------------------------------------
 
-    def _fits(self, job: Job) -> bool:
+    def _has_room(self) -> bool:
         return self._rows < self.max_batch_size
 
     def _hold(self, ticket: Ticket) -> None:
         ticket.state = "holding"
         self._rows += 1
 
-    def _free(self, job: Job) -> None:
-        """Give back the job's place and hand free places to the line, first come first served."""
+    def _free(self) -> None:
+        """Give back a place and hand free places to the line, first come first served."""
         self._rows -= 1
-        while self._line and self._fits(self._line[0].job):
+        while self._line and self._has_room():
             ticket = self._line.popleft()
             try:
                 ticket.loop.call_soon_threadsafe(_hand_over, ticket.turn)
@@ -221,7 +221,7 @@ class Engine:
             opened = open_row(self.model, self.tokenizer, self._runner, job.prompt_ids, on_event=job.listener,
                               on_text=job.on_text, should_stop=job.cancelled.is_set, **job.options)
             if opened.state is not None:
-                self._batch.join(opened.state)
+                self._batch.add(opened.state)
                 self._open[id(opened.state)] = (ticket, opened)
             else:  # runs up to its first model call now
                 self._open[id(self._lockstep.add(opened.decode))] = (ticket, opened)
@@ -269,7 +269,7 @@ class Engine:
         """Free the place, then hand the outcome to the caller's event loop (which then sees the place free)."""
         with self._lock:
             ticket.state = "done"
-            self._free(ticket.job)
+            self._free()
         try:
             ticket.loop.call_soon_threadsafe(_settle, ticket.outcome, result, error)
         except RuntimeError:  # its event loop has closed: nobody waits for it

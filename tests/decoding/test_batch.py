@@ -284,3 +284,32 @@ def test_a_decode_that_fails_in_lockstep_raises_and_ends_the_others(tokenizer):
     with pytest.raises(RuntimeError, match="a row failed"):
         refusion.generate(model, tokenizer, prompts, decoder="mdm", max_new_tokens=8, steps=8, should_stop=should_stop)
     assert threading.active_count() <= before + 1  # the other rows' threads ended (or are ending)
+
+
+@pytest.mark.parametrize("decoder", ["ar", "lossless"])
+def test_rows_that_join_a_running_batch_get_what_they_get_alone(decoder, tokenizer):
+    """The server's continuous batching: rows join between steps (one of them a one-token prompt) and leave."""
+    from refusion.decoding.batching import Batch
+    from refusion.decoding.dispatch import open_row
+    from refusion.decoding.runner import ModelRunner
+
+    model = tiny_model_with_mask("llama")
+    options = dict(decoder=decoder, max_new_tokens=10, **({"branches": 2, "depth": 2} if decoder == "lossless" else {}))
+    prompts = [refusion.encode_prompt(tokenizer, text)[0] for text in TEXTS[:4]] + [torch.tensor([5])]
+    alone = [refusion.generate(model, tokenizer, prompt, **options) for prompt in prompts]
+    runner = ModelRunner(model, suppress_token_id=model.config.mask_token_id)
+    batch = Batch(runner)
+    opened = [open_row(model, tokenizer, runner, prompt, **options) for prompt in prompts]
+    results = {}
+    joins = {0: [0, 1], 2: [2], 3: [3, 4]}  # step -> rows that join before it
+    step = 0
+    while len(batch) or any(later > step for later in joins):
+        for index in joins.get(step, []):
+            batch.add(opened[index].state)
+        for state in batch.step() if len(batch) else []:
+            index = next(i for i, row in enumerate(opened) if row.state is state)
+            results[index] = opened[index].result()
+        step += 1
+    assert sorted(results) == list(range(len(prompts)))
+    for index, single in enumerate(alone):
+        assert (results[index].tokens, results[index].text) == (single.tokens, single.text), index
