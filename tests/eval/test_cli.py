@@ -83,10 +83,9 @@ def test_eval_batch_size_gives_the_samples_of_batch_one(decoder, model_dir, tmp_
     assert (one["batch_size"], two["batch_size"]) == (1, 2)
     # Three samples at batch 2: a batch of two sharing its wall time, then one alone; each batch's time counts once.
     sizes = [r["batch_size"] for r in two_records]
-    assert sizes == ([2, 2, 1] if decoder == "ar" else [1, 1, 1])
+    assert sizes == [2, 2, 1]  # every decoder batches (ar as rows of one forward, refusion in lockstep)
     assert two["seconds"] == pytest.approx(sum(r["seconds"] / r["batch_size"] for r in two_records), abs=2e-3)
-    if decoder == "ar":
-        assert two_records[0]["seconds"] == two_records[1]["seconds"]
+    assert two_records[0]["seconds"] == two_records[1]["seconds"]
 
 
 def test_python_api_scores_a_model_that_always_answers_right(model_dir):
