@@ -17,9 +17,9 @@ _EXPORTS = {
     "PrefixStream": ".decoding",
     "generate": ".decoding",
     "register_decoder": ".decoding",
-    "add_mask_token": ".model",
+    "add_mask_token": ".special_tokens",
     "load": ".model",
-    "mask_token_id": ".model",
+    "mask_token_id": ".special_tokens",
     "encode_prompt": ".prompting",
 }
 

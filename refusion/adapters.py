@@ -14,8 +14,14 @@ import warnings
 from pathlib import Path
 
 from .errors import RefusionError
+from .special_tokens import add_mask_token, mask_token_id
 
 SIDECAR = "refusion.json"
+"""What a LoRA output directory records beside the adapter: the objective and the mask id it was trained with."""
+
+
+def write_sidecar(directory: Path, objective: str, mask_id: int | None) -> None:
+    (Path(directory) / SIDECAR).write_text(json.dumps({"refusion_objective": objective, "mask_token_id": mask_id}, indent=2))
 
 
 def is_adapter_dir(path: Path) -> bool:
@@ -25,8 +31,6 @@ def is_adapter_dir(path: Path) -> bool:
 def load_adapter_dir(path: Path, dtype, load_base):
     from peft import PeftModel
     from transformers import AutoTokenizer
-
-    from .model import add_mask_token, mask_token_id
 
     path = Path(path)
     base_name = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from ..errors import RefusionError
-from ..model import eos_token_ids as find_eos_token_ids
+from ..special_tokens import eos_token_ids as find_eos_token_ids
 from . import autoregressive, fast_dllm, lossless, masked_diffusion, plan_infill
 from .batching import Batch
 from .generation import EventCallback, Generation

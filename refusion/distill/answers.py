@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..files import write_text
-from ..model import eos_token_ids
+from ..special_tokens import eos_token_ids
 
 
 def done_ids(path: Path) -> set[int]:

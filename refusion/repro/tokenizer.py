@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..model import MASK_TOKEN
+from ..special_tokens import MASK_TOKEN
 
 PAD, BOS_TURN, EOS = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIALS = [PAD, BOS_TURN, EOS, MASK_TOKEN]

@@ -24,7 +24,9 @@ from ..attention import bidirectional_mask
 from ..checks import output_dir
 from ..errors import RefusionError
 from ..files import move_files_into
-from ..model import BUILTIN_GGUF, add_mask_token, load
+from ..adapters import write_sidecar
+from ..model import BUILTIN_GGUF, load
+from ..special_tokens import add_mask_token
 from .collate import ObjectiveCollator
 from .data import encode_pairs, read_pairs
 from .history import write_history
@@ -34,7 +36,6 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 """Default LoRA targets: the attention projections of Llama/Qwen-style models."""
 EVAL_SEED = 1234
 """Seed of the held-out masks: every evaluation of every run scores the same masked inputs."""
-ADAPTER_SIDECAR = "refusion.json"
 
 
 @dataclass
@@ -301,8 +302,7 @@ def _save(trainer: ObjectiveTrainer, model, tokenizer, config: TrainConfig) -> N
         saved = json.loads(adapter_config.read_text())
         saved["base_model_name_or_path"] = _base_name(config.model)
         adapter_config.write_text(json.dumps(saved, indent=2))
-        sidecar = {"refusion_objective": config.objective, "mask_token_id": getattr(model.config, "mask_token_id", None)}
-        (staging / ADAPTER_SIDECAR).write_text(json.dumps(sidecar, indent=2))
+        write_sidecar(staging, config.objective, getattr(model.config, "mask_token_id", None))
     move_files_into(staging, output, last=("config.json", "adapter_config.json"))
     shutil.rmtree(staging, ignore_errors=True)
 

@@ -141,7 +141,7 @@ def test_ar_batch_rows_equal_each_prompt_alone_on_real_models(kind, sampling, to
     batched = refusion.generate(model, tokenizer, prompts, **options)
     for row, single in zip(batched, alone):
         same_generation(row, single)
-    eos = refusion.model.eos_token_ids(tokenizer, model)
+    eos = refusion.special_tokens.eos_token_ids(tokenizer, model)
     endings = {"eos" if row.tokens[-1] in eos else row.finish_reason for row in batched}
     assert endings == {"eos", "stop", "length"}, [(row.finish_reason, row.text) for row in batched]
     steps = [row.forward_passes for row in batched]

@@ -10,12 +10,15 @@ A task module defines
         a zero-shot user prompt (text, or chat messages), sent through the chat template
     evaluate(example, completion) -> (extracted_answer: str, correct: bool)
 and optionally REFERENCE_SETTINGS, the paper's decoder settings for it.
-Add a task with one file here plus one line in `TASKS`, or at run time with `register_task`.
+Add a task with one file here plus one line in `TASKS`, at run time with `register_task`, or from
+any installed package as an entry point in the group `refusion.tasks` (name = module path), as
+the miniature's tasks in `refusion.repro.tasks` do.
 """
 
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
 from types import ModuleType
 
 from ...errors import RefusionError
@@ -27,9 +30,8 @@ TASKS: dict[str, str] = {
     "humaneval": "refusion.eval.tasks.humaneval",
     "mbpp": "refusion.eval.tasks.mbpp",
     "arc-challenge": "refusion.eval.tasks.arc_challenge",
-    "mini-gsm8k": "refusion.eval.tasks.mini_gsm8k",
-    "mini-json": "refusion.eval.tasks.mini_json",
 }
+TASKS.update({entry.name: entry.value for entry in entry_points(group="refusion.tasks") if entry.name not in TASKS})
 
 _REQUIRED = ("NAME", "MAX_NEW_TOKENS", "examples", "prompt", "evaluate")
 

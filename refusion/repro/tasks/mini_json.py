@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from ...repro import records
+from .. import records
 
 NAME = "mini-json"
 SIZE = 200

@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
-from ...repro import arithmetic
-from ..metrics import extract_gsm8k
+from ...eval.metrics import extract_gsm8k
+from .. import arithmetic
 
 NAME = "mini-gsm8k"
 SIZE = 200
