@@ -50,6 +50,9 @@ OPTIONS = (
     Option("kv", "reuse", "after parallel completion: reuse each slot's own KV (the paper's default), recompute it "
            "causally in one more forward (the paper's ablation), or exact: the recomputed KV at no extra forward "
            "(the committed tokens ride at the head of the next plan)", str, choices=("reuse", "recompute", "exact")),
+    Option("boundary", "free", "a slot written right after another selected slot: its first token is accepted "
+           "as drafted (free, the paper's) or must pass the AR check against that slot's draft in the global "
+           "verification, else waits for a later step (check; no extra forward)", str, choices=("free", "check")),
 )
 
 
@@ -161,15 +164,18 @@ def first_draft_rows(slots, k, mask_id) -> list[tuple[int, int, list[int]]]:
     return rows
 
 
-def verify_globally(runner, state, tokens, positions, k, token_threshold, next_masks=(), mask_id=None, rows=()):
+def verify_globally(runner, state, tokens, positions, k, token_threshold, next_masks=(), mask_id=None, rows=(),
+                    checked=()):
     """Feed the drafts (tokens, positions: [1, m*k], slots concatenated in position order) causally after the cache.
 
     Returns the length of the accepted prefix of the concatenation, each slot's own accepted
     prefix, the logits of `next_masks` (positions of masks fed after the drafts, or None): when
     every draft is committed, they are the predictions the next plan forward would make; and the
     logits of each of `rows` ((slot start, a, row tokens) fed beside them, each seeing only the
-    cache and itself: exactly a completion's first draft round). The cache is left holding the KV
-    of the drafts; the caller keeps what it commits.
+    cache and itself: exactly a completion's first draft round). The first token of each slot passes
+    as drafted, except in the slots whose indices are in `checked`: there it is verified like the
+    others (its own accepted prefix is then 0 when it fails). The cache is left holding the KV of
+    the drafts; the caller keeps what it commits.
     """
     n = tokens.shape[1]
     if len(next_masks):
@@ -192,6 +198,8 @@ def verify_globally(runner, state, tokens, positions, k, token_threshold, next_m
     probs[1:] = probability_of(logits[:-1], tokens[0, 1:].to(logits.device)).cpu()  # AR prob, one place earlier
     is_start = torch.zeros(tokens.shape[1], dtype=torch.bool)
     is_start[::k] = True
+    for index in checked:
+        is_start[index * k] = False
     passed = accepted_mask(probs, is_start, token_threshold)
     per_slot = [leading_true(passed[i : i + k]) for i in range(0, tokens.shape[1], k)]
     return leading_true(passed), per_slot, plan_logits, row_logits
@@ -378,6 +386,7 @@ def decode(
     slot_threshold: float,
     token_threshold: float,
     kv: str,
+    boundary: str = "free",
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     emit: EventCallback = lambda event: None,
@@ -445,8 +454,11 @@ def decode(
             ride_positions = mask_positions(upcoming, k) if upcoming else ()
             # Beside them, each slot's first completion draft for every acceptance it may get.
             rows = first_draft_rows(slots, k, mask_token_id)
+            # With boundary="check", a slot that starts where the one before it ends is checked at its first token.
+            checked = [i for i in range(1, len(slots)) if boundary == "check" and slots[i].start == slots[i - 1].start + k]
             prefix, per_slot, plan_logits, row_logits = verify_globally(
-                runner, state, drafts_flat, positions_flat, k, token_threshold, ride_positions, mask_token_id, rows)
+                runner, state, drafts_flat, positions_flat, k, token_threshold, ride_positions, mask_token_id, rows,
+                checked)
             flat = drafts_flat[0].tolist()
             eos_hits = [i for i, t in enumerate(flat[:prefix]) if t in eos_token_ids]
             keep = eos_hits[0] + 1 if eos_hits else (prefix // k) * k
@@ -465,6 +477,9 @@ def decode(
             kv_cache.truncate(state.cache, before)
             for slot, accepted in zip(slots, per_slot):
                 slot.accepted = accepted
+            if boundary == "check":  # a checked slot whose first token failed waits for a later step, masked
+                slots = [slot for slot in slots if slot.accepted]
+                selected = {slot.start for slot in slots}
             first_drafts = {(start, a): logits for (start, a, _), logits in zip(rows, row_logits)}
             completed = complete_in_parallel(
                 runner, state, slots, k, options, mask_token_id, eos_token_ids, generator, emit, step, should_stop,
@@ -491,5 +506,5 @@ def decode(
         decode_order_positions=state.positions,
         cached=state.cached,
         settings={"slot_size": k, "blocks": blocks, "generation_length": length, "slot_threshold": slot_threshold,
-                  "token_threshold": token_threshold, "kv": kv},
+                  "token_threshold": token_threshold, "kv": kv, "boundary": boundary},
     )

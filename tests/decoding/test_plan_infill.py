@@ -290,3 +290,50 @@ def test_exact_kv_leaves_tokens_committed_last_out_of_the_cache():
     assert result.tokens == draft
     assert result.state.cached == P  # nothing after them needs their KV, so no forward computes it
     assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT)]
+
+
+# --- boundary="check": adjacent slots -------------------------------------------------------------
+# The AR head disagrees with the drafted first token of the second slot (offset 2, or 4), given the
+# first slot's draft: with the paper's "free" that token is accepted as drafted; with "check" the
+# second slot waits for a later step, planned again with the first slot committed before it.
+
+
+def test_a_checked_boundary_that_fails_leaves_the_later_slot_for_the_next_step():
+    draft = [11, 12, 13, 14]
+    ar_token = [11, 12, 9, 14]  # after 12, the AR head expects 9, not the drafted 13
+    options = dict(max_new_tokens=4, slot_size=2, blocks=1, slot_threshold=0.5, token_threshold=0.5)
+    free = run(PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=[HIGH] * 4, ar_token=ar_token), **options)
+    assert commits(free) == [("verify", [0, 1, 2, 3])] and free.forward_passes == 2
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=[HIGH] * 4, ar_token=ar_token)
+    checked = run(oracle, boundary="check", **options)
+    assert commits(checked) == [("verify", [0, 1]), ("verify", [2, 3])]
+    assert plans(checked) == [([0, 2], [0, 2]), ([2], [2])]
+    assert checked.tokens == draft and checked.forward_passes == 4  # no forward of its own for the check
+    assert checked.settings["boundary"] == "check" and free.settings["boundary"] == "free"
+    assert cached_entries(checked.state.cache) == [(t, p) for p, t in enumerate(PROMPT + draft)]
+
+
+def test_a_checked_boundary_that_fails_drops_the_later_slot_from_parallel_completion():
+    draft = [11, 12, 13, 14, 15, 16, 17, 18]
+    ar_conf = [HIGH, HIGH, LOW, HIGH, HIGH, HIGH, HIGH, HIGH]  # slot 0 fails at offset 2: no whole slot passes
+    ar_token = [11, 12, 13, 14, 9, 16, 17, 18]  # and slot 1's first token disagrees with slot 0's tail
+    options = dict(max_new_tokens=8, slot_size=4, blocks=1, slot_threshold=0.5, token_threshold=0.5)
+    free = run(PositionOracle(draft, mask_conf=[HIGH] * 8, ar_conf=ar_conf, ar_token=ar_token), **options)
+    assert commits(free) == [("complete", list(range(8)))]
+    checked = run(PositionOracle(draft, mask_conf=[HIGH] * 8, ar_conf=ar_conf, ar_token=ar_token), boundary="check",
+                  **options)
+    assert commits(checked)[0] == ("complete", [0, 1, 2, 3])  # slot 1 was not completed beside it
+    assert plans(checked)[1] == ([4], [4])
+    assert sorted(p for _, positions in commits(checked) for p in positions) == list(range(8))
+
+
+def test_slots_that_are_not_adjacent_are_never_checked():
+    draft = [11, 12, 13, 14, 15, 16]
+    ar_token = [11, 12, 13, 14, 9, 16]  # offset 4 starts the third slot, which follows an unselected one
+    mask_conf = [HIGH, HIGH, LOW, LOW, HIGH, HIGH]  # the middle slot is not selected
+    options = dict(max_new_tokens=6, slot_size=2, blocks=1, slot_threshold=0.5, token_threshold=0.5)
+    free = run(PositionOracle(draft, mask_conf=mask_conf, ar_conf=[HIGH] * 6, ar_token=ar_token), **options)
+    checked = run(PositionOracle(draft, mask_conf=mask_conf, ar_conf=[HIGH] * 6, ar_token=ar_token), boundary="check",
+                  **options)
+    assert plans(checked)[0] == ([0, 2, 4], [0, 4])
+    assert commits(checked) == commits(free) and checked.tokens == free.tokens
