@@ -188,9 +188,7 @@ def generate(
         return _decode_one(model, request, prompts[0], row())
     if len(prompts) == 1:
         return [_decode_one(model, request, prompts[0], row())]
-    if hasattr(request.module, "ROW"):
-        return _decode_batch(model, request, prompts, [row() for _ in prompts])
-    return _decode_lockstep(model, request, prompts, [row() for _ in prompts])
+    return _decode_together(model, request, prompts, [row() for _ in prompts])
 
 
 def _checked_request(model, tokenizer, input_ids, batch: bool, decoder: str, max_new_tokens, temperature, seed, stop,
@@ -287,32 +285,20 @@ def _decode_one(model, request: Request, prompt_ids: torch.Tensor, row: Row) -> 
                       stats=runner.stats, settings=request.settings, return_state=request.return_state)
 
 
-def _decode_batch(model, request: Request, prompts: list[torch.Tensor], rows: list[Row]) -> list[Generation]:
+def _decode_together(model, request: Request, prompts: list[torch.Tensor], rows: list[Row]) -> list[Generation]:
+    """Several prompts sharing forwards: rows of a `Batch` for a decoder with a `ROW`, else in lockstep."""
     runner = request.runner(model)
     started = time.perf_counter()
-    states = [request.module.ROW(
-        runner, prompt_ids[0].tolist(), max_new_tokens=request.max_new_tokens, eos_token_ids=request.eos,
-        temperature=request.temperature, generator=request.generator(), emit=row.emit, should_stop=row.stop_now,
-        **request.extra, **request.options) for prompt_ids, row in zip(prompts, rows)]
-    batch = Batch(runner)
-    for state in states:
-        batch.add(state)
-    while len(batch):
-        batch.step()
-    seconds = time.perf_counter() - started
-    return [row.result(state.output(), decoder=request.decoder, prompt_tokens=prompt_ids.shape[1], seconds=seconds,
-                       stats=runner.stats, settings=request.settings, batch_size=len(prompts),
-                       return_state=request.return_state)
-            for row, prompt_ids, state in zip(rows, prompts, states)]
-
-
-def _decode_lockstep(model, request: Request, prompts: list[torch.Tensor], rows: list[Row]) -> list[Generation]:
-    runner = request.runner(model)
-    started = time.perf_counter()
-    per_prompt = [dict(generator=request.generator(), emit=row.emit, should_stop=row.stop_now) for row in rows]
-    outputs = decode_lockstep(runner, request.module.decode, prompts, per_prompt, max_new_tokens=request.max_new_tokens,
-                              eos_token_ids=request.eos, temperature=request.temperature, **request.extra,
-                              **request.options)
+    opened = [OpenRow(request, prompt_ids, row, runner) for prompt_ids, row in zip(prompts, rows)]
+    if hasattr(request.module, "ROW"):
+        batch = Batch(runner)
+        for one in opened:
+            batch.add(one.state)
+        while len(batch):
+            batch.step()
+        outputs = [one.state.output() for one in opened]
+    else:
+        outputs = decode_lockstep(runner, [one.decode for one in opened])
     seconds = time.perf_counter() - started
     return [row.result(output, decoder=request.decoder, prompt_tokens=prompt_ids.shape[1], seconds=seconds,
                        stats=runner.stats, settings=request.settings, batch_size=len(prompts),

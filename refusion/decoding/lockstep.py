@@ -160,23 +160,19 @@ class Lockstep:
         self.lanes = []
 
 
-def decode_lockstep(runner: ModelRunner, decode: Callable, prompts: list[torch.Tensor],
-                    per_prompt: list[dict], **shared) -> list[DecodeOutput]:
-    """`decode(runner, prompt, **shared, **per_prompt[i])` for every prompt, their model calls batched.
+def decode_lockstep(runner: ModelRunner, works: list[Callable[[ModelRunner], DecodeOutput]]) -> list[DecodeOutput]:
+    """Run every `work(runner)` (a decode), their model calls batched; their outputs, in order.
 
-    Each output is the one that decode gives alone, with `forward_passes` its own calls.
+    Each output is the one that decode gives alone, with `forward_passes` its own calls. The first
+    error a decode raises is raised here, and the other decodes are ended.
     """
     group = Lockstep(runner)
-    lanes = [group.add(lambda lane_runner, prompt=prompt, own=own: decode(lane_runner, prompt, **shared, **own))
-             for prompt, own in zip(prompts, per_prompt)]
+    lanes = [group.add(work) for work in works]
     try:
         while len(group):
             for lane in group.step():
                 if lane.error is not None:
                     raise lane.error
-        for lane in lanes:  # one that failed before its first call never entered a step
-            if lane.error is not None:
-                raise lane.error
         return [lane.output for lane in lanes]
     finally:
         group.abandon()
