@@ -9,12 +9,12 @@ alternates: a step of the one, a forward of the other. At most `max_batch_size` 
 once; the others wait in arrival order.
 
 A request takes its place when it is admitted (`admit`): a place held for it at once (a row of
-the batch), a place in a FIFO line, or `QueueFull`, so that a full line is
-known before any response starts. It starts decoding only when its caller `run`s it, once it has
-set its listeners. A client that leaves while waiting is taken out of the line, and one that
+the batch), a place in a FIFO line, or `QueueFull`, so that a full line is known before any
+response starts. It starts decoding only when its caller `run`s it, once it has set its listeners. A client that leaves while waiting is taken out of the line, and one that
 leaves while decoding stops at its decoder's next step (`should_stop`); `release` does either,
 whatever state the request is in, so no path can leave a place taken. The model is only ever
-called from the worker thread. Knows nothing about HTTP or the OpenAI protocol.
+called from the worker thread (a lockstep decode runs on a thread of its own, but its model calls
+are made by the worker). Knows nothing about HTTP or the OpenAI protocol.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..decoding import Generation
-from ..errors import RefusionError
 from ..decoding.batching import Batch
 from ..decoding.dispatch import OpenRow, open_row
 from ..decoding.lockstep import Lockstep
 from ..decoding.runner import ModelRunner
+from ..errors import RefusionError
 
 log = logging.getLogger("refusion.server")
 
