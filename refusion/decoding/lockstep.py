@@ -142,10 +142,9 @@ class Lockstep:
             try:
                 batched_forward(self.runner, [lane.call_waiting for lane in waiting])
             except Exception as error:
-                for lane in waiting:
+                for lane in waiting:  # abandoning ends each thread, which marks the lane done
                     lane.error = error
                     lane.abandon()
-                    lane.done = True
             else:
                 for lane in waiting:
                     lane.resume()
