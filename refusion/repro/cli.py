@@ -18,10 +18,12 @@ DESCRIPTION = """Reproduce the paper's comparison in miniature, from scratch, en
      and mini-json (a sentence written as a JSON record, checked by parsing it);
   2. build a small BPE tokenizer from the training text (chat template, <|mask|>);
   3. train three identical small Llama models on identical data and budget with `refusion train`'s
-     objectives: ARM (ar), MDM (mdm, responses EOS-padded as in LLaDA), ReFusion (refusion); then a
-     fourth, ReFusion fine-tuned from the trained ARM (the paper's recipe), with extra steps;
+     objectives: ARM (ar), MDM (mdm, responses EOS-padded as in LLaDA), ReFusion (refusion); then
+     ReFusion fine-tuned from the trained ARM with extra steps: the paper's recipe, and two variants
+     (--ar-across-slots: next-token labels across slot boundaries; --prefix-share 0.5: half the
+     examples a clean left-to-right prefix with a masked tail);
   4. evaluate with `refusion eval`: ARM with ar; MDM with mdm and fast-dllm; each ReFusion model with
-     refusion (several thresholds, and one slot per block: the left-to-right variant) and ar;
+     refusion (several thresholds, and one slot per block: the left-to-right variant), ar and lossless;
   5. write results.json, results.md (table, goals, the command that re-measures each row) and
      accuracy_vs_speed.png.
 
@@ -55,7 +57,7 @@ def repro_command(args: argparse.Namespace) -> None:
     summaries = run(config, progress=not args.no_progress, log=lambda line: print(line, file=sys.stderr, flush=True))
     command = reproducing_command(args)
     meta = {"command": command, "description": describe(config), "steps": config.steps, "test_limit": config.test_limit,
-            "max_new_tokens": config.max_new_tokens}
+            "max_new_tokens": config.max_new_tokens, "dtype": config.dtype}
     analysis = output / "analysis.md"
     paths = write_report(summaries, output, meta, config.test_limit, config.max_new_tokens,
                          notes=analysis.read_text() if analysis.is_file() else None)
@@ -69,12 +71,12 @@ def reproducing_command(args: argparse.Namespace) -> str:
 
 
 def describe(config) -> str:
-    fine_tuned = (f" (refusion-from-arm: {config.finetune_steps} more at lr {config.finetune_lr}, from the trained ARM)"
-                  if config.finetune_steps else "")
+    fine_tuned = (f" (refusion-from-arm and its variants: {config.finetune_steps} more at lr {config.finetune_lr}, "
+                  "from the trained ARM)" if config.finetune_steps else "")
     return (f"Llama {config.layers} layers, hidden {config.hidden}, {config.heads} heads, vocab {config.vocab_size}; "
             f"{config.steps} steps of batch {config.batch_size} at lr {config.lr} on {2 * config.train_size} problems"
             f"{fine_tuned}; first {config.test_limit} test problems per task, {config.max_new_tokens} new tokens at most, "
-            f"greedy, batch 1, {config.threads} CPU thread")
+            f"greedy, batch 1, {config.dtype}, {config.threads} CPU thread")
 
 
 def register(subparsers) -> None:
@@ -86,8 +88,8 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="optimizer steps per model, the same for all three (default 1500; --quick: 6)")
     parser.add_argument("--finetune-steps", type=int, default=None,
-                        help="steps of ReFusion fine-tuning on top of the trained ARM (default 1500; --quick: 3); "
-                             "0 leaves this fourth model out")
+                        help="steps of ReFusion fine-tuning on top of the trained ARM, for each recipe (default 1500; "
+                             "--quick: 3); 0 leaves the fine-tuned models out")
     parser.add_argument("--limit", type=int, default=None,
                         help="held-out problems evaluated per task (default all 200; --quick: 2)")
     parser.add_argument("--quick", action="store_true",

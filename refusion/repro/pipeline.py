@@ -3,7 +3,7 @@
 `run(config)` writes under `config.output`:
     data/train.jsonl, data/test-<task>.jsonl   both task families, train and test disjoint
     init/                                      the shared random initialisation + tokenizer (not kept)
-    <model>/                                   arm, mdm, refusion, refusion-from-arm: trained with `refusion.training.train`
+    <model>/                                   arm, mdm, refusion, refusion-from-arm(-<variant>): trained with `refusion.training.train`
     <model>/eval/<task>/<run>/                 `refusion.eval.evaluate` output (summary.json, samples.jsonl)
 and returns every run's summary. Each stage is skipped when its output is already there, so an
 interrupted run resumes (training from its last checkpoint). Knows nothing about the report's
@@ -22,12 +22,21 @@ from ..files import staged_directory, write_text
 from . import arithmetic, records
 
 FAMILIES = {"mini-gsm8k": arithmetic, "mini-json": records}
-MODELS = {"arm": "ar", "mdm": "mdm", "refusion": "refusion", "refusion-from-arm": "refusion"}
+RECIPES = {
+    "refusion-from-arm": {},
+    "refusion-from-arm-across": {"ar_across_slots": True},
+    "refusion-from-arm-prefix": {"prefix_share": 0.5},
+}
+"""The conversions of the trained ARM: the paper's recipe, and variants of it as options of the refusion objective
+(`refusion train --ar-across-slots`, `--prefix-share`): next-token labels across slot boundaries, and half the
+examples laid out as a clean left-to-right prefix with a masked tail."""
+MODELS = {"arm": "ar", "mdm": "mdm", "refusion": "refusion", **{name: "refusion" for name in RECIPES}}
 """model directory name -> training objective."""
-FINE_TUNED_FROM = {"refusion-from-arm": "arm"}
+FINE_TUNED_FROM = {name: "arm" for name in RECIPES}
 """Models trained from another model's result (the paper's recipe: ReFusion is a converted AR model) instead of
 the shared random initialisation, for `finetune_steps` on top of that model's budget. The others train from
 scratch with identical architecture, data and budget."""
+REFUSION_MODELS = [name for name, objective in MODELS.items() if objective == "refusion"]
 
 
 @dataclass(frozen=True)
@@ -51,16 +60,17 @@ class DecoderRun:
 def paper_runs(slot_size: int, blocks: int, thresholds: list[tuple[float, float]], block_length: int,
                max_new_tokens: int) -> list[DecoderRun]:
     """The paper's comparison: ARM with ar; MDM with mdm and fast-dllm; each ReFusion model with refusion (each
-    threshold pair, then one slot per block: the paper's left-to-right variant) and ar."""
+    threshold pair, then one slot per block: the paper's left-to-right variant), ar and lossless."""
     runs = [DecoderRun("arm", "ar"),
             DecoderRun("mdm", "mdm", {"block_length": block_length}),
             DecoderRun("mdm", "fast-dllm", {"block_length": block_length, "threshold": 0.9})]
     strict = {"slot_threshold": thresholds[0][0], "token_threshold": thresholds[0][1]}
-    for model in ("refusion", "refusion-from-arm"):
+    for model in REFUSION_MODELS:
         runs += [DecoderRun(model, "refusion", {"slot_size": slot_size, "blocks": blocks, "slot_threshold": slot,
                                                 "token_threshold": token}) for slot, token in thresholds]
         runs.append(DecoderRun(model, "refusion", {"slot_size": slot_size, "blocks": max_new_tokens // slot_size, **strict}))
         runs.append(DecoderRun(model, "ar"))
+        runs.append(DecoderRun(model, "lossless"))
     return runs
 
 
@@ -87,6 +97,8 @@ class ReproConfig:
     batch_size: int = 32
     lr: float = 2e-3
     max_new_tokens: int = 64
+    dtype: str = "float32"
+    """Weights' dtype for every decoder run: bf16 gains nothing at this size, and one dtype keeps the rows comparable."""
     seed: int = 0
     save_every: int = 250
     """Checkpoint interval in steps: what an interrupted training resumes from."""
@@ -198,7 +210,7 @@ def train_model(config: ReproConfig, name: str, init: Path, train_file: Path) ->
         batch_size=config.batch_size, max_length=256, seed=config.seed,
         pad_responses_to=config.max_new_tokens if MODELS[name] == "mdm" else None,
         resume=last_complete_checkpoint(directory) is not None, save_every=config.save_every,
-        log_every=max(steps // 50, 1), warmup_ratio=0.05,
+        log_every=max(steps // 50, 1), warmup_ratio=0.05, **RECIPES.get(name, {}),
     ))
     for checkpoint in directory.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)  # optimizer state: large, and the final model is saved beside it
@@ -226,7 +238,7 @@ def evaluate_runs(config: ReproConfig, progress: bool = True) -> list[dict]:
         summary_file = directory / "summary.json"
         if not summary_file.is_file():
             if run.model not in loaded:
-                loaded = {run.model: load(config.output / run.model)}  # one model in memory at a time
+                loaded = {run.model: load(config.output / run.model, dtype=config.dtype)}  # one model in memory at a time
             model, tokenizer = loaded[run.model]
             evaluate(model, tokenizer, task, decoder=run.decoder, limit=config.test_limit,
                      max_new_tokens=config.max_new_tokens, output=directory, progress=progress,

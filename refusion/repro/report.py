@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-LABELS = {"arm": "ARM", "mdm": "MDM", "refusion": "ReFusion", "refusion-from-arm": "ReFusion from ARM"}
+LABELS = {"arm": "ARM", "mdm": "MDM", "refusion": "ReFusion", "refusion-from-arm": "ReFusion from ARM",
+          "refusion-from-arm-across": "ReFusion from ARM, AR across slots",
+          "refusion-from-arm-prefix": "ReFusion from ARM, prefix layout"}
 ARM_POINTS = 2.0
 """Goal 1: ReFusion within this many accuracy points of ARM, at >= ARM_SPEEDUP x its tokens/s."""
 ARM_SPEEDUP = 2.0
@@ -22,28 +24,48 @@ def option_flags(options: dict) -> str:
     return " ".join(f"--{name.replace('_', '-')} {value}" for name, value in options.items())
 
 
-def eval_command(output: Path, row: dict, limit: int, max_new_tokens: int) -> str:
+def eval_command(output: Path, row: dict, limit: int, max_new_tokens: int, dtype: str | None = None) -> str:
     """The `refusion eval` command for a row, on one CPU thread like the pipeline's measurements."""
     flags = option_flags(row["options"])
     return (f"OMP_NUM_THREADS=1 refusion eval --model {output / row['model']} --task {row['task']} --decoder {row['decoder']}"
-            f"{' ' + flags if flags else ''} --max-new-tokens {max_new_tokens} --limit {limit} --json")
+            f"{' ' + flags if flags else ''} --max-new-tokens {max_new_tokens} --limit {limit}"
+            f"{f' --dtype {dtype}' if dtype else ''} --json")
 
 
-def table_rows(summaries: list[dict], output: Path, limit: int, max_new_tokens: int) -> list[dict]:
+def table_rows(summaries: list[dict], output: Path, limit: int, max_new_tokens: int, dtype: str | None = None) -> list[dict]:
     keep = ("task", "model", "objective", "decoder", "run", "options", "accuracy", "correct", "samples",
             "tokens_per_second", "tokens_per_forward", "forward_passes", "new_tokens")
-    return [{**{key: row[key] for key in keep}, "command": eval_command(output, row, limit, max_new_tokens)}
+    return [{**{key: row[key] for key in keep}, "command": eval_command(output, row, limit, max_new_tokens, dtype)}
             for row in summaries]
 
 
+CHECKED_DECODERS = ("refusion", "lossless")
+"""The decoders of a ReFusion model whose rows are checked against the paper's goals (plan-and-infill, lossless)."""
+
+
+def conversion_checks(rows: list[dict]) -> list[dict]:
+    """For each task and model converted from ARM: its own `ar` decoding against ARM's (does the conversion keep
+    the AR skill? within ARM_POINTS)."""
+    checks = []
+    for task in sorted({row["task"] for row in rows}):
+        of_task = [row for row in rows if row["task"] == task]
+        arm = next((r for r in of_task if r["model"] == "arm" and r["decoder"] == "ar"), None)
+        for row in of_task:
+            if arm and row["model"].startswith("refusion-from-arm") and row["decoder"] == "ar":
+                points = round(100 * (row["accuracy"] - arm["accuracy"]), 2)
+                checks.append({"task": task, "model": LABELS[row["model"]], "points_vs_arm": points,
+                               "kept": points >= -ARM_POINTS})
+    return checks
+
+
 def goal_checks(rows: list[dict]) -> list[dict]:
-    """For each task and ReFusion plan-and-infill setting: the two goals against ARM (ar) and MDM (mdm)."""
+    """For each task and ReFusion plan-and-infill or lossless run: the two goals against ARM (ar) and MDM (mdm)."""
     checks = []
     for task in sorted({row["task"] for row in rows}):
         of_task = [row for row in rows if row["task"] == task]
         arm = next((r for r in of_task if r["model"] == "arm" and r["decoder"] == "ar"), None)
         mdm = next((r for r in of_task if r["model"] == "mdm" and r["decoder"] == "mdm"), None)
-        for row in (r for r in of_task if r["objective"] == "refusion" and r["decoder"] == "refusion"):
+        for row in (r for r in of_task if r["objective"] == "refusion" and r["decoder"] in CHECKED_DECODERS):
             check = {"task": task, "run": f"{LABELS[row['model']]} {row['run']}"}
             if arm and arm["tokens_per_second"]:
                 check["points_vs_arm"] = round(100 * (row["accuracy"] - arm["accuracy"]), 2)
@@ -61,7 +83,7 @@ def _settings(row: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in row["options"].items()) or "-"
 
 
-def markdown(rows: list[dict], checks: list[dict], meta: dict) -> str:
+def markdown(rows: list[dict], checks: list[dict], meta: dict, kept: list[dict] | None = None) -> str:
     lines = ["# ReFusion in miniature: ARM vs MDM vs ReFusion", "",
              f"Produced by `{meta['command']}` ({meta['description']}).", "",
              "| task | model | decoder | settings | accuracy | tokens/s | tokens/forward | forwards/problem |",
@@ -85,6 +107,12 @@ def markdown(rows: list[dict], checks: list[dict], meta: dict) -> str:
         lines.append(f"| {check['task']} | {check['run']} | {check.get('points_vs_arm', 'n/a')} | "
                      f"{speed(check.get('speedup_vs_arm'))} | {mark[check.get('arm_goal')]} | "
                      f"{check.get('points_vs_mdm', 'n/a')} | {speed(check.get('speedup_vs_mdm'))} | {mark[check.get('mdm_goal')]} |")
+    if kept:
+        lines += ["", "## Does the conversion keep the AR skill?", "",
+                  f"Each model converted from ARM, decoded with `ar`, against ARM: kept when within {ARM_POINTS:g} points.", "",
+                  "| task | model | points vs ARM | kept |", "|---|---|---|---|"]
+        lines += [f"| {check['task']} | {check['model']} | {check['points_vs_arm']} | {'yes' if check['kept'] else 'no'} |"
+                  for check in kept]
     lines += ["", "## Re-measuring a row", "", "```"] + [row["command"] for row in rows] + ["```", ""]
     return "\n".join(lines)
 
@@ -94,11 +122,11 @@ def write_report(summaries: list[dict], output: Path, meta: dict, limit: int, ma
     """results.json, results.md (with `notes` appended when given) and accuracy_vs_speed.png in `output`."""
     from ..eval.plot import plot_results
 
-    rows = table_rows(summaries, output, limit, max_new_tokens)
-    checks = goal_checks(rows)
+    rows = table_rows(summaries, output, limit, max_new_tokens, meta.get("dtype"))
+    checks, kept = goal_checks(rows), conversion_checks(rows)
     paths = {"json": output / "results.json", "markdown": output / "results.md", "plot": output / "accuracy_vs_speed.png"}
-    paths["json"].write_text(json.dumps({**meta, "rows": rows, "goals": checks}, indent=2) + "\n")
-    text = markdown(rows, checks, meta)
+    paths["json"].write_text(json.dumps({**meta, "rows": rows, "goals": checks, "conversion": kept}, indent=2) + "\n")
+    text = markdown(rows, checks, meta, kept)
     paths["markdown"].write_text(text + (f"\n{notes.strip()}\n" if notes else ""))
     points = [{**row, "decoder": f"{LABELS[row['model']]} {row['decoder']}", "settings": row["options"]} for row in rows]
     plot_results(points, paths["plot"], title="ReFusion in miniature: accuracy against throughput (CPU, batch 1)")

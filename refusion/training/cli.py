@@ -42,7 +42,8 @@ def train_command(args: argparse.Namespace) -> None:
 
     if args.epochs is not None and args.max_steps is not None:
         raise RefusionError("give either --max-steps or --epochs, not both")
-    for option, value in (("--slot-sizes", args.slot_sizes), ("--mdm-weight", args.mdm_weight)):
+    for option, value in (("--slot-sizes", args.slot_sizes), ("--mdm-weight", args.mdm_weight),
+                          ("--prefix-share", args.prefix_share), ("--ar-across-slots", args.ar_across_slots or None)):
         if value is not None and args.objective != "refusion":
             raise RefusionError(f"{option} applies to --objective refusion only, not {args.objective}")
     if args.eval_every is not None and not args.eval_data:
@@ -54,6 +55,7 @@ def train_command(args: argparse.Namespace) -> None:
         epochs=args.epochs if args.epochs is not None else 1.0, lr=args.lr, batch_size=args.batch_size,
         grad_accum=args.grad_accum, max_length=args.max_length, lora_rank=args.lora_rank, lora_targets=args.lora_targets,
         slot_sizes=args.slot_sizes or (4, 8, 16, 32), mdm_weight=1.0 if args.mdm_weight is None else args.mdm_weight,
+        prefix_share=args.prefix_share or 0.0, ar_across_slots=args.ar_across_slots,
         pad_responses_to=args.pad_responses_to, seed=args.seed, resume=args.resume, save_every=args.save_every,
         log_every=args.log_every, warmup_ratio=args.warmup_ratio, eval_data=args.eval_data, eval_every=args.eval_every,
     )
@@ -100,6 +102,13 @@ def register(subparsers) -> None:
                         help="refusion objective: slot sizes drawn uniformly per example (default 4,8,16,32)")
     parser.add_argument("--mdm-weight", type=float, default=None, metavar="LAMBDA",
                         help="refusion objective: loss = L_AR + LAMBDA * L_MDM (default 1)")
+    parser.add_argument("--prefix-share", type=float, default=None, metavar="Q",
+                        help="refusion objective: the share of examples laid out as left-to-right decoding sees them "
+                             "(a clean prefix of slots in order, then a masked tail), which keeps next-token skill across "
+                             "slot boundaries and trains the drafts the lossless decoder reads (default 0: the paper's recipe)")
+    parser.add_argument("--ar-across-slots", action="store_true",
+                        help="refusion objective: a clean slot's last token also learns to predict the next slot's first "
+                             "token when that token is hidden from it (the paper's recipe leaves it unlabelled)")
     parser.add_argument("--pad-responses-to", type=int, default=None, metavar="N",
                         help="mdm objective: responses are always padded with EOS to the batch's longest (loss on the "
                              "padding, as in LLaDA's SFT, so the model learns where to stop); this pads them to at least "

@@ -29,6 +29,10 @@ class ObjectiveCollator:
     pad_id: int
     mask_id: int | None = None
     slot_sizes: tuple[int, ...] = (4, 8, 16, 32)
+    prefix_share: float = 0.0
+    """refusion only: the share of examples laid out as a clean left-to-right prefix and a masked tail."""
+    ar_across_slots: bool = False
+    """refusion only: next-token labels across slot boundaries where the next token is hidden."""
     seed: int = 0
     eos_id: int | None = None
     """mdm only: when set, responses are padded with EOS to the batch's longest response (LLaDA's SFT)."""
@@ -50,7 +54,8 @@ class ObjectiveCollator:
             responses = [eos_padded(r, length, self.eos_id) for r in responses]
         built = [
             build_example(self.objective, torch.as_tensor(f["prompt_ids"], dtype=torch.long), response,
-                          mask_id=self.mask_id, slot_sizes=self.slot_sizes, generator=self.generator)
+                          mask_id=self.mask_id, slot_sizes=self.slot_sizes, generator=self.generator,
+                          prefix_share=self.prefix_share, ar_across_slots=self.ar_across_slots)
             for f, response in zip(features, responses)
         ]
         return pad_batch(built, self.pad_id)

@@ -13,6 +13,8 @@ Knows nothing about models, padding or the Trainer.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -47,35 +49,59 @@ def _join(prompt: torch.Tensor, response: dict, response_length: int) -> dict:
 
 
 def refusion_example(prompt: torch.Tensor, response: torch.Tensor, mask_id: int, slot_sizes: tuple[int, ...],
-                     generator: torch.Generator) -> dict:
+                     generator: torch.Generator, *, prefix_share: float = 0.0, ar_across_slots: bool = False) -> dict:
     """The paper's training recipe, steps 1-4 (slot size, masking, input order, labels), for one example. prompt [P], response [R] (EOS included).
 
-    Draws, in order: the slot-size index (randint), t (rand 1), one coin per slot (rand n), the
-    order of the clean slots (randperm).
+    Two options beside the recipe (both off by default, which is the paper's recipe draw for draw):
+    - `prefix_share`: the share of examples laid out as the left-to-right decoders see them: a clean prefix of
+      slots in their own order, then a masked tail of ceil(p * n) slots. Every clean token of such an example
+      predicts the next one (it is plain left-to-right text), and L_MDM averages over the masked tokens;
+    - `ar_across_slots`: a clean slot's last token also predicts the next slot's first token whenever that
+      token is hidden from it (masked, or in a clean slot placed later in the input). The recipe gives that
+      token no label, so next-token prediction across slot boundaries is never trained.
+
+    Draws, in order: the slot-size index (randint), t (rand 1), the layout coin (rand 1, only when
+    prefix_share > 0), then for the shuffled layout one coin per slot (rand n) and the order of the clean
+    slots (randperm); the prefix layout draws nothing more.
     """
     length = response.shape[0]
     k = slot_sizes[int(torch.randint(len(slot_sizes), (1,), generator=generator))]
     p = mask_probability(torch.rand(1, generator=generator))  # [1]
     slots = -(-length // k)
-    masked_slot = torch.rand(slots, generator=generator) < p  # [n]
-    clean = torch.nonzero(~masked_slot).flatten()  # [C]
-    masked = torch.nonzero(masked_slot).flatten()  # [M]
-    rank = torch.empty(slots, dtype=torch.long)
-    rank[clean[torch.randperm(clean.shape[0], generator=generator)]] = torch.arange(clean.shape[0])
-    rank[masked] = clean.shape[0] + torch.arange(masked.shape[0])
-
     slot_of = torch.arange(length) // k  # [R] slot of each response position
+    prefix = prefix_share > 0 and float(torch.rand(1, generator=generator)) < prefix_share
+    if prefix:
+        masked_slots = math.ceil(float(p) * slots)  # >= 1, since p > 0
+        masked_slot = torch.arange(slots) >= slots - masked_slots  # [n]
+        rank = torch.arange(slots)
+        weight = length / int(masked_slot[slot_of].sum())  # 1 / the share of tokens masked
+    else:
+        masked_slot = torch.rand(slots, generator=generator) < p  # [n]
+        clean = torch.nonzero(~masked_slot).flatten()  # [C]
+        masked = torch.nonzero(masked_slot).flatten()  # [M]
+        rank = torch.empty(slots, dtype=torch.long)
+        rank[clean[torch.randperm(clean.shape[0], generator=generator)]] = torch.arange(clean.shape[0])
+        rank[masked] = clean.shape[0] + torch.arange(masked.shape[0])
+        weight = 1.0 / p
+
     order = torch.argsort(rank[slot_of], stable=True)  # [R] response position of each input token
     tokens = response[order]
     is_masked = masked_slot[slot_of[order]]
     following = (order + 1).clamp(max=length - 1)
-    has_next = (order + 1 < length) & (slot_of[following] == slot_of[order]) & ~is_masked
+    has_next = (order + 1 < length) & ~is_masked
+    if prefix or ar_across_slots:
+        input_index = torch.empty(length, dtype=torch.long)
+        input_index[order] = torch.arange(length)
+        hidden = masked_slot[slot_of[following]] | (input_index[following] > torch.arange(length))
+        has_next &= hidden
+    else:
+        has_next &= slot_of[following] == slot_of[order]
     part = {
         "input_ids": torch.where(is_masked, mask_id, tokens),
         "position_ids": prompt.shape[0] + order,
         "ar_labels": torch.where(has_next, response[following], IGNORE),
         "mdm_labels": torch.where(is_masked, tokens, IGNORE),
-        "mdm_weights": torch.where(is_masked, 1.0 / p, 0.0),
+        "mdm_weights": torch.where(is_masked, weight, 0.0),
     }
     return _join(prompt, part, length)
 
@@ -118,9 +144,11 @@ def eos_padded(response: torch.Tensor, length: int, eos_id: int) -> torch.Tensor
 
 
 def build_example(objective: str, prompt: torch.Tensor, response: torch.Tensor, *, mask_id: int | None,
-                  slot_sizes: tuple[int, ...], generator: torch.Generator) -> dict:
+                  slot_sizes: tuple[int, ...], generator: torch.Generator, prefix_share: float = 0.0,
+                  ar_across_slots: bool = False) -> dict:
     if objective == "refusion":
-        return refusion_example(prompt, response, mask_id, slot_sizes, generator)
+        return refusion_example(prompt, response, mask_id, slot_sizes, generator, prefix_share=prefix_share,
+                                ar_across_slots=ar_across_slots)
     if objective == "mdm":
         return mdm_example(prompt, response, mask_id, generator)
     if objective == "ar":

@@ -65,6 +65,12 @@ class TrainConfig:
     slot_sizes: tuple[int, ...] = (4, 8, 16, 32)
     mdm_weight: float = 1.0
     """lambda in L_AR + lambda L_MDM (refusion objective)."""
+    prefix_share: float = 0.0
+    """refusion objective: the share of examples laid out as the left-to-right decoders see them (a clean prefix of
+    slots in order, a masked tail); 0 is the paper's recipe."""
+    ar_across_slots: bool = False
+    """refusion objective: a clean slot's last token also predicts the next slot's first token when that token is
+    hidden from it; off is the paper's recipe."""
     pad_responses_to: int | None = None
     """mdm objective: pad responses with EOS to at least this many tokens (always to the batch's longest)."""
     seed: int = 0
@@ -93,7 +99,7 @@ class TrainConfig:
             if value < 1:
                 raise RefusionError(f"{name} must be a positive integer, got {value}")
         for name, value in {"lr": self.lr, "epochs": self.epochs, "warmup-ratio": self.warmup_ratio,
-                            "mdm-weight": self.mdm_weight}.items():
+                            "mdm-weight": self.mdm_weight, "prefix-share": self.prefix_share}.items():
             if not math.isfinite(value):
                 raise RefusionError(f"{name} must be a finite number, got {value}")
         if self.max_steps is None and self.epochs <= 0:
@@ -111,6 +117,10 @@ class TrainConfig:
                                 f"{self.pad_responses_to} with the {self.objective} objective")
         if self.mdm_weight < 0:
             raise RefusionError(f"mdm-weight must be >= 0, got {self.mdm_weight}")
+        if not 0 <= self.prefix_share <= 1:
+            raise RefusionError(f"prefix-share must lie in [0, 1], got {self.prefix_share}")
+        if self.objective != "refusion" and (self.prefix_share or self.ar_across_slots):
+            raise RefusionError(f"prefix-share and ar-across-slots apply to the refusion objective only, not {self.objective}")
         if self.lora_targets is not None and (self.lora_rank is None or not self.lora_targets):
             raise RefusionError("lora-targets needs --lora-rank and at least one module name")
         output_dir(self.output)
@@ -327,6 +337,7 @@ def train(config: TrainConfig) -> dict:
     resumed_step = int(re.search(r"checkpoint-(\d+)$", resume_from).group(1)) if resume_from else 0
     # A fresh stream of masks per process and per resumed run; the Trainer shards the examples.
     collator = ObjectiveCollator(config.objective, pad_id, mask_id, tuple(config.slot_sizes),
+                                 prefix_share=config.prefix_share, ar_across_slots=config.ar_across_slots,
                                  seed=config.seed + 7919 * arguments.process_index + 104729 * resumed_step,
                                  eos_id=tokenizer.eos_token_id, pad_responses_to=config.pad_responses_to)
     trainer = ObjectiveTrainer(model=model, args=arguments, train_dataset=dataset, eval_dataset=eval_dataset,

@@ -11,7 +11,7 @@ import shlex
 import pytest
 
 from refusion.cli import main
-from refusion.repro.pipeline import FAMILIES, FINE_TUNED_FROM, MODELS, quick_config
+from refusion.repro.pipeline import FAMILIES, FINE_TUNED_FROM, MODELS, RECIPES, quick_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,6 +44,9 @@ def test_models_share_architecture_tokenizer_and_data(quick_run):
         # MDM learns to stop: responses EOS-padded to the generation length
         assert history["config"]["pad_responses_to"] == (quick.max_new_tokens if name == "mdm" else None)
         assert history["examples"] == quick.train_size * len(FAMILIES)
+        recipe = RECIPES.get(name, {})  # the conversion variants train with their options, the others with none
+        assert history["config"]["prefix_share"] == recipe.get("prefix_share", 0.0)
+        assert history["config"]["ar_across_slots"] == recipe.get("ar_across_slots", False)
         assert not list((quick_run / name).glob("checkpoint-*"))  # optimizer state is not kept
     assert not (quick_run / "init").exists()
     lines = (quick_run / "data" / "train.jsonl").read_text().splitlines()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from refusion.repro.pipeline import DecoderRun, paper_runs
-from refusion.repro.report import goal_checks, markdown, table_rows, write_report
+from refusion.repro.pipeline import FINE_TUNED_FROM, REFUSION_MODELS, DecoderRun, paper_runs
+from refusion.repro.report import conversion_checks, goal_checks, markdown, table_rows, write_report
 
 
 def _row(model, decoder, accuracy, tps, options=None, task="mini-json"):
@@ -24,8 +24,8 @@ def test_run_names_are_distinct_and_readable():
     assert ("refusion", "refusion-k4-B2-t0.9-0.4") in names and ("mdm", "fast-dllm-bl32-t0.9") in names
     # left-to-right variant: one 4-token slot per block over 64 tokens, at the strictest thresholds
     assert ("refusion-from-arm", "refusion-k4-B16-t0.9-0.4") in names
-    assert [run.model for run in runs] == ["arm", "mdm", "mdm"] + ["refusion"] * 4 + ["refusion-from-arm"] * 4
-    assert [run.decoder for run in runs[3:7]] == ["refusion"] * 3 + ["ar"]
+    assert [run.model for run in runs] == ["arm", "mdm", "mdm"] + [model for model in REFUSION_MODELS for _ in range(5)]
+    assert [run.decoder for run in runs[3:8]] == ["refusion"] * 3 + ["ar", "lossless"]
 
 
 def test_finetune_steps_zero_leaves_the_fine_tuned_model_and_its_runs_out(tmp_path):
@@ -34,7 +34,7 @@ def test_finetune_steps_zero_leaves_the_fine_tuned_model_and_its_runs_out(tmp_pa
     config = ReproConfig(output=tmp_path, finetune_steps=0)
     assert config.models() == ["arm", "mdm", "refusion"]
     assert {run.model for run in config.decoder_runs()} == {"arm", "mdm", "refusion"}
-    assert ReproConfig(output=tmp_path).models()[-1] == "refusion-from-arm"
+    assert set(FINE_TUNED_FROM) <= set(ReproConfig(output=tmp_path).models())
 
 
 def test_goal_checks_compare_each_refusion_setting_with_arm_and_mdm():
@@ -53,6 +53,19 @@ def test_goal_checks_compare_each_refusion_setting_with_arm_and_mdm():
     # 70 - 80 = -10 points at 1.5x misses; vs MDM +20 points at 7.5x meets
     assert (second["points_vs_arm"], second["speedup_vs_arm"], second["arm_goal"]) == (-10.0, 1.5, False)
     assert second["mdm_goal"] is True
+
+
+def test_lossless_rows_are_checked_and_the_conversion_check_reads_each_converted_models_ar():
+    rows = [_row("arm", "ar", 0.90, 100.0), _row("mdm", "mdm", 0.10, 50.0),
+            _row("refusion-from-arm", "lossless", 0.89, 300.0), _row("refusion-from-arm", "ar", 0.89, 100.0),
+            _row("refusion-from-arm-prefix", "ar", 0.85, 100.0), _row("refusion", "ar", 0.20, 100.0)]
+    (lossless,) = goal_checks(rows)
+    assert (lossless["points_vs_arm"], lossless["speedup_vs_arm"], lossless["arm_goal"]) == (-1.0, 3.0, True)
+    kept = conversion_checks(rows)  # ReFusion from scratch is no conversion: not checked
+    assert [(c["model"], c["points_vs_arm"], c["kept"]) for c in kept] == [
+        ("ReFusion from ARM", -1.0, True), ("ReFusion from ARM, prefix layout", -5.0, False)]
+    text = markdown(table_rows(rows, Path("out"), 100, 64, "float32"), goal_checks(rows), {"command": "c", "description": "d"}, kept)
+    assert "| mini-json | ReFusion from ARM, prefix layout | -5.0 | no |" in text and "--dtype float32 --json" in text
 
 
 def test_goal_is_missed_below_the_speed_bar_even_when_accurate():

@@ -17,23 +17,42 @@ MASK = 70
 EPS = 1e-3
 
 
-def literal_refusion(prompt: list[int], response: list[int], slot_sizes, g: torch.Generator) -> dict:
-    """The paper's training objective step by step, with the same draws in the same order."""
+def literal_refusion(prompt: list[int], response: list[int], slot_sizes, g: torch.Generator, prefix_share: float = 0.0,
+                     across: bool = False) -> dict:
+    """The paper's training objective step by step, with the same draws in the same order; with `prefix_share`
+    some examples are a clean prefix of slots and a masked tail, with `across` (or in such an example) a clean
+    token also predicts the next token of the response whenever that token is not visible to it."""
     P, R = len(prompt), len(response)
     k = slot_sizes[int(torch.randint(len(slot_sizes), (1,), generator=g))]
     p = (1 - EPS) * float(torch.rand(1, generator=g)) + EPS
     slots = [list(range(start, min(start + k, R))) for start in range(0, R, k)]
-    coins = torch.rand(len(slots), generator=g).tolist()
-    masked = [coin < p for coin in coins]
-    clean = [slot for slot, m in zip(slots, masked) if not m]
-    shuffled = [clean[i] for i in torch.randperm(len(clean), generator=g).tolist()]
+    prefix = prefix_share > 0 and float(torch.rand(1, generator=g)) < prefix_share
+    if prefix:
+        tail = math.ceil(p * len(slots))
+        masked = [index >= len(slots) - tail for index in range(len(slots))]
+        shuffled = [slot for slot, m in zip(slots, masked) if not m]
+        weight = R / sum(len(slot) for slot, m in zip(slots, masked) if m)
+    else:
+        coins = torch.rand(len(slots), generator=g).tolist()
+        masked = [coin < p for coin in coins]
+        clean = [slot for slot, m in zip(slots, masked) if not m]
+        shuffled = [clean[i] for i in torch.randperm(len(clean), generator=g).tolist()]
+        weight = 1 / p
     out = {"input_ids": list(prompt), "position_ids": list(range(P)), "ar_labels": [-100] * P,
            "mdm_labels": [-100] * P, "mdm_weights": [0.0] * P, "p": p, "R": R}
+    placed = set()
     for slot in shuffled:
         for j, q in enumerate(slot):
+            placed.add(q)
             out["input_ids"].append(response[q])
             out["position_ids"].append(P + q)
-            out["ar_labels"].append(response[slot[j + 1]] if j + 1 < len(slot) else -100)
+            if j + 1 < len(slot):
+                label = response[slot[j + 1]]
+            elif (prefix or across) and q + 1 < R and q + 1 not in placed:
+                label = response[q + 1]
+            else:
+                label = -100
+            out["ar_labels"].append(label)
             out["mdm_labels"].append(-100)
             out["mdm_weights"].append(0.0)
     for slot, m in zip(slots, masked):
@@ -43,7 +62,7 @@ def literal_refusion(prompt: list[int], response: list[int], slot_sizes, g: torc
                 out["position_ids"].append(P + q)
                 out["ar_labels"].append(-100)
                 out["mdm_labels"].append(response[q])
-                out["mdm_weights"].append(1 / p)
+                out["mdm_weights"].append(weight)
     return out
 
 
@@ -115,6 +134,47 @@ def test_refusion_example_matches_literal(seed):
                              torch.Generator().manual_seed(seed))
     assert_same_fields(built, literal_refusion(example["prompt_ids"], example["response_ids"], sizes,
                                                torch.Generator().manual_seed(seed)))
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("prefix_share,across", [(0.0, True), (0.5, False), (0.5, True), (1.0, False)])
+def test_refusion_example_options_match_literal(seed, prefix_share, across):
+    example = random_examples(50 + seed, 1)[0]
+    sizes = (1, 2, 4, 8)
+    built = refusion_example(torch.tensor(example["prompt_ids"]), torch.tensor(example["response_ids"]), MASK, sizes,
+                             torch.Generator().manual_seed(seed), prefix_share=prefix_share, ar_across_slots=across)
+    assert_same_fields(built, literal_refusion(example["prompt_ids"], example["response_ids"], sizes,
+                                               torch.Generator().manual_seed(seed), prefix_share, across))
+
+
+def test_prefix_layout_hand_worked():
+    """Slot size 2, response a b c d e, every example a prefix: in order, clean slots first, the masked slots a
+    tail of whole slots; every clean token predicts the next response token, masked or not."""
+    response = [10, 11, 12, 13, 14]
+    tails = set()
+    for seed in range(30):
+        built = refusion_example(torch.tensor([9, 9]), torch.tensor(response), MASK, (2,),
+                                 torch.Generator().manual_seed(seed), prefix_share=1.0)
+        ids, labels = built["input_ids"].tolist()[2:], built["ar_labels"].tolist()[2:]
+        assert built["position_ids"].tolist() == list(range(7))
+        clean = ids.index(MASK)
+        assert clean in (0, 2, 4) and ids[:clean] == response[:clean] and set(ids[clean:]) == {MASK}
+        assert labels == response[1:clean + 1] + [-100] * (5 - clean)
+        assert built["mdm_labels"].tolist()[2 + clean:] == response[clean:]
+        torch.testing.assert_close(built["mdm_weights"][2 + clean:], torch.full((5 - clean,), 5 / (5 - clean)))
+        tails.add(clean)
+    assert tails == {0, 2, 4}  # every cut of the three slots occurs
+
+
+def test_paper_recipe_draws_unchanged_by_the_options():
+    """Off, the options leave the paper's recipe draw for draw: the same generator state after each example."""
+    example = random_examples(3, 1)[0]
+    prompt, response = torch.tensor(example["prompt_ids"]), torch.tensor(example["response_ids"])
+    plain, with_across = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    a = refusion_example(prompt, response, MASK, (2, 4), plain)
+    b = refusion_example(prompt, response, MASK, (2, 4), with_across, ar_across_slots=True)
+    assert a["input_ids"].tolist() == b["input_ids"].tolist()
+    assert torch.equal(plain.get_state(), with_across.get_state())
 
 
 @pytest.mark.parametrize("seed", range(10))
