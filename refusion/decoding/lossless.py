@@ -41,6 +41,7 @@ Knows nothing about tokenizers.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -69,6 +70,7 @@ PRIOR_RANK = (0.25, 0.13, 0.07, 0.06, 0.04, 0.03, 0.03, 0.02)  # chance the rank
 PRIOR_DEPTH = 0.3  # chance a chain token is right given the one before it was
 PRIOR_WEIGHT, DECAY = 4.0, 0.95
 EXPLORE_EVERY = 16  # after this many plain steps in a row, offer one candidate anyway: acceptance may have changed
+PROBE_AFTER = 4  # after this many chains accepted whole in a row, feed one token deeper: it may pay too
 
 
 def validate_options(options: dict, max_new_tokens: int) -> None:
@@ -104,9 +106,12 @@ class Shape:
         self.depth_trials = [PRIOR_WEIGHT] * max_depth
         self.plain_steps = 0
         self.exploring = 0  # steps left of an exploration: one to feed masks, one to verify their candidates
+        self.whole_chains = 0  # chains accepted whole in a row: what is beyond them is never judged
+        self.probing = 0  # steps left of a deeper probe: one to feed the deeper masks, one to verify the chain
 
     def update(self, branches: int, depth: int, rank: int | None, deeper: int) -> None:
         """Offered `branches` x `depth`; the T+1 candidate of `rank` matched (None: none), and `deeper` more of chain 0."""
+        self.whole_chains = self.whole_chains + 1 if branches and rank == 0 and deeper == depth - 1 else 0
         for i in range(branches):
             self.rank_hits[i] = DECAY * self.rank_hits[i] + (rank == i)
             self.rank_trials[i] = DECAY * self.rank_trials[i] + 1
@@ -157,6 +162,13 @@ class Shape:
                 if gain > best:
                     best, shape = gain, (b, d)
         self.plain_steps = self.plain_steps + 1 if shape[0] == 0 else 0
+        # A depth is judged only when offered: after a few early misses it would never be offered again,
+        # however well the chains before it do. Whole chains in a row earn one probe a token deeper.
+        if self.depth == "auto" and shape[0] and self.whole_chains >= PROBE_AFTER:
+            self.probing, self.whole_chains = 2, 0
+        if self.probing and shape[0]:
+            self.probing -= 1
+            shape = (shape[0], min(shape[1] + 1, most_depth))
         return shape
 
 
@@ -210,6 +222,7 @@ class LosslessRow:
         self.settings = {"branches": branches, "depth": depth, "max_branches": max_branches, "max_depth": max_depth,
                          "width_cost": width_cost}
         self.forward_cost = forward_cost(runner, width_cost) if self.adaptive else None
+        self.priced: dict[int, Callable[[int], float]] = {}
         self.shape = Shape(branches, depth, max_branches, max_depth, self.forward_cost)
         if self.adaptive and not self.seeded:  # what this model's candidates achieved earlier is the best prior
             self.shape.restore(getattr(runner.model, "_refusion_lossless_stats", None))
@@ -283,9 +296,12 @@ class LosslessRow:
         """A tree of w tokens per row, priced against one token per row: what it adds to the whole forward.
 
     So a large batch spends its width on rows, not on drafts (on this CPU a forward's cost grows with
-    every token it feeds; on a GPU far more slowly)."""
-        base = self.forward_cost
-        return lambda width: base(rows * width) / base(rows)
+    every token it feeds; on a GPU far more slowly). Remembered per batch size: `choose` prices every
+    shape at every step."""
+        if rows not in self.priced:
+            base = self.forward_cost
+            self.priced[rows] = functools.lru_cache(maxsize=None)(lambda width: base(rows * width) / base(rows))
+        return self.priced[rows]
 
     def output(self, cache=None) -> DecodeOutput:
         text = self.text

@@ -13,6 +13,7 @@ import torch
 
 import refusion
 from refusion import kv_cache
+from refusion.decoding import lossless
 from tests.decoding.oracle import EOS, MASK, PROMPT, VOCAB, PositionOracle, Tokenizer, cached_entries
 from tests.tiny_models import char_tokenizer, tiny_model
 
@@ -101,6 +102,30 @@ def test_a_stop_string_inside_a_chain_ends_the_decode():
     result = run(oracle, max_new_tokens=8, stop="13")
     assert result.text == "11 12 " and result.finish_reason == "stop"
     assert result.forward_passes == 2
+
+
+def test_chains_accepted_whole_earn_a_deeper_probe_past_a_stale_estimate(monkeypatch):
+    """An acceptance history that says chains break after three tokens (from earlier generations) would keep
+    depth=auto at three for good: a depth is judged only when offered. Here every draft is right, so whole
+    chains in a row earn a probe one token deeper, it succeeds, and the chains grow."""
+    text = [11 + i % 8 for i in range(150)]
+    oracle = PositionOracle(text, mask_conf=[0.9] * 150, ar_conf=[0.9] * 150)
+    stale = {"rank": ([4.0] + [0.0] * 7, [4.0] * 8),
+             "depth": ([1.2, 4.0, 4.0, 1.0] + [1.2] * 6, [4.0, 4.0, 4.0, 8.0] + [4.0] * 6)}  # depth 4: 1 in 8
+    oracle._refusion_lossless_stats = stale
+
+    def depths():
+        oracle._refusion_lossless_stats = stale
+        result = run(oracle, max_new_tokens=150, branches="auto", depth="auto", width_cost=0.05)
+        assert result.tokens == text
+        return [event["depth"] for event in result.trace if event["event"] == "commit"]
+
+    probed = depths()
+    # four whole chains of 3; the fifth forward feeds masks one deeper, the sixth offers a chain of 4
+    assert probed[:7] == [0, 3, 3, 3, 3, 3, 4]
+    assert "4, 4, 4, 4" in str(probed)  # each probe accepted whole: the estimate rises until 4 is the choice
+    monkeypatch.setattr(lossless, "PROBE_AFTER", 10**9)
+    assert max(depths()) == 3  # without probes the stale estimate rules for good
 
 
 def test_zero_branches_is_plain_ar():
