@@ -164,7 +164,7 @@ class Shape:
         self.plain_steps = self.plain_steps + 1 if shape[0] == 0 else 0
         # A depth is judged only when offered: after a few early misses it would never be offered again,
         # however well the chains before it do. Whole chains in a row earn one probe a token deeper.
-        if self.depth == "auto" and shape[0] and self.whole_chains >= PROBE_AFTER:
+        if self.depth == "auto" and shape[0] and self.whole_chains >= PROBE_AFTER and explore:
             self.probing, self.whole_chains = 2, 0
         if self.probing and shape[0]:
             self.probing -= 1
