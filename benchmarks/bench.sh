@@ -13,6 +13,12 @@ LIMIT=${LIMIT:-}
   --output "$OUT/smollm2-bf16" --no-progress
 "$BIN/refusion" bench --model refusion-smollm2-135m --dtype float32 --threads 2 --max-new-tokens 96 --limit ${LIMIT:-20} \
   --decoders ar,lossless,refusion --output "$OUT/smollm2-fp32" --no-progress
-"$BIN/refusion" bench --model benchmarks/repro/refusion-from-arm --prompts benchmarks/bench/mini-json-prompts.jsonl \
-  --dtype float32 --threads 1 --max-new-tokens 64 ${LIMIT:+--limit $LIMIT} \
-  --decoders ar,lossless,refusion:blocks=2,slot_threshold=0.7,token_threshold=0.3 --output "$OUT/miniature" --no-progress
+# The miniature: the paper's conversion recipe and the prefix-layout one (benchmarks/repro/analysis.md), on both tasks.
+for model in refusion-from-arm refusion-from-arm-prefix-across; do
+  "$BIN/refusion" bench --model benchmarks/repro/$model --prompts benchmarks/bench/mini-json-prompts.jsonl \
+    --dtype float32 --threads 1 --max-new-tokens 64 ${LIMIT:+--limit $LIMIT} \
+    --decoders ar,lossless,refusion:blocks=2,slot_threshold=0.7,token_threshold=0.3 --output "$OUT/miniature-$model" --no-progress
+  "$BIN/refusion" bench --model benchmarks/repro/$model --prompts benchmarks/bench/mini-gsm8k-prompts.jsonl \
+    --dtype float32 --threads 1 --max-new-tokens 64 ${LIMIT:+--limit $LIMIT} \
+    --decoders ar,lossless --output "$OUT/miniature-gsm8k-$model" --no-progress
+done
