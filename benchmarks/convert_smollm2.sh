@@ -5,8 +5,11 @@
 #   bash benchmarks/convert_smollm2.sh                      the shipped recipe (DEVICE=cuda)
 #   STEPS=6000 TARGETS=all-linear bash benchmarks/convert_smollm2.sh   a longer run, LoRA on every linear layer
 #   SHIP=1 bash benchmarks/convert_smollm2.sh               also copy the result over refusion/checkpoints/refusion-smollm2-135m
+#   RECIPE="--prefix-share 0.5 --ar-across-slots" bash benchmarks/convert_smollm2.sh
+#                                                           the conversion that kept the AR skill in the miniature
+#                                                           (benchmarks/repro/analysis.md); empty = the paper's recipe
 # Knobs: DEVICE, COUNT (instructions), MAX_NEW (answer length), STEPS, BATCH, LR, RANK (empty = full fine-tune),
-# TARGETS (LoRA layers), DATA and OUT (directories).
+# TARGETS (LoRA layers), RECIPE (more `refusion train` options), DATA and OUT (directories).
 set -euo pipefail
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 cd "$(dirname "$0")/.."
@@ -21,6 +24,7 @@ TARGETS=${TARGETS:-q_proj,k_proj,v_proj,o_proj}
 DATA=${DATA:-runs/smollm2-data}
 OUT=${OUT:-runs/refusion-smollm2-135m}
 SHIP=${SHIP:-}
+read -r -a recipe <<< "${RECIPE:-}"
 dtype=float32; [ "$DEVICE" = cpu ] || dtype=bfloat16
 
 # 1. The base model answers COUNT templated instructions (answers.jsonl is resumed; unfinished answers are dropped).
@@ -31,7 +35,7 @@ dtype=float32; [ "$DEVICE" = cpu ] || dtype=bfloat16
 lora=(); [ -z "$RANK" ] || lora=(--lora-rank "$RANK" --lora-targets "$TARGETS")
 resume=(); compgen -G "$OUT/checkpoint-*" > /dev/null && resume=(--resume)
 .venv/bin/refusion train --model smollm2-135m-instruct --data "$DATA/train.jsonl" --objective refusion --output "$OUT" \
-    "${lora[@]}" --max-steps "$STEPS" --batch-size "$BATCH" --lr "$LR" --warmup-ratio 0.03 --max-length 640 \
+    "${lora[@]}" "${recipe[@]}" --max-steps "$STEPS" --batch-size "$BATCH" --lr "$LR" --warmup-ratio 0.03 --max-length 640 \
     --save-every 200 "${resume[@]}"
 
 # 3. Optionally replace the shipped model (its model card, README.md, is kept: update its numbers by hand).
