@@ -21,7 +21,7 @@ DESCRIPTION = """Reproduce the paper's comparison in miniature, from scratch, en
      objectives: ARM (ar), MDM (mdm, responses EOS-padded as in LLaDA), ReFusion (refusion); then
      ReFusion fine-tuned from the trained ARM with extra steps: the paper's recipe, and variants
      (--ar-across-slots: next-token labels across slot boundaries; --prefix-share 0.5: half the
-     examples a clean left-to-right prefix with a masked tail; both);
+     examples a clean left-to-right prefix with a masked tail; both; --prefix-share 1);
   4. evaluate with `refusion eval`: ARM with ar; MDM with mdm and fast-dllm; each ReFusion model with
      refusion (several thresholds, and one slot per block: the left-to-right variant), ar and lossless;
   5. write results.json, results.md (table, goals, the command that re-measures each row) and

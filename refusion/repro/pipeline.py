@@ -27,10 +27,11 @@ RECIPES = {
     "refusion-from-arm-across": {"ar_across_slots": True},
     "refusion-from-arm-prefix": {"prefix_share": 0.5},
     "refusion-from-arm-prefix-across": {"prefix_share": 0.5, "ar_across_slots": True},
+    "refusion-from-arm-prefix-only": {"prefix_share": 1.0},
 }
 """The conversions of the trained ARM: the paper's recipe, and variants of it as options of the refusion objective
 (`refusion train --ar-across-slots`, `--prefix-share`): next-token labels across slot boundaries, half the
-examples laid out as a clean left-to-right prefix with a masked tail, and both."""
+examples laid out as a clean left-to-right prefix with a masked tail, both, and every example so laid out."""
 MODELS = {"arm": "ar", "mdm": "mdm", "refusion": "refusion", **{name: "refusion" for name in RECIPES}}
 """model directory name -> training objective."""
 FINE_TUNED_FROM = {name: "arm" for name in RECIPES}

@@ -13,7 +13,8 @@ from pathlib import Path
 LABELS = {"arm": "ARM", "mdm": "MDM", "refusion": "ReFusion", "refusion-from-arm": "ReFusion from ARM",
           "refusion-from-arm-across": "ReFusion from ARM, AR across slots",
           "refusion-from-arm-prefix": "ReFusion from ARM, prefix layout",
-          "refusion-from-arm-prefix-across": "ReFusion from ARM, prefix layout + AR across slots"}
+          "refusion-from-arm-prefix-across": "ReFusion from ARM, prefix layout + AR across slots",
+          "refusion-from-arm-prefix-only": "ReFusion from ARM, prefix layout only"}
 ARM_POINTS = 2.0
 """Goal 1: ReFusion within this many accuracy points of ARM, at >= ARM_SPEEDUP x its tokens/s."""
 ARM_SPEEDUP = 2.0
