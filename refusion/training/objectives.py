@@ -88,13 +88,14 @@ def refusion_example(prompt: torch.Tensor, response: torch.Tensor, mask_id: int,
     tokens = response[order]
     is_masked = masked_slot[slot_of[order]]
     following = (order + 1).clamp(max=length - 1)
+    # Which clean tokens predict the next one: in the prefix layout (left-to-right text) all of them; with
+    # ar_across_slots each whose next token the input has not shown it; in the paper's recipe those inside a slot.
     has_next = (order + 1 < length) & ~is_masked
-    if prefix or ar_across_slots:
+    if not prefix and ar_across_slots:
         input_index = torch.empty(length, dtype=torch.long)
         input_index[order] = torch.arange(length)
-        hidden = masked_slot[slot_of[following]] | (input_index[following] > torch.arange(length))
-        has_next &= hidden
-    else:
+        has_next &= masked_slot[slot_of[following]] | (input_index[following] > torch.arange(length))
+    elif not prefix:
         has_next &= slot_of[following] == slot_of[order]
     part = {
         "input_ids": torch.where(is_masked, mask_id, tokens),

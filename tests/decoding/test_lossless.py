@@ -112,7 +112,6 @@ def test_chains_accepted_whole_earn_a_deeper_probe_past_a_stale_estimate(monkeyp
     oracle = PositionOracle(text, mask_conf=[0.9] * 150, ar_conf=[0.9] * 150)
     stale = {"rank": ([4.0] + [0.0] * 7, [4.0] * 8),
              "depth": ([1.2, 4.0, 4.0, 1.0] + [1.2] * 6, [4.0, 4.0, 4.0, 8.0] + [4.0] * 6)}  # depth 4: 1 in 8
-    oracle._refusion_lossless_stats = stale
 
     def depths():
         oracle._refusion_lossless_stats = stale
