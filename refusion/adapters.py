@@ -28,11 +28,10 @@ def is_adapter_dir(path: Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
-def load_adapter_dir(path: Path, dtype, load_base):
-    from peft import PeftModel
+def _base_with_mask(path: Path, dtype, load_base):
+    """The adapter's base, with the mask token added exactly as training added it; (model, tokenizer, base name, sidecar)."""
     from transformers import AutoTokenizer
 
-    path = Path(path)
     base_name = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
     model, base_tokenizer = load_base(base_name, dtype=dtype)
     sidecar = json.loads((path / SIDECAR).read_text()) if (path / SIDECAR).is_file() else {}
@@ -42,9 +41,29 @@ def load_adapter_dir(path: Path, dtype, load_base):
         added = add_mask_token(model, base_tokenizer)  # the same resize and initial rows as in training
         if added != trained_mask:
             raise RefusionError(f"{path}: the adapter was trained with mask id {trained_mask}, but base {base_name!r} gives {added}")
+        model.config.mask_token_id = trained_mask
+    return model, tokenizer, base_name, sidecar
+
+
+def _with_adapter(model, path: Path, trainable: bool):
+    from peft import PeftModel
+
     with warnings.catch_warnings():  # PEFT still calls a transformers API deprecated for v6: not the user's concern
         warnings.simplefilter("ignore", FutureWarning)
-        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        return PeftModel.from_pretrained(model, path, is_trainable=trainable)
+
+
+def load_adapter_dir(path: Path, dtype, load_base):
+    path = Path(path)
+    model, tokenizer, _, sidecar = _base_with_mask(path, dtype, load_base)
+    model = _with_adapter(model, path, trainable=False).merge_and_unload()
     if sidecar.get("refusion_objective"):
         model.config.refusion_objective = sidecar["refusion_objective"]
     return model, tokenizer
+
+
+def trainable_adapter(path: Path, dtype, load_base):
+    """The adapter in `path` over its base, unmerged and trainable (to continue a conversion); (model, tokenizer, base name)."""
+    path = Path(path)
+    model, tokenizer, base_name, _ = _base_with_mask(path, dtype, load_base)
+    return _with_adapter(model, path, trainable=True), tokenizer, base_name

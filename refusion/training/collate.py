@@ -33,6 +33,8 @@ class ObjectiveCollator:
     """refusion only: the share of examples laid out as a clean left-to-right prefix and a masked tail."""
     ar_across_slots: bool = False
     """refusion only: next-token labels across slot boundaries where the next token is hidden."""
+    draft_horizon: int | None = None
+    """refusion only: prefix-layout examples keep this many masked tokens and drop the rest of the response."""
     seed: int = 0
     eos_id: int | None = None
     """mdm only: when set, responses are padded with EOS to the batch's longest response (LLaDA's SFT)."""
@@ -55,7 +57,8 @@ class ObjectiveCollator:
         built = [
             build_example(self.objective, torch.as_tensor(f["prompt_ids"], dtype=torch.long), response,
                           mask_id=self.mask_id, slot_sizes=self.slot_sizes, generator=self.generator,
-                          prefix_share=self.prefix_share, ar_across_slots=self.ar_across_slots)
+                          prefix_share=self.prefix_share, ar_across_slots=self.ar_across_slots,
+                          draft_horizon=self.draft_horizon)
             for f, response in zip(features, responses)
         ]
         return pad_batch(built, self.pad_id)

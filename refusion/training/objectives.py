@@ -49,7 +49,8 @@ def _join(prompt: torch.Tensor, response: dict, response_length: int) -> dict:
 
 
 def refusion_example(prompt: torch.Tensor, response: torch.Tensor, mask_id: int, slot_sizes: tuple[int, ...],
-                     generator: torch.Generator, *, prefix_share: float = 0.0, ar_across_slots: bool = False) -> dict:
+                     generator: torch.Generator, *, prefix_share: float = 0.0, ar_across_slots: bool = False,
+                     draft_horizon: int | None = None) -> dict:
     """The paper's training recipe, steps 1-4 (slot size, masking, input order, labels), for one example. prompt [P], response [R] (EOS included).
 
     Two options beside the recipe (both off by default, which is the paper's recipe draw for draw):
@@ -58,7 +59,10 @@ def refusion_example(prompt: torch.Tensor, response: torch.Tensor, mask_id: int,
       predicts the next one (it is plain left-to-right text), and L_MDM averages over the masked tokens;
     - `ar_across_slots`: a clean slot's last token also predicts the next slot's first token whenever that
       token is hidden from it (masked, or in a clean slot placed later in the input). The recipe gives that
-      token no label, so next-token prediction across slot boundaries is never trained.
+      token no label, so next-token prediction across slot boundaries is never trained;
+    - `draft_horizon` (prefix layout only): the masked tail keeps its first H tokens and the response after them is
+      left out of the input. Under causal attention a mask's prediction depends only on what comes before it, so
+      this drops only the far masks, which the lossless decoder never reads, and their compute.
 
     Draws, in order: the slot-size index (randint), t (rand 1), the layout coin (rand 1, only when
     prefix_share > 0), then for the shuffled layout one coin per slot (rand n) and the order of the clean
@@ -74,7 +78,9 @@ def refusion_example(prompt: torch.Tensor, response: torch.Tensor, mask_id: int,
         masked_slots = math.ceil(float(p) * slots)  # >= 1, since p > 0
         masked_slot = torch.arange(slots) >= slots - masked_slots  # [n]
         rank = torch.arange(slots)
-        weight = length / int(masked_slot[slot_of].sum())  # 1 / the share of tokens masked
+        first_masked = (slots - masked_slots) * k  # < length: the last slot is always masked
+        kept = length if draft_horizon is None else min(length, first_masked + draft_horizon)
+        weight = length / (kept - first_masked)  # L_MDM: the mean over the masked tokens kept
     else:
         masked_slot = torch.rand(slots, generator=generator) < p  # [n]
         clean = torch.nonzero(~masked_slot).flatten()  # [C]
@@ -104,6 +110,8 @@ def refusion_example(prompt: torch.Tensor, response: torch.Tensor, mask_id: int,
         "mdm_labels": torch.where(is_masked, tokens, IGNORE),
         "mdm_weights": torch.where(is_masked, weight, 0.0),
     }
+    if prefix:
+        part = {name: value[:kept] for name, value in part.items()}  # the prefix layout keeps response order
     return _join(prompt, part, length)
 
 
@@ -146,10 +154,10 @@ def eos_padded(response: torch.Tensor, length: int, eos_id: int) -> torch.Tensor
 
 def build_example(objective: str, prompt: torch.Tensor, response: torch.Tensor, *, mask_id: int | None,
                   slot_sizes: tuple[int, ...], generator: torch.Generator, prefix_share: float = 0.0,
-                  ar_across_slots: bool = False) -> dict:
+                  ar_across_slots: bool = False, draft_horizon: int | None = None) -> dict:
     if objective == "refusion":
         return refusion_example(prompt, response, mask_id, slot_sizes, generator, prefix_share=prefix_share,
-                                ar_across_slots=ar_across_slots)
+                                ar_across_slots=ar_across_slots, draft_horizon=draft_horizon)
     if objective == "mdm":
         return mdm_example(prompt, response, mask_id, generator)
     if objective == "ar":

@@ -24,8 +24,9 @@ from ..attention import bidirectional_mask
 from ..checks import output_dir
 from ..errors import RefusionError
 from ..files import move_files_into
-from ..adapters import write_sidecar
-from ..model import BUILTIN_GGUF, load
+from ..adapters import is_adapter_dir, trainable_adapter, write_sidecar
+from ..hardware import cpu_has_bf16
+from ..model import BUILTIN_CHECKPOINTS, BUILTIN_GGUF, load
 from ..special_tokens import add_mask_token
 from .collate import ObjectiveCollator
 from .data import encode_pairs, read_pairs
@@ -34,6 +35,9 @@ from .objectives import BIDIRECTIONAL, OBJECTIVES, objective_terms, total_loss
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 """Default LoRA targets: the attention projections of Llama/Qwen-style models."""
+PRECISIONS = ("auto", "float32", "bfloat16")
+"""Training precision: float32, or bf16 mixed precision (float32 weights, bf16 matrix products); auto = bf16
+where the hardware computes it natively (a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX)."""
 EVAL_SEED = 1234
 """Seed of the held-out masks: every evaluation of every run scores the same masked inputs."""
 
@@ -62,6 +66,9 @@ class TrainConfig:
     lora_targets: list[str] | str | None = None
     """Modules LoRA adapts: names such as ["q_proj", "up_proj"], or "all-linear" (every linear layer but the
     output head, as PEFT defines it); None = LORA_TARGETS."""
+    continue_adapter: bool = False
+    """`model` is a LoRA output directory (or a built-in ReFusion checkpoint): train its adapter further, keeping
+    its rank and layers, instead of merging it into its base; the output is again an adapter over that base."""
     slot_sizes: tuple[int, ...] = (4, 8, 16, 32)
     mdm_weight: float = 1.0
     """lambda in L_AR + lambda L_MDM (refusion objective)."""
@@ -71,8 +78,12 @@ class TrainConfig:
     ar_across_slots: bool = False
     """refusion objective: a clean slot's last token also predicts the next slot's first token when that token is
     hidden from it; off is the paper's recipe."""
+    draft_horizon: int | None = None
+    """refusion objective, prefix layout: keep only the first H masked tokens of the tail (None: all of them)."""
     pad_responses_to: int | None = None
     """mdm objective: pad responses with EOS to at least this many tokens (always to the batch's longest)."""
+    precision: str = "auto"
+    """One of PRECISIONS."""
     seed: int = 0
     resume: bool = False
     """Continue from the last checkpoint in `output`."""
@@ -95,6 +106,8 @@ class TrainConfig:
             positive["eval-every"] = self.eval_every
         if self.lora_rank is not None:
             positive["lora-rank"] = self.lora_rank
+        if self.draft_horizon is not None:
+            positive["draft-horizon"] = self.draft_horizon
         for name, value in positive.items():
             if value < 1:
                 raise RefusionError(f"{name} must be a positive integer, got {value}")
@@ -119,11 +132,27 @@ class TrainConfig:
             raise RefusionError(f"mdm-weight must be >= 0, got {self.mdm_weight}")
         if not 0 <= self.prefix_share <= 1:
             raise RefusionError(f"prefix-share must lie in [0, 1], got {self.prefix_share}")
-        if self.objective != "refusion" and (self.prefix_share or self.ar_across_slots):
-            raise RefusionError(f"prefix-share and ar-across-slots apply to the refusion objective only, not {self.objective}")
+        if self.objective != "refusion" and (self.prefix_share or self.ar_across_slots or self.draft_horizon):
+            raise RefusionError("prefix-share, ar-across-slots and draft-horizon apply to the refusion objective only, "
+                                f"not {self.objective}")
+        if self.draft_horizon is not None and not self.prefix_share:
+            raise RefusionError("draft-horizon shortens the prefix layout's masked tail: it needs --prefix-share above 0")
         if self.lora_targets is not None and (self.lora_rank is None or not self.lora_targets):
             raise RefusionError("lora-targets needs --lora-rank and at least one module name")
+        if self.continue_adapter and self.lora_rank is not None:
+            raise RefusionError("continue-adapter keeps the adapter's own rank and layers: drop --lora-rank and --lora-targets")
+        if self.precision not in PRECISIONS:
+            raise RefusionError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         output_dir(self.output)
+
+    @property
+    def trains_adapter(self) -> bool:
+        return self.lora_rank is not None or self.continue_adapter
+
+    def mixed_bf16(self) -> bool:
+        if self.precision == "auto":
+            return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_bf16()
+        return self.precision == "bfloat16"
 
 
 class ObjectiveTrainer(Trainer):
@@ -131,10 +160,12 @@ class ObjectiveTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # our loss is a per-micro-batch mean: let Trainer divide by grad-accum
 
-    def __init__(self, *args, objective: str, mdm_weight: float = 1.0, **kwargs):
+    def __init__(self, *args, objective: str, mdm_weight: float = 1.0, adapter_base: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.mdm_weight = mdm_weight
+        self.adapter_base = adapter_base
+        """An adapter's base model name: then every checkpoint records it, so that `refusion.load` takes checkpoints too."""
         self.started = time.monotonic()
         self.term_sums: dict[str, torch.Tensor] = {}  # the refusion objective's two terms since the last log
         self.term_count = 0
@@ -146,6 +177,12 @@ class ObjectiveTrainer(Trainer):
             logs.update({f"loss_{name}": round(float(total) / self.term_count, 4) for name, total in self.term_sums.items()})
             self.term_sums, self.term_count = {}, 0
         super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.adapter_base is not None and self.args.should_save:
+            record_adapter(Path(output_dir or self.args.output_dir), self.adapter_base, self.objective,
+                           getattr(self.model.config, "mask_token_id", None))
 
     def evaluate(self, *args, **kwargs):
         """The held-out loss, always over the same masks (a fresh collator seeded with EVAL_SEED)."""
@@ -189,6 +226,15 @@ class ObjectiveTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+def record_adapter(directory: Path, base_name: str, objective: str, mask_id: int | None) -> None:
+    """What an adapter directory needs to load with `refusion.load`: its base's name (PEFT saved none) and the sidecar."""
+    adapter_config = directory / "adapter_config.json"
+    saved = json.loads(adapter_config.read_text())
+    saved["base_model_name_or_path"] = base_name
+    adapter_config.write_text(json.dumps(saved, indent=2))
+    write_sidecar(directory, objective, mask_id)
+
+
 def _base_name(name: str) -> str:
     """What an adapter records as its base: built-in names and hub ids as given, directories absolute."""
     path = Path(name).expanduser()
@@ -226,8 +272,22 @@ def _with_lora(model, rank: int, mask_id: int | None, targets: list[str] | str |
     return peft_model
 
 
+def _adapter_to_continue(config: TrainConfig):
+    """(trainable PEFT model, tokenizer, its base's name) for --continue-adapter."""
+    path = BUILTIN_CHECKPOINTS.get(config.model, Path(config.model).expanduser())
+    if not is_adapter_dir(path):
+        raise RefusionError(f"--continue-adapter needs a LoRA output directory (adapter_config.json) or one of "
+                            f"{', '.join(BUILTIN_CHECKPOINTS)}; {config.model} is not one")
+    model, tokenizer, base_name = trainable_adapter(path, torch.float32, load)
+    if config.objective != "ar" and getattr(model.config, "mask_token_id", None) is None:
+        raise RefusionError(f"{config.model} has no mask token: the {config.objective} objective needs one")
+    # As in _with_lora: no base name while training, or PEFT saves whole embedding matrices and asks the hub for it.
+    model.base_model.model.name_or_path = ""
+    model.peft_config["default"].base_model_name_or_path = None
+    return model, tokenizer, base_name
+
+
 def _training_arguments(config: TrainConfig) -> TrainingArguments:
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     evaluating = bool(config.eval_data)
     return TrainingArguments(
         eval_strategy="steps" if evaluating else "no",
@@ -246,7 +306,7 @@ def _training_arguments(config: TrainConfig) -> TrainingArguments:
         save_steps=config.save_every,
         save_total_limit=2,
         seed=config.seed,
-        bf16=bf16,
+        bf16=config.mixed_bf16(),
         # Without a GPU, a multi-process launch (torchrun, `accelerate launch --multi_gpu`) becomes CPU DDP over gloo.
         use_cpu=not torch.cuda.is_available(),
         report_to="none",
@@ -291,14 +351,14 @@ FINAL_STAGING = ".final.partial"
 """Where the final model is written before its files move into --output (the same name in every process)."""
 
 
-def _save(trainer: ObjectiveTrainer, model, tokenizer, config: TrainConfig) -> None:
+def _save(trainer: ObjectiveTrainer, model, tokenizer, config: TrainConfig, base_name: str) -> None:
     """Write the final model beside --output, then move its files in, the config last: an interruption
     leaves the output without a loadable config (or with the earlier one), never a config over half the weights."""
     output = Path(config.output)
     staging = output / FINAL_STAGING
     if trainer.is_world_process_zero():
         shutil.rmtree(staging, ignore_errors=True)  # left by an earlier interrupted save
-    if config.lora_rank is None:
+    if not config.trains_adapter:
         trainer.save_model(str(staging))
     elif trainer.is_world_process_zero():
         # Only the LoRA weights and the mask token's trained rows: the resized embedding matrices are
@@ -307,12 +367,8 @@ def _save(trainer: ObjectiveTrainer, model, tokenizer, config: TrainConfig) -> N
     if not trainer.is_world_process_zero():
         return
     tokenizer.save_pretrained(str(staging))
-    if config.lora_rank is not None:
-        adapter_config = staging / "adapter_config.json"
-        saved = json.loads(adapter_config.read_text())
-        saved["base_model_name_or_path"] = _base_name(config.model)
-        adapter_config.write_text(json.dumps(saved, indent=2))
-        write_sidecar(staging, config.objective, getattr(model.config, "mask_token_id", None))
+    if config.trains_adapter:
+        record_adapter(staging, base_name, config.objective, getattr(model.config, "mask_token_id", None))
     move_files_into(staging, output, last=("config.json", "adapter_config.json"))
     shutil.rmtree(staging, ignore_errors=True)
 
@@ -324,8 +380,13 @@ def train(config: TrainConfig) -> dict:
     made_output = not Path(config.output).exists()
     pairs = read_pairs(config.data)  # a bad data file is reported before the model loads
     eval_pairs = read_pairs(config.eval_data) if config.eval_data else None
-    model, tokenizer = load(config.model, dtype=torch.float32)
-    mask_id = add_mask_token(model, tokenizer) if config.objective != "ar" else None
+    if config.continue_adapter:
+        model, tokenizer, base_name = _adapter_to_continue(config)
+        mask_id = getattr(model.config, "mask_token_id", None) if config.objective != "ar" else None
+    else:
+        model, tokenizer = load(config.model, dtype=torch.float32)
+        mask_id = add_mask_token(model, tokenizer) if config.objective != "ar" else None
+        base_name = _base_name(config.model)
     model.config.refusion_objective = config.objective
     dataset = encode_pairs(pairs, tokenizer, config.max_length, config.data)
     eval_dataset = encode_pairs(eval_pairs, tokenizer, config.max_length, config.eval_data) if eval_pairs else None
@@ -338,10 +399,12 @@ def train(config: TrainConfig) -> dict:
     # A fresh stream of masks per process and per resumed run; the Trainer shards the examples.
     collator = ObjectiveCollator(config.objective, pad_id, mask_id, tuple(config.slot_sizes),
                                  prefix_share=config.prefix_share, ar_across_slots=config.ar_across_slots,
+                                 draft_horizon=config.draft_horizon,
                                  seed=config.seed + 7919 * arguments.process_index + 104729 * resumed_step,
                                  eos_id=tokenizer.eos_token_id, pad_responses_to=config.pad_responses_to)
     trainer = ObjectiveTrainer(model=model, args=arguments, train_dataset=dataset, eval_dataset=eval_dataset,
-                               data_collator=collator, objective=config.objective, mdm_weight=config.mdm_weight)
+                               data_collator=collator, objective=config.objective,
+                               mdm_weight=config.mdm_weight, adapter_base=base_name if config.trains_adapter else None)
     if trainer.is_world_process_zero():
         skipped = f", {dataset.skipped_too_long} skipped (over --max-length {config.max_length})" if dataset.skipped_too_long else ""
         held_out = f", {len(eval_dataset)} held out" if eval_dataset else ""
@@ -355,7 +418,7 @@ def train(config: TrainConfig) -> dict:
         if made_output and trainer.is_world_process_zero() and output.is_dir() and not any(output.iterdir()):
             output.rmdir()  # the Trainer made it, and the run left nothing in it
         raise
-    _save(trainer, model, tokenizer, config)
+    _save(trainer, model, tokenizer, config, base_name)
     summary = {"objective": config.objective, "examples": len(dataset), "skipped_too_long": dataset.skipped_too_long,
                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}}
     if trainer.is_world_process_zero():

@@ -18,10 +18,11 @@ EPS = 1e-3
 
 
 def literal_refusion(prompt: list[int], response: list[int], slot_sizes, g: torch.Generator, prefix_share: float = 0.0,
-                     across: bool = False) -> dict:
+                     across: bool = False, horizon: int | None = None) -> dict:
     """The paper's training objective step by step, with the same draws in the same order; with `prefix_share`
-    some examples are a clean prefix of slots and a masked tail, with `across` (or in such an example) a clean
-    token also predicts the next token of the response whenever that token is not visible to it."""
+    some examples are a clean prefix of slots and a masked tail (its first `horizon` tokens only, when given), with
+    `across` (or in such an example) a clean token also predicts the next token of the response whenever that
+    token is not visible to it."""
     P, R = len(prompt), len(response)
     k = slot_sizes[int(torch.randint(len(slot_sizes), (1,), generator=g))]
     p = (1 - EPS) * float(torch.rand(1, generator=g)) + EPS
@@ -31,7 +32,9 @@ def literal_refusion(prompt: list[int], response: list[int], slot_sizes, g: torc
         tail = math.ceil(p * len(slots))
         masked = [index >= len(slots) - tail for index in range(len(slots))]
         shuffled = [slot for slot, m in zip(slots, masked) if not m]
-        weight = R / sum(len(slot) for slot, m in zip(slots, masked) if m)
+        kept = sum(len(slot) for slot, m in zip(slots, masked) if m)
+        kept = kept if horizon is None else min(kept, horizon)
+        weight = R / kept
     else:
         coins = torch.rand(len(slots), generator=g).tolist()
         masked = [coin < p for coin in coins]
@@ -55,9 +58,13 @@ def literal_refusion(prompt: list[int], response: list[int], slot_sizes, g: torc
             out["ar_labels"].append(label)
             out["mdm_labels"].append(-100)
             out["mdm_weights"].append(0.0)
+    tail = 0
     for slot, m in zip(slots, masked):
         if m:
             for q in slot:
+                if prefix and horizon is not None and tail == horizon:
+                    return out
+                tail += 1
                 out["input_ids"].append(MASK)
                 out["position_ids"].append(P + q)
                 out["ar_labels"].append(-100)
@@ -145,6 +152,50 @@ def test_refusion_example_options_match_literal(seed, prefix_share, across):
                              torch.Generator().manual_seed(seed), prefix_share=prefix_share, ar_across_slots=across)
     assert_same_fields(built, literal_refusion(example["prompt_ids"], example["response_ids"], sizes,
                                                torch.Generator().manual_seed(seed), prefix_share, across))
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("prefix_share,horizon", [(1.0, 1), (1.0, 3), (0.5, 5), (1.0, 100)])
+def test_draft_horizon_matches_literal(seed, prefix_share, horizon):
+    example = random_examples(80 + seed, 1)[0]
+    sizes = (1, 2, 4, 8)
+    built = refusion_example(torch.tensor(example["prompt_ids"]), torch.tensor(example["response_ids"]), MASK, sizes,
+                             torch.Generator().manual_seed(seed), prefix_share=prefix_share, draft_horizon=horizon)
+    assert_same_fields(built, literal_refusion(example["prompt_ids"], example["response_ids"], sizes,
+                                               torch.Generator().manual_seed(seed), prefix_share, horizon=horizon))
+
+
+def test_draft_horizon_hand_worked():
+    """Slot size 2, response a b c d e f g, every example a prefix, horizon 3: the clean prefix, then three masks at
+    the next three positions, nothing after them; L_MDM's weight makes it the mean over those three."""
+    response = [10, 11, 12, 13, 14, 15, 16]
+    cuts = set()
+    for seed in range(40):
+        built = refusion_example(torch.tensor([9]), torch.tensor(response), MASK, (2,), torch.Generator().manual_seed(seed),
+                                 prefix_share=1.0, draft_horizon=3)
+        ids = built["input_ids"].tolist()[1:]
+        clean = ids.index(MASK)
+        kept = min(3, 7 - clean)
+        assert ids == response[:clean] + [MASK] * kept
+        assert built["position_ids"].tolist() == list(range(1 + clean + kept))
+        assert built["ar_labels"].tolist()[1:] == response[1:clean + 1] + [-100] * kept
+        assert built["mdm_labels"].tolist()[1 + clean:] == response[clean:clean + kept]
+        torch.testing.assert_close(built["mdm_weights"][1 + clean:], torch.full((kept,), 7 / kept))
+        assert built["response_length"] == 7
+        cuts.add(clean)
+    assert cuts == {0, 2, 4, 6}  # the last slot (g alone) is always masked
+
+
+def test_draft_horizon_leaves_the_draws_and_the_shuffled_layout_alone():
+    example = random_examples(5, 1)[0]
+    prompt, response = torch.tensor(example["prompt_ids"]), torch.tensor(example["response_ids"])
+    for seed in range(10):
+        plain, horizon = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        a = refusion_example(prompt, response, MASK, (2, 4), plain, prefix_share=0.5)
+        b = refusion_example(prompt, response, MASK, (2, 4), horizon, prefix_share=0.5, draft_horizon=2)
+        assert torch.equal(plain.get_state(), horizon.get_state())
+        if a["position_ids"].tolist() != sorted(a["position_ids"].tolist()):  # the shuffled layout: untouched
+            assert a["input_ids"].tolist() == b["input_ids"].tolist()
 
 
 def test_prefix_layout_hand_worked():

@@ -145,6 +145,48 @@ def test_lora_output_loads_on_top_of_its_base(tiny_model_dir, write_jsonl, tmp_p
     assert loss.item() == pytest.approx(evaluations[-1]["eval_loss"], rel=1e-4)
 
 
+def test_continue_adapter_trains_the_same_adapter_further(tiny_model_dir, write_jsonl, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    data = write_jsonl(RECORDS)
+    run_cli(["train", "--model", tiny_model_dir, "--data", data, "--output", str(first), "--max-steps", "2", "--lr", "1e-2",
+             "--batch-size", "4", "--lora-rank", "4", "--lora-targets", "q_proj,up_proj"])
+    before = {path.name: path.read_bytes() for path in first.iterdir() if path.is_file()}
+    run_cli(["train", "--model", str(first), "--continue-adapter", "--data", data, "--output", str(second), "--max-steps", "2",
+             "--lr", "1e-2", "--batch-size", "4", "--prefix-share", "1", "--draft-horizon", "3"])
+    assert {path.name: path.read_bytes() for path in first.iterdir() if path.is_file()} == before  # the start is untouched
+    config = json.loads((second / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(Path(tiny_model_dir).resolve())  # over the same base, not over `first`
+    assert config["r"] == 4 and sorted(config["target_modules"]) == ["q_proj", "up_proj"]
+    base, _ = refusion.load(tiny_model_dir)
+    started, _ = refusion.load(first)
+    continued, tokenizer = refusion.load(second)
+    mask = continued.config.mask_token_id
+    assert mask == started.config.mask_token_id and tokenizer.convert_ids_to_tokens(mask) == "<|mask|>"
+    layer, started_layer, base_layer = continued.model.layers[0], started.model.layers[0], base.model.layers[0]
+    for name in ("q_proj", "up_proj"):  # went on from the first adapter's weights
+        module = getattr(layer.self_attn if name == "q_proj" else layer.mlp, name)
+        module_started = getattr(started_layer.self_attn if name == "q_proj" else started_layer.mlp, name)
+        assert not torch.allclose(module.weight, module_started.weight)
+    torch.testing.assert_close(layer.self_attn.k_proj.weight, base_layer.self_attn.k_proj.weight)  # not a target
+    embedding = continued.get_input_embeddings().weight
+    assert not torch.allclose(embedding[mask], started.get_input_embeddings().weight[mask])  # the mask row trained on
+    torch.testing.assert_close(embedding[:mask], base.get_input_embeddings().weight)
+
+
+def test_precision_chooses_mixed_bf16(monkeypatch, tmp_path):
+    from refusion.training import trainer
+
+    def config(precision):
+        return trainer.TrainConfig(model="m", data=["d"], output=str(tmp_path / "out"), precision=precision)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native in (True, False):
+        monkeypatch.setattr(trainer, "cpu_has_bf16", lambda native=native: native)
+        assert config("auto").mixed_bf16() is native
+        assert config("bfloat16").mixed_bf16() and not config("float32").mixed_bf16()
+    assert trainer._training_arguments(config("bfloat16")).bf16 and not trainer._training_arguments(config("float32")).bf16
+
+
 def test_lora_targets_choose_the_adapted_layers(tiny_model_dir, write_jsonl, tmp_path):
     output = tmp_path / "lora-mlp"
     run_cli(["train", "--model", tiny_model_dir, "--data", write_jsonl(RECORDS), "--output", str(output),
@@ -204,3 +246,9 @@ def test_an_interrupted_final_save_leaves_no_half_model(tiny_model_dir, write_js
     model, _ = refusion.load(output)
     assert model.config.refusion_objective == "refusion"
     assert not any(path.name.endswith(".partial") for path in output.iterdir())
+    # the checkpoint loads too, and is the same model
+    checkpoint, _ = refusion.load(output / "checkpoint-2")
+    assert checkpoint.config.refusion_objective == "refusion"
+    assert checkpoint.config.mask_token_id == model.config.mask_token_id
+    for name, weight in model.state_dict().items():
+        torch.testing.assert_close(checkpoint.state_dict()[name], weight)
