@@ -19,6 +19,7 @@ DESCRIPTION = """Reproduce the paper's comparison in miniature, from scratch, en
   2. build a small BPE tokenizer from the training text (chat template, <|mask|>);
   3. train three identical small Llama models on identical data and budget with `refusion train`'s
      objectives: ARM (ar), MDM (mdm, responses EOS-padded as in LLaDA), ReFusion (refusion); then
+     ARM trained on with the ar objective for the extra steps (the control), and
      ReFusion fine-tuned from the trained ARM with extra steps: the paper's recipe, and variants
      (--ar-across-slots: next-token labels across slot boundaries; --prefix-share 0.5: half the
      examples a clean left-to-right prefix with a masked tail; both; --prefix-share 1);

@@ -3,7 +3,8 @@
 `run(config)` writes under `config.output`:
     data/train.jsonl, data/test-<task>.jsonl   both task families, train and test disjoint
     init/                                      the shared random initialisation + tokenizer (not kept)
-    <model>/                                   arm, mdm, refusion, refusion-from-arm(-<variant>): trained with `refusion.training.train`
+    <model>/                                   arm, arm-longer, mdm, refusion, refusion-from-arm(-<variant>): trained with
+                                               `refusion.training.train`
     <model>/eval/<task>/<run>/                 `refusion.eval.evaluate` output (summary.json, samples.jsonl)
 and returns every run's summary. Each stage is skipped when its output is already there, so an
 interrupted run resumes (training from its last checkpoint). Knows nothing about the report's
@@ -32,9 +33,10 @@ RECIPES = {
 """The conversions of the trained ARM: the paper's recipe, and variants of it as options of the refusion objective
 (`refusion train --ar-across-slots`, `--prefix-share`): next-token labels across slot boundaries, half the
 examples laid out as a clean left-to-right prefix with a masked tail, both, and every example so laid out."""
-MODELS = {"arm": "ar", "mdm": "mdm", "refusion": "refusion", **{name: "refusion" for name in RECIPES}}
-"""model directory name -> training objective."""
-FINE_TUNED_FROM = {name: "arm" for name in RECIPES}
+MODELS = {"arm": "ar", "arm-longer": "ar", "mdm": "mdm", "refusion": "refusion", **{name: "refusion" for name in RECIPES}}
+"""model directory name -> training objective. arm-longer is the control of the conversions: ARM trained on with
+the AR objective for as many steps, at the same learning rate, as each conversion adds."""
+FINE_TUNED_FROM = {"arm-longer": "arm", **{name: "arm" for name in RECIPES}}
 """Models trained from another model's result (the paper's recipe: ReFusion is a converted AR model) instead of
 the shared random initialisation, for `finetune_steps` on top of that model's budget. The others train from
 scratch with identical architecture, data and budget."""
@@ -63,7 +65,7 @@ def paper_runs(slot_size: int, blocks: int, thresholds: list[tuple[float, float]
                max_new_tokens: int) -> list[DecoderRun]:
     """The paper's comparison: ARM with ar; MDM with mdm and fast-dllm; each ReFusion model with refusion (each
     threshold pair, then one slot per block: the paper's left-to-right variant), ar and lossless."""
-    runs = [DecoderRun("arm", "ar"),
+    runs = [DecoderRun("arm", "ar"), DecoderRun("arm-longer", "ar"),
             DecoderRun("mdm", "mdm", {"block_length": block_length}),
             DecoderRun("mdm", "fast-dllm", {"block_length": block_length, "threshold": 0.9})]
     strict = {"slot_threshold": thresholds[0][0], "token_threshold": thresholds[0][1]}
@@ -212,7 +214,7 @@ def train_model(config: ReproConfig, name: str, init: Path, train_file: Path) ->
         batch_size=config.batch_size, max_length=256, seed=config.seed,
         pad_responses_to=config.max_new_tokens if MODELS[name] == "mdm" else None,
         resume=last_complete_checkpoint(directory) is not None, save_every=config.save_every,
-        log_every=max(steps // 50, 1), warmup_ratio=0.05, **RECIPES.get(name, {}),
+        log_every=max(steps // 50, 1), warmup_ratio=0.05, precision="float32", **RECIPES.get(name, {}),  # as committed
     ))
     for checkpoint in directory.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)  # optimizer state: large, and the final model is saved beside it

@@ -24,8 +24,8 @@ def test_run_names_are_distinct_and_readable():
     assert ("refusion", "refusion-k4-B2-t0.9-0.4") in names and ("mdm", "fast-dllm-bl32-t0.9") in names
     # left-to-right variant: one 4-token slot per block over 64 tokens, at the strictest thresholds
     assert ("refusion-from-arm", "refusion-k4-B16-t0.9-0.4") in names
-    assert [run.model for run in runs] == ["arm", "mdm", "mdm"] + [model for model in REFUSION_MODELS for _ in range(5)]
-    assert [run.decoder for run in runs[3:8]] == ["refusion"] * 3 + ["ar", "lossless"]
+    assert [run.model for run in runs] == ["arm", "arm-longer", "mdm", "mdm"] + [model for model in REFUSION_MODELS for _ in range(5)]
+    assert [run.decoder for run in runs[4:9]] == ["refusion"] * 3 + ["ar", "lossless"]
 
 
 def test_finetune_steps_zero_leaves_the_fine_tuned_model_and_its_runs_out(tmp_path):
@@ -65,7 +65,16 @@ def test_lossless_rows_are_checked_and_the_conversion_check_reads_each_converted
     assert [(c["model"], c["points_vs_arm"], c["kept"]) for c in kept] == [
         ("ReFusion from ARM", -1.0, True), ("ReFusion from ARM, prefix layout", -5.0, False)]
     text = markdown(table_rows(rows, Path("out"), 100, 64, "float32"), goal_checks(rows), {"command": "c", "description": "d"}, kept)
-    assert "| mini-json | ReFusion from ARM, prefix layout | -5.0 | no |" in text and "--dtype float32 --json" in text
+    assert "| mini-json | ReFusion from ARM, prefix layout | -5.0 | no | n/a |" in text and "--dtype float32 --json" in text
+
+
+def test_the_conversion_check_compares_with_arm_trained_as_long():
+    rows = [_row("arm", "ar", 0.50, 100.0), _row("arm-longer", "ar", 0.60, 100.0),
+            _row("refusion-from-arm", "ar", 0.55, 100.0), _row("refusion-from-arm", "ar", 0.30, 100.0, task="mini-gsm8k")]
+    kept = conversion_checks(rows)  # no ARM rows on mini-gsm8k: nothing to compare with there
+    assert [(c["task"], c["points_vs_arm"], c["points_vs_arm_longer"], c["kept"]) for c in kept] == [("mini-json", 5.0, -5.0, True)]
+    text = markdown(table_rows(rows, Path("out"), 100, 64), goal_checks(rows), {"command": "c", "description": "d"}, kept)
+    assert "| mini-json | ReFusion from ARM | 5.0 | yes | -5.0 |" in text
 
 
 def test_goal_is_missed_below_the_speed_bar_even_when_accurate():
