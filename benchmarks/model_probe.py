@@ -10,6 +10,7 @@
 """
 
 import argparse
+import json
 
 import torch
 
@@ -49,6 +50,7 @@ def main():
     parser.add_argument("--threads", default="auto")
     parser.add_argument("--prompts", type=int, default=16, help="built-in prompts used for draft accuracy")
     parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line, last")
     args = parser.parse_args()
     set_threads(args.threads)
     model, tokenizer = refusion.load(args.model, dtype=resolve_dtype(args.dtype))
@@ -59,6 +61,11 @@ def main():
     print(f"mask-head guesses right, over {count} positions (distance 1 = the next token)")
     for distance, by_k in accuracy.items():
         print(f"  distance {distance}: " + "  ".join(f"top-{k} {share:.2f}" for k, share in by_k.items()))
+    if args.json:
+        print(json.dumps({"model": args.model, "dtype": str(model.dtype).removeprefix("torch."), "positions": count,
+                          "forward_cost": {str(w): round(c, 3) for w, c in costs.items()},
+                          "draft_accuracy": {str(d): {f"top{k}": round(v, 4) for k, v in by_k.items()}
+                                             for d, by_k in accuracy.items()}}))
 
 
 if __name__ == "__main__":
