@@ -19,10 +19,11 @@ DESCRIPTION = """Reproduce the paper's comparison in miniature, from scratch, en
   2. build a small BPE tokenizer from the training text (chat template, <|mask|>);
   3. train three identical small Llama models on identical data and budget with `refusion train`'s
      objectives: ARM (ar), MDM (mdm, responses EOS-padded as in LLaDA), ReFusion (refusion); then
-     ARM trained on with the ar objective for the extra steps (the control), and
+     ARM trained on with the ar objective for the extra steps (the control, and a stronger ARM), and
      ReFusion fine-tuned from the trained ARM with extra steps: the paper's recipe, and variants
      (--ar-across-slots: next-token labels across slot boundaries; --prefix-share 0.5: half the
-     examples a clean left-to-right prefix with a masked tail; both; --prefix-share 1);
+     examples a clean left-to-right prefix with a masked tail; both; --prefix-share 1); and from
+     ARM trained longer: the paper's recipe and --prefix-share 0.5 --ar-across-slots;
   4. evaluate with `refusion eval`: ARM with ar; MDM with mdm and fast-dllm; each ReFusion model with
      refusion (several thresholds, and one slot per block: the left-to-right variant), ar and lossless;
   5. write results.json, results.md (table, goals, the command that re-measures each row) and

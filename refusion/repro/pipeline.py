@@ -23,20 +23,24 @@ from ..files import staged_directory, write_text
 from . import arithmetic, records
 
 FAMILIES = {"mini-gsm8k": arithmetic, "mini-json": records}
-RECIPES = {
-    "refusion-from-arm": {},
-    "refusion-from-arm-across": {"ar_across_slots": True},
-    "refusion-from-arm-prefix": {"prefix_share": 0.5},
-    "refusion-from-arm-prefix-across": {"prefix_share": 0.5, "ar_across_slots": True},
-    "refusion-from-arm-prefix-only": {"prefix_share": 1.0},
+CONVERSIONS = {
+    "refusion-from-arm": ("arm", {}),
+    "refusion-from-arm-across": ("arm", {"ar_across_slots": True}),
+    "refusion-from-arm-prefix": ("arm", {"prefix_share": 0.5}),
+    "refusion-from-arm-prefix-across": ("arm", {"prefix_share": 0.5, "ar_across_slots": True}),
+    "refusion-from-arm-prefix-only": ("arm", {"prefix_share": 1.0}),
+    "refusion-from-arm-longer": ("arm-longer", {}),
+    "refusion-from-arm-longer-prefix-across": ("arm-longer", {"prefix_share": 0.5, "ar_across_slots": True}),
 }
-"""The conversions of the trained ARM: the paper's recipe, and variants of it as options of the refusion objective
-(`refusion train --ar-across-slots`, `--prefix-share`): next-token labels across slot boundaries, half the
-examples laid out as a clean left-to-right prefix with a masked tail, both, and every example so laid out."""
-MODELS = {"arm": "ar", "arm-longer": "ar", "mdm": "mdm", "refusion": "refusion", **{name: "refusion" for name in RECIPES}}
-"""model directory name -> training objective. arm-longer is the control of the conversions: ARM trained on with
-the AR objective for as many steps, at the same learning rate, as each conversion adds."""
-FINE_TUNED_FROM = {"arm-longer": "arm", **{name: "arm" for name in RECIPES}}
+"""Conversions of a trained AR model with the refusion objective: name -> (the model converted, its options). From ARM:
+the paper's recipe and variants as options of the objective (`refusion train --ar-across-slots`, `--prefix-share`):
+next-token labels across slot boundaries, half the examples laid out as a clean left-to-right prefix with a masked
+tail, both, and every example so laid out. From ARM trained longer: the paper's recipe and the best variant."""
+RECIPES = {name: options for name, (_, options) in CONVERSIONS.items()}
+MODELS = {"arm": "ar", "arm-longer": "ar", "mdm": "mdm", "refusion": "refusion", **{name: "refusion" for name in CONVERSIONS}}
+"""model directory name -> training objective. arm-longer is ARM trained on with the AR objective for as many steps,
+at the same learning rate, as a conversion adds: the control of the conversions from ARM, and a stronger AR model."""
+FINE_TUNED_FROM = {"arm-longer": "arm", **{name: start for name, (start, _) in CONVERSIONS.items()}}
 """Models trained from another model's result (the paper's recipe: ReFusion is a converted AR model) instead of
 the shared random initialisation, for `finetune_steps` on top of that model's budget. The others train from
 scratch with identical architecture, data and budget."""

@@ -2,7 +2,7 @@
 
 Takes the run summaries `refusion.repro.pipeline.run` returns and writes the table (accuracy,
 tokens/s, tokens/forward, forward passes per problem), the paper's two goals checked for every
-ReFusion setting, and the command that re-measures each row. Knows nothing about models.
+ReFusion setting, and the command that re-measures each row. Knows only which model was converted from which.
 """
 
 from __future__ import annotations
@@ -10,13 +10,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-LABELS = {"arm": "ARM", "arm-longer": "ARM + the conversion's steps as AR", "mdm": "MDM", "refusion": "ReFusion", "refusion-from-arm": "ReFusion from ARM",
+from .pipeline import FINE_TUNED_FROM
+
+LABELS = {"arm": "ARM", "arm-longer": "ARM trained longer", "mdm": "MDM", "refusion": "ReFusion",
+          "refusion-from-arm": "ReFusion from ARM",
           "refusion-from-arm-across": "ReFusion from ARM, AR across slots",
           "refusion-from-arm-prefix": "ReFusion from ARM, prefix layout",
           "refusion-from-arm-prefix-across": "ReFusion from ARM, prefix layout + AR across slots",
-          "refusion-from-arm-prefix-only": "ReFusion from ARM, prefix layout only"}
+          "refusion-from-arm-prefix-only": "ReFusion from ARM, prefix layout only",
+          "refusion-from-arm-longer": "ReFusion from ARM trained longer",
+          "refusion-from-arm-longer-prefix-across": "ReFusion from ARM trained longer, prefix layout + AR across slots"}
 ARM_POINTS = 2.0
-"""Goal 1: ReFusion within this many accuracy points of ARM, at >= ARM_SPEEDUP x its tokens/s."""
+"""Goal 1: ReFusion within this many accuracy points of its ARM (the AR model it was converted from; from scratch,
+ARM), at >= ARM_SPEEDUP x its tokens/s."""
 ARM_SPEEDUP = 2.0
 MDM_SPEEDUP = 5.0
 """Goal 2: ReFusion above MDM's accuracy at >= MDM_SPEEDUP x its tokens/s."""
@@ -45,32 +51,43 @@ CHECKED_DECODERS = ("refusion", "lossless")
 """The decoders of a ReFusion model whose rows are checked against the paper's goals (plan-and-infill, lossless)."""
 
 
+def its_arm(model: str) -> str:
+    """The AR model a ReFusion model is held against: the one it was converted from; from scratch, ARM."""
+    return FINE_TUNED_FROM.get(model, "arm")
+
+
+def _ar_row(rows: list[dict], model: str) -> dict | None:
+    return next((row for row in rows if row["model"] == model and row["decoder"] == "ar"), None)
+
+
 def conversion_checks(rows: list[dict]) -> list[dict]:
-    """For each task and model converted from ARM: its own `ar` decoding against ARM's (does the conversion keep
-    the AR skill? within ARM_POINTS), and against ARM trained on as AR for the same steps (the control)."""
+    """For each task and converted model: its own `ar` decoding against the AR model it was converted from (does
+    the conversion keep the AR skill? within ARM_POINTS) and, converted from ARM, against ARM trained on as AR for
+    the same steps (the control: what the extra training alone gives)."""
     checks = []
     for task in sorted({row["task"] for row in rows}):
         of_task = [row for row in rows if row["task"] == task]
-        arm = next((r for r in of_task if r["model"] == "arm" and r["decoder"] == "ar"), None)
-        longer = next((r for r in of_task if r["model"] == "arm-longer" and r["decoder"] == "ar"), None)
+        longer = _ar_row(of_task, "arm-longer")
         for row in of_task:
-            if arm and row["model"].startswith("refusion-from-arm") and row["decoder"] == "ar":
-                points = round(100 * (row["accuracy"] - arm["accuracy"]), 2)
-                check = {"task": task, "model": LABELS[row["model"]], "points_vs_arm": points, "kept": points >= -ARM_POINTS}
-                if longer:
+            start = _ar_row(of_task, its_arm(row["model"]))
+            if start and row["objective"] == "refusion" and row["model"] in FINE_TUNED_FROM and row["decoder"] == "ar":
+                points = round(100 * (row["accuracy"] - start["accuracy"]), 2)
+                check = {"task": task, "model": LABELS[row["model"]], "converted_from": LABELS[start["model"]],
+                         "points_vs_start": points, "kept": points >= -ARM_POINTS}
+                if longer and start["model"] == "arm":
                     check["points_vs_arm_longer"] = round(100 * (row["accuracy"] - longer["accuracy"]), 2)
                 checks.append(check)
     return checks
 
 
 def goal_checks(rows: list[dict]) -> list[dict]:
-    """For each task and ReFusion plan-and-infill or lossless run: the two goals against ARM (ar) and MDM (mdm)."""
+    """For each task and ReFusion plan-and-infill or lossless run: the two goals against its ARM (ar) and MDM (mdm)."""
     checks = []
     for task in sorted({row["task"] for row in rows}):
         of_task = [row for row in rows if row["task"] == task]
-        arm = next((r for r in of_task if r["model"] == "arm" and r["decoder"] == "ar"), None)
         mdm = next((r for r in of_task if r["model"] == "mdm" and r["decoder"] == "mdm"), None)
         for row in (r for r in of_task if r["objective"] == "refusion" and r["decoder"] in CHECKED_DECODERS):
+            arm = _ar_row(of_task, its_arm(row["model"]))
             check = {"task": task, "run": f"{LABELS[row['model']]} {row['run']}"}
             if arm and arm["tokens_per_second"]:
                 check["points_vs_arm"] = round(100 * (row["accuracy"] - arm["accuracy"]), 2)
@@ -99,9 +116,10 @@ def markdown(rows: list[dict], checks: list[dict], meta: dict, kept: list[dict] 
                      f"{row['tokens_per_forward']:.2f} | {row['forward_passes']:.1f} |")
     lines += ["", "![accuracy against tokens per second](accuracy_vs_speed.png)", "",
               "## The paper's goals, checked per ReFusion setting", "",
-              f"ARM goal: within {ARM_POINTS:g} points of ARM (ar) at >= {ARM_SPEEDUP:g}x its tokens/s. "
+              f"ARM goal: within {ARM_POINTS:g} points of its ARM (ar; the AR model it was converted from, from scratch ARM) "
+              f"at >= {ARM_SPEEDUP:g}x its tokens/s. "
               f"MDM goal: above MDM (mdm) at >= {MDM_SPEEDUP:g}x its tokens/s.", "",
-              "| task | ReFusion run | points vs ARM | speed vs ARM | ARM goal | points vs MDM | speed vs MDM | MDM goal |",
+              "| task | ReFusion run | points vs its ARM | speed vs its ARM | ARM goal | points vs MDM | speed vs MDM | MDM goal |",
               "|---|---|---|---|---|---|---|---|"]
     mark = {True: "met", False: "missed", None: "n/a"}
 
@@ -114,12 +132,13 @@ def markdown(rows: list[dict], checks: list[dict], meta: dict, kept: list[dict] 
                      f"{check.get('points_vs_mdm', 'n/a')} | {speed(check.get('speedup_vs_mdm'))} | {mark[check.get('mdm_goal')]} |")
     if kept:
         lines += ["", "## Does the conversion keep the AR skill?", "",
-                  f"Each model converted from ARM, decoded with `ar`, against ARM: kept when within {ARM_POINTS:g} points. "
-                  "The last column compares it with ARM trained on as AR for the same steps: what the extra training "
-                  "alone gives.", "",
-                  "| task | model | points vs ARM | kept | points vs ARM with as many more AR steps |", "|---|---|---|---|---|"]
-        lines += [f"| {check['task']} | {check['model']} | {check['points_vs_arm']} | {'yes' if check['kept'] else 'no'} | "
-                  f"{check.get('points_vs_arm_longer', 'n/a')} |" for check in kept]
+                  f"Each converted model, decoded with `ar`, against the AR model it was converted from: kept when within "
+                  f"{ARM_POINTS:g} points. The last column compares a conversion of ARM with ARM trained on as AR for the "
+                  "same steps (ARM trained longer): what the extra training alone gives.", "",
+                  "| task | model | converted from | points vs it | kept | points vs ARM trained longer |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {check['task']} | {check['model']} | {check['converted_from']} | {check['points_vs_start']} | "
+                  f"{'yes' if check['kept'] else 'no'} | {check.get('points_vs_arm_longer', 'n/a')} |" for check in kept]
     lines += ["", "## Re-measuring a row", "", "```"] + [row["command"] for row in rows] + ["```", ""]
     return "\n".join(lines)
 

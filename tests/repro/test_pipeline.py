@@ -37,7 +37,8 @@ def test_models_share_architecture_tokenizer_and_data(quick_run):
     assert all(vocabulary == vocabularies[0] for vocabulary in vocabularies) and "<|mask|>" in vocabularies[0]
     for name in MODELS:
         history = json.loads((quick_run / name / "loss.json").read_text())
-        steps, start = (quick.finetune_steps, str(quick_run / "arm")) if name in FINE_TUNED_FROM else (quick.steps, None)
+        steps, start = ((quick.finetune_steps, str(quick_run / FINE_TUNED_FROM[name])) if name in FINE_TUNED_FROM
+                        else (quick.steps, None))
         assert history["config"]["max_steps"] == steps and history["config"]["batch_size"] == quick.batch_size
         if start:
             assert history["config"]["model"] == start

@@ -11,7 +11,8 @@ from refusion.repro.report import conversion_checks, goal_checks, markdown, tabl
 
 def _row(model, decoder, accuracy, tps, options=None, task="mini-json"):
     run = DecoderRun(model, decoder, options or {})
-    return {"task": task, "model": model, "objective": {"arm": "ar", "refusion-from-arm": "refusion"}.get(model, model), "decoder": decoder,
+    objective = "ar" if model.startswith("arm") else "mdm" if model == "mdm" else "refusion"
+    return {"task": task, "model": model, "objective": objective, "decoder": decoder,
             "run": run.name, "options": run.options, "accuracy": accuracy, "correct": int(accuracy * 100),
             "samples": 100, "tokens_per_second": tps, "tokens_per_forward": 1.0, "forward_passes": 40.0,
             "new_tokens": 40.0}
@@ -62,19 +63,31 @@ def test_lossless_rows_are_checked_and_the_conversion_check_reads_each_converted
     (lossless,) = goal_checks(rows)
     assert (lossless["points_vs_arm"], lossless["speedup_vs_arm"], lossless["arm_goal"]) == (-1.0, 3.0, True)
     kept = conversion_checks(rows)  # ReFusion from scratch is no conversion: not checked
-    assert [(c["model"], c["points_vs_arm"], c["kept"]) for c in kept] == [
+    assert [(c["model"], c["points_vs_start"], c["kept"]) for c in kept] == [
         ("ReFusion from ARM", -1.0, True), ("ReFusion from ARM, prefix layout", -5.0, False)]
     text = markdown(table_rows(rows, Path("out"), 100, 64, "float32"), goal_checks(rows), {"command": "c", "description": "d"}, kept)
-    assert "| mini-json | ReFusion from ARM, prefix layout | -5.0 | no | n/a |" in text and "--dtype float32 --json" in text
+    assert "| mini-json | ReFusion from ARM, prefix layout | ARM | -5.0 | no | n/a |" in text and "--dtype float32 --json" in text
 
 
 def test_the_conversion_check_compares_with_arm_trained_as_long():
     rows = [_row("arm", "ar", 0.50, 100.0), _row("arm-longer", "ar", 0.60, 100.0),
             _row("refusion-from-arm", "ar", 0.55, 100.0), _row("refusion-from-arm", "ar", 0.30, 100.0, task="mini-gsm8k")]
     kept = conversion_checks(rows)  # no ARM rows on mini-gsm8k: nothing to compare with there
-    assert [(c["task"], c["points_vs_arm"], c["points_vs_arm_longer"], c["kept"]) for c in kept] == [("mini-json", 5.0, -5.0, True)]
+    assert [(c["task"], c["points_vs_start"], c["points_vs_arm_longer"], c["kept"]) for c in kept] == [("mini-json", 5.0, -5.0, True)]
     text = markdown(table_rows(rows, Path("out"), 100, 64), goal_checks(rows), {"command": "c", "description": "d"}, kept)
-    assert "| mini-json | ReFusion from ARM | 5.0 | yes | -5.0 |" in text
+    assert "| mini-json | ReFusion from ARM | ARM | 5.0 | yes | -5.0 |" in text
+
+
+def test_a_conversion_of_arm_trained_longer_is_held_against_it():
+    rows = [_row("arm", "ar", 0.50, 100.0), _row("arm-longer", "ar", 0.99, 200.0), _row("mdm", "mdm", 0.10, 50.0),
+            _row("refusion-from-arm-longer", "ar", 0.90, 200.0), _row("refusion-from-arm-longer", "lossless", 0.90, 500.0),
+            _row("refusion", "lossless", 0.49, 300.0)]
+    (kept,) = conversion_checks(rows)
+    assert (kept["converted_from"], kept["points_vs_start"], kept["kept"]) == ("ARM trained longer", -9.0, False)
+    assert "points_vs_arm_longer" not in kept  # that control is its own start
+    converted, scratch = goal_checks(rows)  # the conversion against ARM trained longer; from scratch against ARM
+    assert (converted["points_vs_arm"], converted["speedup_vs_arm"], converted["arm_goal"]) == (-9.0, 2.5, False)
+    assert (scratch["points_vs_arm"], scratch["speedup_vs_arm"], scratch["arm_goal"]) == (-1.0, 3.0, True)
 
 
 def test_goal_is_missed_below_the_speed_bar_even_when_accurate():
