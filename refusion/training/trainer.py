@@ -164,8 +164,7 @@ class ObjectiveTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.mdm_weight = mdm_weight
-        self.adapter_base = adapter_base
-        """An adapter's base model name: then every checkpoint records it, so that `refusion.load` takes checkpoints too."""
+        self.adapter_base = adapter_base  # set for an adapter: every checkpoint records it, so that it loads too
         self.started = time.monotonic()
         self.term_sums: dict[str, torch.Tensor] = {}  # the refusion objective's two terms since the last log
         self.term_count = 0
