@@ -3,20 +3,20 @@
 # run it again after an interruption and it continues from the last checkpoint. Then the draft probe
 # (benchmarks/model_probe.py: how often the mask head guesses the AR text 1, 2, 3 tokens ahead) of the kept
 # checkpoints and of the result, one JSON line each in $OUT/probe.jsonl.
-#   bash benchmarks/continue_smollm2.sh                     450 steps of batch 8, bf16 mixed precision, one core
+#   bash benchmarks/continue_smollm2.sh                     400 steps of batch 8, bf16 mixed precision, one core
 #   STEPS=900 OUT=runs/drafts-900 bash benchmarks/continue_smollm2.sh
 # The recipe: 80% of the examples in the prefix layout that lossless decoding sees (a clean prefix, then masks),
-# with only the first 16 masks kept (the drafts it reads); 20% in the paper's layout, which the `refusion` decoder reads.
+# with only the first 8 masks kept (the drafts it reads); 20% in the paper's layout, which the `refusion` decoder reads.
 # Knobs: STEPS, BATCH, LR, PREFIX (share), HORIZON (masks kept), THREADS, DATA and OUT (directories).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-1}
 export OMP_NUM_THREADS=$THREADS TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-STEPS=${STEPS:-450}
+STEPS=${STEPS:-400}
 BATCH=${BATCH:-8}
-LR=${LR:-2e-4}
+LR=${LR:-6e-5}
 PREFIX=${PREFIX:-0.8}
-HORIZON=${HORIZON:-16}
+HORIZON=${HORIZON:-8}
 DATA=${DATA:-runs/drafts}
 OUT=${OUT:-runs/drafts/out}
 mkdir -p "$DATA"
