@@ -23,7 +23,7 @@ DESCRIPTION = """Reproduce the paper's comparison in miniature, from scratch, en
      ReFusion fine-tuned from the trained ARM with extra steps: the paper's recipe, and variants
      (--ar-across-slots: next-token labels across slot boundaries; --prefix-share 0.5: half the
      examples a clean left-to-right prefix with a masked tail; both; --prefix-share 1); and from
-     ARM trained longer: the paper's recipe and --prefix-share 0.5 --ar-across-slots;
+     ARM trained longer: the paper's recipe, --prefix-share 0.5 --ar-across-slots, --prefix-share 1;
   4. evaluate with `refusion eval`: ARM with ar; MDM with mdm and fast-dllm; each ReFusion model with
      refusion (several thresholds, and one slot per block: the left-to-right variant), ar and lossless;
   5. write results.json, results.md (table, goals, the command that re-measures each row) and
@@ -73,8 +73,8 @@ def reproducing_command(args: argparse.Namespace) -> str:
 
 
 def describe(config) -> str:
-    fine_tuned = (f" (refusion-from-arm and its variants: {config.finetune_steps} more at lr {config.finetune_lr}, "
-                  "from the trained ARM)" if config.finetune_steps else "")
+    fine_tuned = (f" (arm-longer and the conversions: {config.finetune_steps} more at lr {config.finetune_lr}, from the "
+                  "trained ARM; refusion-from-arm-longer*: from arm-longer)" if config.finetune_steps else "")
     return (f"Llama {config.layers} layers, hidden {config.hidden}, {config.heads} heads, vocab {config.vocab_size}; "
             f"{config.steps} steps of batch {config.batch_size} at lr {config.lr} on {2 * config.train_size} problems"
             f"{fine_tuned}; first {config.test_limit} test problems per task, {config.max_new_tokens} new tokens at most, "
