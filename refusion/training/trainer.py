@@ -402,7 +402,7 @@ def train(config: TrainConfig) -> dict:
                                  seed=config.seed + 7919 * arguments.process_index + 104729 * resumed_step,
                                  eos_id=tokenizer.eos_token_id, pad_responses_to=config.pad_responses_to)
     trainer = ObjectiveTrainer(model=model, args=arguments, train_dataset=dataset, eval_dataset=eval_dataset,
-                               data_collator=collator, objective=config.objective,
+                               data_collator=collator, processing_class=tokenizer, objective=config.objective,
                                mdm_weight=config.mdm_weight, adapter_base=base_name if config.trains_adapter else None)
     if trainer.is_world_process_zero():
         skipped = f", {dataset.skipped_too_long} skipped (over --max-length {config.max_length})" if dataset.skipped_too_long else ""

@@ -17,7 +17,7 @@ import torch
 import refusion
 from refusion.training.collate import ObjectiveCollator
 from refusion.training.data import load_dataset
-from refusion.training.trainer import EVAL_SEED, ObjectiveTrainer, last_complete_checkpoint
+from refusion.training.trainer import EVAL_SEED, FINAL_STAGING, ObjectiveTrainer, last_complete_checkpoint
 from refusion.cli import main
 from tests.training.conftest import char_tokenizer
 
@@ -150,9 +150,12 @@ def test_continue_adapter_trains_the_same_adapter_further(tiny_model_dir, write_
     data = write_jsonl(RECORDS)
     run_cli(["train", "--model", tiny_model_dir, "--data", data, "--output", str(first), "--max-steps", "2", "--lr", "1e-2",
              "--batch-size", "4", "--lora-rank", "4", "--lora-targets", "q_proj,up_proj"])
+    _, first_tokenizer = refusion.load(first)
+    first_tokenizer.chat_template = "{% for m in messages %}<{{ m['content'] }}>{% endfor %}"  # unlike the base's
+    first_tokenizer.save_pretrained(first)
     before = {path.name: path.read_bytes() for path in first.iterdir() if path.is_file()}
     run_cli(["train", "--model", str(first), "--continue-adapter", "--data", data, "--output", str(second), "--max-steps", "2",
-             "--lr", "1e-2", "--batch-size", "4", "--prefix-share", "1", "--draft-horizon", "3"])
+             "--lr", "1e-2", "--batch-size", "4", "--prefix-share", "1", "--draft-horizon", "3", "--save-every", "2"])
     assert {path.name: path.read_bytes() for path in first.iterdir() if path.is_file()} == before  # the start is untouched
     config = json.loads((second / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(Path(tiny_model_dir).resolve())  # over the same base, not over `first`
@@ -160,6 +163,8 @@ def test_continue_adapter_trains_the_same_adapter_further(tiny_model_dir, write_
     base, _ = refusion.load(tiny_model_dir)
     started, _ = refusion.load(first)
     continued, tokenizer = refusion.load(second)
+    for loaded in (tokenizer, refusion.load(second / "checkpoint-2")[1]):  # the adapter's tokenizer, not the base's
+        assert loaded.chat_template == first_tokenizer.chat_template
     mask = continued.config.mask_token_id
     assert mask == started.config.mask_token_id and tokenizer.convert_ids_to_tokens(mask) == "<|mask|>"
     layer, started_layer, base_layer = continued.model.layers[0], started.model.layers[0], base.model.layers[0]
@@ -233,8 +238,10 @@ def test_an_interrupted_final_save_leaves_no_half_model(tiny_model_dir, write_js
     tokenizer_class = type(char_tokenizer())
     save = tokenizer_class.save_pretrained
 
-    def interrupted(self, *args, **kwargs):  # Ctrl-C after the weights, before the tokenizer and config
-        raise KeyboardInterrupt
+    def interrupted(self, directory, *args, **kwargs):  # Ctrl-C after the final weights, before the tokenizer and config
+        if FINAL_STAGING in str(directory):
+            raise KeyboardInterrupt
+        return save(self, directory, *args, **kwargs)  # checkpoints save the tokenizer too
 
     monkeypatch.setattr(tokenizer_class, "save_pretrained", interrupted)
     with pytest.raises(SystemExit) as exit_info:
@@ -243,11 +250,13 @@ def test_an_interrupted_final_save_leaves_no_half_model(tiny_model_dir, write_js
     assert not (output / "adapter_config.json").exists() and not (output / "adapter_model.safetensors").exists()
     monkeypatch.setattr(tokenizer_class, "save_pretrained", save)
     run_cli(argv + ["--resume"])
-    model, _ = refusion.load(output)
+    model, tokenizer = refusion.load(output)
     assert model.config.refusion_objective == "refusion"
     assert not any(path.name.endswith(".partial") for path in output.iterdir())
-    # the checkpoint loads too, and is the same model
-    checkpoint, _ = refusion.load(output / "checkpoint-2")
+    # the checkpoint loads too, and is the same model with the same tokenizer
+    checkpoint, checkpoint_tokenizer = refusion.load(output / "checkpoint-2")
+    assert checkpoint_tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert checkpoint_tokenizer.chat_template == tokenizer.chat_template
     assert checkpoint.config.refusion_objective == "refusion"
     assert checkpoint.config.mask_token_id == model.config.mask_token_id
     for name, weight in model.state_dict().items():
