@@ -16,6 +16,7 @@ import torch
 
 import refusion
 from refusion.bench import builtin_prompts
+from refusion.bench.prompts import read_prompts
 from refusion.decoding.runner import width_costs
 from refusion.hardware import resolve_dtype, set_threads
 
@@ -48,7 +49,9 @@ def main():
     parser.add_argument("--model", default="refusion-smollm2-135m")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", default="auto")
-    parser.add_argument("--prompts", type=int, default=16, help="built-in prompts used for draft accuracy")
+    parser.add_argument("--prompts", type=int, default=16, help="how many prompts draft accuracy reads (the first N)")
+    parser.add_argument("--prompts-file", default=None,
+                        help='{"prompt": ...} lines to read instead of the built-in prompts, e.g. the training distribution')
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line, last")
     args = parser.parse_args()
@@ -57,12 +60,13 @@ def main():
     costs = width_costs(model)
     print(f"{args.model}, {model.dtype}: forward cost by tokens fed, relative to one token")
     print("  " + "  ".join(f"{w}: {c:.2f}x" for w, c in costs.items()))
-    accuracy, count = draft_accuracy(model, tokenizer, builtin_prompts()[: args.prompts], args.max_new_tokens)
+    prompts = read_prompts(args.prompts_file) if args.prompts_file else builtin_prompts()
+    accuracy, count = draft_accuracy(model, tokenizer, prompts[: args.prompts], args.max_new_tokens)
     print(f"mask-head guesses right, over {count} positions (distance 1 = the next token)")
     for distance, by_k in accuracy.items():
         print(f"  distance {distance}: " + "  ".join(f"top-{k} {share:.2f}" for k, share in by_k.items()))
     if args.json:
-        print(json.dumps({"model": args.model, "dtype": str(model.dtype).removeprefix("torch."), "positions": count,
+        print(json.dumps({"model": args.model, "prompts": args.prompts_file or "built-in", "dtype": str(model.dtype).removeprefix("torch."), "positions": count,
                           "forward_cost": {str(w): round(c, 3) for w, c in costs.items()},
                           "draft_accuracy": {str(d): {f"top{k}": round(v, 4) for k, v in by_k.items()}
                                              for d, by_k in accuracy.items()}}))
