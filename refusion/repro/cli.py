@@ -23,7 +23,8 @@ DESCRIPTION = """Reproduce the paper's comparison in miniature, from scratch, en
      ReFusion fine-tuned from the trained ARM with extra steps: the paper's recipe, and variants
      (--ar-across-slots: next-token labels across slot boundaries; --prefix-share 0.5: half the
      examples a clean left-to-right prefix with a masked tail; both; --prefix-share 1); and from
-     ARM trained longer: the paper's recipe, --prefix-share 0.5 --ar-across-slots, --prefix-share 1;
+     ARM trained longer: the paper's recipe, --prefix-share 0.5 --ar-across-slots (also with
+     --mdm-weight 0.25), --prefix-share 1;
   4. evaluate with `refusion eval`: ARM with ar; MDM with mdm and fast-dllm; each ReFusion model with
      refusion (several thresholds, and one slot per block: the left-to-right variant), ar and lossless;
   5. write results.json, results.md (table, goals, the command that re-measures each row) and

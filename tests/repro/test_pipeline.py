@@ -48,6 +48,7 @@ def test_models_share_architecture_tokenizer_and_data(quick_run):
         recipe = RECIPES.get(name, {})  # the conversion variants train with their options, the others with none
         assert history["config"]["prefix_share"] == recipe.get("prefix_share", 0.0)
         assert history["config"]["ar_across_slots"] == recipe.get("ar_across_slots", False)
+        assert history["config"]["mdm_weight"] == recipe.get("mdm_weight", 1.0)
         assert not list((quick_run / name).glob("checkpoint-*"))  # optimizer state is not kept
     assert not (quick_run / "init").exists()
     lines = (quick_run / "data" / "train.jsonl").read_text().splitlines()
