@@ -13,7 +13,7 @@ EPILOG = """examples:
   refusion train --model smollm2-135m-instruct --data train.jsonl --output runs/refusion --max-steps 2000 --lr 1e-4
   refusion train --model DIR --data a.jsonl b.json --objective mdm --output runs/mdm --epochs 2 --lora-rank 8
   refusion train ... --resume                      # continue from the last checkpoint in --output
-  refusion train --model refusion-smollm2-135m --continue-adapter --prefix-share 1 --draft-horizon 16 ...
+  refusion train --model refusion-smollm2-135m --continue-adapter --prefix-share 0.8 --draft-horizon 8 ...
                                                    # train the shipped adapter further, for the lossless decoder's drafts
   accelerate launch --multi_gpu --num_processes 2 -m refusion train ...   # data-parallel; CPU DDP without a GPU
 """

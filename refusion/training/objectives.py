@@ -53,7 +53,7 @@ def refusion_example(prompt: torch.Tensor, response: torch.Tensor, mask_id: int,
                      draft_horizon: int | None = None) -> dict:
     """The paper's training recipe, steps 1-4 (slot size, masking, input order, labels), for one example. prompt [P], response [R] (EOS included).
 
-    Two options beside the recipe (both off by default, which is the paper's recipe draw for draw):
+    Options beside the recipe (all off by default, which is the paper's recipe draw for draw):
     - `prefix_share`: the share of examples laid out as the left-to-right decoders see them: a clean prefix of
       slots in their own order, then a masked tail of ceil(p * n) slots. Every clean token of such an example
       predicts the next one (it is plain left-to-right text), and L_MDM averages over the masked tokens;
