@@ -133,13 +133,18 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def local_path(name: str) -> Path:
+    """Where a name points on this machine: a built-in ReFusion checkpoint's directory, or the name as a path."""
+    return BUILTIN_CHECKPOINTS.get(name, Path(name).expanduser())
+
+
 def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype | str | None = None, device: str | None = None):
     """Load (model, tokenizer) from a directory, a .gguf file, a built-in name or a hub id.
 
     >>> model, tokenizer = load("smollm2-135m-instruct")  # doctest: +SKIP
     """
     name = str(name_or_path)
-    path = BUILTIN_CHECKPOINTS.get(name, Path(name).expanduser())
+    path = local_path(name)
     dtype = dtype or "auto"
     from safetensors import SafetensorError
 

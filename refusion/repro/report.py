@@ -72,8 +72,10 @@ def conversion_checks(rows: list[dict]) -> list[dict]:
         of_task = [row for row in rows if row["task"] == task]
         longer = _ar_row(of_task, "arm-longer")
         for row in of_task:
+            if row["objective"] != "refusion" or row["model"] not in FINE_TUNED_FROM or row["decoder"] != "ar":
+                continue
             start = _ar_row(of_task, its_arm(row["model"]))
-            if start and row["objective"] == "refusion" and row["model"] in FINE_TUNED_FROM and row["decoder"] == "ar":
+            if start:
                 points = round(100 * (row["accuracy"] - start["accuracy"]), 2)
                 check = {"task": task, "model": LABELS[row["model"]], "converted_from": LABELS[start["model"]],
                          "points_vs_start": points, "kept": points >= -ARM_POINTS}

@@ -126,7 +126,7 @@ def register(subparsers) -> None:
                              "N tokens, e.g. the --max-new-tokens you will decode with")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="float32, or bf16 mixed precision; auto (default) = bf16 where the hardware computes it natively "
-                             "(a GPU with bf16, a CPU with AVX512-BF16 or AMX: about 2.5x faster on such a CPU)")
+                             "(a GPU with bf16, a CPU with AVX512-BF16 or AMX)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
     parser.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (default 200)")

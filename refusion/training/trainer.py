@@ -25,8 +25,8 @@ from ..checks import output_dir
 from ..errors import RefusionError
 from ..files import move_files_into
 from ..adapters import is_adapter_dir, trainable_adapter, write_sidecar
-from ..hardware import cpu_has_bf16
-from ..model import BUILTIN_CHECKPOINTS, BUILTIN_GGUF, load
+from ..hardware import default_dtype
+from ..model import BUILTIN_CHECKPOINTS, BUILTIN_GGUF, load, local_path
 from ..special_tokens import add_mask_token
 from .collate import ObjectiveCollator
 from .data import encode_pairs, read_pairs
@@ -151,7 +151,7 @@ class TrainConfig:
 
     def mixed_bf16(self) -> bool:
         if self.precision == "auto":
-            return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_bf16()
+            return default_dtype() is torch.bfloat16  # the machine's inference default: bf16 where computed natively
         return self.precision == "bfloat16"
 
 
@@ -263,27 +263,27 @@ def _with_lora(model, rank: int, mask_id: int | None, targets: list[str] | str |
                                 f"it has: {', '.join(sorted(names))} (or use all-linear)")
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=targets,
                         trainable_token_indices=indices, task_type="CAUSAL_LM")
-    # No base name while training: PEFT would otherwise save whole resized embedding matrices (and look the name
-    # up on the hub). The mask rows travel as trainable tokens; `_save` writes the real base name at the end.
-    model.name_or_path = ""  # where PEFT looks the name up again on every save
-    peft_model = get_peft_model(model, config)
+    return _without_base_name(get_peft_model(model, config))
+
+
+def _without_base_name(peft_model):
+    """No base name while training: PEFT would otherwise save whole resized embedding matrices (and look the name
+    up on the hub). The mask rows travel as trainable tokens; `record_adapter` writes the real base name."""
+    peft_model.base_model.model.name_or_path = ""  # where PEFT looks the name up again on every save
     peft_model.peft_config["default"].base_model_name_or_path = None
     return peft_model
 
 
 def _adapter_to_continue(config: TrainConfig):
     """(trainable PEFT model, tokenizer, its base's name) for --continue-adapter."""
-    path = BUILTIN_CHECKPOINTS.get(config.model, Path(config.model).expanduser())
+    path = local_path(config.model)
     if not is_adapter_dir(path):
         raise RefusionError(f"--continue-adapter needs a LoRA output directory (adapter_config.json) or one of "
                             f"{', '.join(BUILTIN_CHECKPOINTS)}; {config.model} is not one")
     model, tokenizer, base_name = trainable_adapter(path, torch.float32, load)
     if config.objective != "ar" and getattr(model.config, "mask_token_id", None) is None:
         raise RefusionError(f"{config.model} has no mask token: the {config.objective} objective needs one")
-    # As in _with_lora: no base name while training, or PEFT saves whole embedding matrices and asks the hub for it.
-    model.base_model.model.name_or_path = ""
-    model.peft_config["default"].base_model_name_or_path = None
-    return model, tokenizer, base_name
+    return _without_base_name(model), tokenizer, base_name
 
 
 def _training_arguments(config: TrainConfig) -> TrainingArguments:
@@ -365,8 +365,8 @@ def _save(trainer: ObjectiveTrainer, model, tokenizer, config: TrainConfig, base
         trainer.accelerator.unwrap_model(model).save_pretrained(str(staging), save_embedding_layers=False)
     if not trainer.is_world_process_zero():
         return
-    tokenizer.save_pretrained(str(staging))
-    if config.trains_adapter:
+    if config.trains_adapter:  # save_model wrote the full model's tokenizer already (the Trainer's processing_class)
+        tokenizer.save_pretrained(str(staging))
         record_adapter(staging, base_name, config.objective, getattr(model.config, "mask_token_id", None))
     move_files_into(staging, output, last=("config.json", "adapter_config.json"))
     shutil.rmtree(staging, ignore_errors=True)

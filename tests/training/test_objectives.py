@@ -144,25 +144,17 @@ def test_refusion_example_matches_literal(seed):
 
 
 @pytest.mark.parametrize("seed", range(12))
-@pytest.mark.parametrize("prefix_share,across", [(0.0, True), (0.5, False), (0.5, True), (1.0, False)])
-def test_refusion_example_options_match_literal(seed, prefix_share, across):
-    example = random_examples(50 + seed, 1)[0]
+@pytest.mark.parametrize("prefix_share,across,horizon", [(0.0, True, None), (0.5, False, None), (0.5, True, None),
+                                                         (1.0, False, None), (1.0, False, 1), (1.0, False, 3),
+                                                         (0.5, False, 5), (1.0, False, 100)])
+def test_refusion_example_options_match_literal(seed, prefix_share, across, horizon):
+    example = random_examples((50 if horizon is None else 80) + seed, 1)[0]
     sizes = (1, 2, 4, 8)
     built = refusion_example(torch.tensor(example["prompt_ids"]), torch.tensor(example["response_ids"]), MASK, sizes,
-                             torch.Generator().manual_seed(seed), prefix_share=prefix_share, ar_across_slots=across)
+                             torch.Generator().manual_seed(seed), prefix_share=prefix_share, ar_across_slots=across,
+                             draft_horizon=horizon)
     assert_same_fields(built, literal_refusion(example["prompt_ids"], example["response_ids"], sizes,
-                                               torch.Generator().manual_seed(seed), prefix_share, across))
-
-
-@pytest.mark.parametrize("seed", range(12))
-@pytest.mark.parametrize("prefix_share,horizon", [(1.0, 1), (1.0, 3), (0.5, 5), (1.0, 100)])
-def test_draft_horizon_matches_literal(seed, prefix_share, horizon):
-    example = random_examples(80 + seed, 1)[0]
-    sizes = (1, 2, 4, 8)
-    built = refusion_example(torch.tensor(example["prompt_ids"]), torch.tensor(example["response_ids"]), MASK, sizes,
-                             torch.Generator().manual_seed(seed), prefix_share=prefix_share, draft_horizon=horizon)
-    assert_same_fields(built, literal_refusion(example["prompt_ids"], example["response_ids"], sizes,
-                                               torch.Generator().manual_seed(seed), prefix_share, horizon=horizon))
+                                               torch.Generator().manual_seed(seed), prefix_share, across, horizon))
 
 
 def test_draft_horizon_hand_worked():

@@ -179,6 +179,7 @@ def test_continue_adapter_trains_the_same_adapter_further(tiny_model_dir, write_
 
 
 def test_precision_chooses_mixed_bf16(monkeypatch, tmp_path):
+    from refusion import hardware
     from refusion.training import trainer
 
     def config(precision):
@@ -186,7 +187,7 @@ def test_precision_chooses_mixed_bf16(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for native in (True, False):
-        monkeypatch.setattr(trainer, "cpu_has_bf16", lambda native=native: native)
+        monkeypatch.setattr(hardware, "cpu_has_bf16", lambda native=native: native)
         assert config("auto").mixed_bf16() is native
         assert config("bfloat16").mixed_bf16() and not config("float32").mixed_bf16()
     assert trainer._training_arguments(config("bfloat16")).bf16 and not trainer._training_arguments(config("float32")).bf16
