@@ -34,12 +34,16 @@ CONVERSIONS = {
     "refusion-from-arm-longer-prefix-only": ("arm-longer", {"prefix_share": 1.0}),
     "refusion-from-arm-longer-prefix-across-lambda0.25": ("arm-longer", {"prefix_share": 0.5, "ar_across_slots": True,
                                                                         "mdm_weight": 0.25}),
+    "refusion-from-arm-longer-prefix-across-x3": ("arm-longer", {"prefix_share": 0.5, "ar_across_slots": True}),
 }
 """Conversions of a trained AR model with the refusion objective: name -> (the model converted, its options). From ARM:
 the paper's recipe and variants as options of the objective (`refusion train --ar-across-slots`, `--prefix-share`):
 next-token labels across slot boundaries, half the examples laid out as a clean left-to-right prefix with a masked
 tail, both, and every example so laid out. From ARM trained longer: the paper's recipe, the best variant and
-every example in the prefix layout, and the best variant with L_MDM weighted 0.25 (`--mdm-weight`)."""
+every example in the prefix layout, the best variant with L_MDM weighted 0.25 (`--mdm-weight`), and the best variant
+trained three times as long (STEP_MULTIPLES)."""
+STEP_MULTIPLES = {"refusion-from-arm-longer-prefix-across-x3": 3}
+"""Conversions trained for a multiple of `finetune_steps`: is the converted model still short of converging?"""
 RECIPES = {name: options for name, (_, options) in CONVERSIONS.items()}
 MODELS = {"arm": "ar", "arm-longer": "ar", "mdm": "mdm", "refusion": "refusion", **{name: "refusion" for name in CONVERSIONS}}
 """model directory name -> training objective. arm-longer is ARM trained on with the AR objective for as many steps,
@@ -204,6 +208,10 @@ def is_trained(directory: Path) -> bool:
     return (directory / "model.safetensors").is_file() and (directory / "config.json").is_file()
 
 
+def fine_tune_steps(config: ReproConfig, name: str) -> int:
+    return config.finetune_steps * STEP_MULTIPLES.get(name, 1)
+
+
 def train_model(config: ReproConfig, name: str, init: Path, train_file: Path) -> Path:
     """Train one model with `refusion.training.train` (resuming from its last checkpoint); drop checkpoints after.
 
@@ -215,7 +223,7 @@ def train_model(config: ReproConfig, name: str, init: Path, train_file: Path) ->
     if is_trained(directory):
         return directory
     fine_tune = name in FINE_TUNED_FROM
-    steps = config.finetune_steps if fine_tune else config.steps
+    steps = fine_tune_steps(config, name) if fine_tune else config.steps
     train(TrainConfig(
         model=str(config.output / FINE_TUNED_FROM[name]) if fine_tune else str(init), data=[str(train_file)],
         output=str(directory), objective=MODELS[name], max_steps=steps, lr=config.finetune_lr if fine_tune else config.lr,
@@ -278,7 +286,7 @@ def run(config: ReproConfig, progress: bool = True, log=print) -> list[dict]:
             log(f"[2/3] model {index}/{len(models)}: {name} already trained, skipped")
             continue
         init = init or build_initial_model(config, train_file)
-        start = f"from {FINE_TUNED_FROM[name]}, {config.finetune_steps}" if name in FINE_TUNED_FROM else f"{config.steps}"
+        start = f"from {FINE_TUNED_FROM[name]}, {fine_tune_steps(config, name)}" if name in FINE_TUNED_FROM else f"{config.steps}"
         log(f"[2/3] model {index}/{len(models)}: training {name} ({MODELS[name]} objective, {start} steps)")
         train_model(config, name, init, train_file)
     if (config.output / "init").is_dir():

@@ -11,7 +11,7 @@ import shlex
 import pytest
 
 from refusion.cli import main
-from refusion.repro.pipeline import FAMILIES, FINE_TUNED_FROM, MODELS, RECIPES, quick_config
+from refusion.repro.pipeline import FAMILIES, FINE_TUNED_FROM, MODELS, RECIPES, STEP_MULTIPLES, quick_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -37,7 +37,8 @@ def test_models_share_architecture_tokenizer_and_data(quick_run):
     assert all(vocabulary == vocabularies[0] for vocabulary in vocabularies) and "<|mask|>" in vocabularies[0]
     for name in MODELS:
         history = json.loads((quick_run / name / "loss.json").read_text())
-        steps, start = ((quick.finetune_steps, str(quick_run / FINE_TUNED_FROM[name])) if name in FINE_TUNED_FROM
+        fine_tune_steps = quick.finetune_steps * STEP_MULTIPLES.get(name, 1)
+        steps, start = ((fine_tune_steps, str(quick_run / FINE_TUNED_FROM[name])) if name in FINE_TUNED_FROM
                         else (quick.steps, None))
         assert history["config"]["max_steps"] == steps and history["config"]["batch_size"] == quick.batch_size
         if start:
