@@ -53,6 +53,9 @@ def markdown(result: dict) -> str:
     ]
     for row in result["rows"]:
         drafts = row.get("drafts_accepted_per_forward")
+        drafts = "-" if drafts is None else f"{drafts:.2f}"
+        if row.get("lookup_accepted_per_forward"):
+            drafts += f" ({row['lookup_accepted_per_forward']:.2f} lookup)"
         loglik = row["ar_loglik_per_token"]
         gap = row.get("divergence_logit_gap")
         gap = "-" if gap is None else f"{gap['median']:.3f} / {gap['max']:.3f}"
@@ -60,7 +63,7 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {row['label']} | {row['batch_size']} | {'yes' if row['lossless'] else 'no'} | {row['tokens_per_second']:.2f} "
             f"| {row['speedup_vs_ar']:.2f}x | {latency} "
-            f"| {row['tokens_per_forward']:.2f} | {row['forward_passes']:.1f} | {'-' if drafts is None else f'{drafts:.2f}'} "
+            f"| {row['tokens_per_forward']:.2f} | {row['forward_passes']:.1f} | {drafts} "
             f"| {_ms_by_width(row)} | {100 * row['engine_overhead']:.1f}% | {row['peak_memory_mb']:.0f} "
             f"| {100 * row['identical_to_ar']:.0f}% | {gap} "
             f"| {'-' if loglik is None else f'{loglik:.3f}'} |"

@@ -233,6 +233,8 @@ def summarise(spec: DecoderSpec, calls: list[list], peak_mb: float, max_new_toke
     }
     if "drafts_accepted" in counters and forwards:
         row["drafts_accepted_per_forward"] = round(counters["drafts_accepted"] / forwards, 4)
+    if "lookup_accepted" in counters and forwards:  # the part of those that lookup drafts gave
+        row["lookup_accepted_per_forward"] = round(counters["lookup_accepted"] / forwards, 4)
     return row
 
 

@@ -22,6 +22,10 @@ pending tokens, and nothing of the other chains.
 - The masks after the last accepted token (or the root masks when none was) give the next
   forward's candidates: their second mask onwards sits after the AR token just committed.
 
+Greedy decoding may add a lookup chain (`lookup.py`): the tokens that followed the text's last
+tokens where they appeared before, with no masks after it. The longest agreeing chain wins; after
+a lookup chain wins, the next forward drafts only from its root masks.
+
 Only the pending tokens' and the accepted chain tokens' KV is kept: the cache stays the exact
 causal cache of the text. Greedy output is token-identical to `ar` up to floating-point
 differences between forwards of different widths.
@@ -51,6 +55,7 @@ from ..attention import segment_visibility
 from ..errors import RefusionError
 from .batching import Batch, Feed
 from .generation import EventCallback
+from .lookup import LookupGain, NgramIndex
 from .options import Option
 from .runner import DecodeOutput, ModelRunner, interpolate_cost, width_costs
 from .sampling import draw, tempered, verify_candidates
@@ -62,6 +67,9 @@ OPTIONS = (
            auto=True),
     Option("max_branches", 8, "lossless: the most candidates branches=auto may use", int, low=1, high=64),
     Option("max_depth", 10, "lossless: the longest chain depth=auto may use", int, low=1, high=16),
+    Option("lookup", "auto", "lossless: the most tokens copied from where the text's last tokens appeared before "
+           "(prompt lookup), verified beside the mask-head drafts; 0 = none; auto = up to max-depth, offered where it "
+           "pays (greedy decoding only)", int, low=0, high=32, auto=True),
     Option("width_cost", "auto", "lossless: cost of one more fed token relative to a one-token forward; auto "
            "measures the model once", float, 0.0, 1.0, auto=True),
 )
@@ -142,11 +150,7 @@ class Shape:
         most_depth = max(1, min(self.max_depth, reach))
         if self.cost is None:  # fixed by the caller
             return self.branches, min(self.depth, most_depth)
-        ranks = [h / t for h, t in zip(self.rank_hits, self.rank_trials)]
-        depths = [h / t for h, t in zip(self.depth_hits, self.depth_trials)]
-        for i in range(2, len(depths)):  # a depth never tried is taken to do as well as the one before it
-            if self.depth_trials[i] == PRIOR_WEIGHT:
-                depths[i] = depths[i - 1]
+        ranks, depths = self._rates()
         branch_choices = [self.branches] if self.branches != "auto" else range(self.max_branches + 1)
         depth_choices = [min(self.depth, most_depth)] if self.depth != "auto" else range(1, most_depth + 1)
         best, shape = 1.0 / self.cost(1), (0, 1)
@@ -157,8 +161,7 @@ class Shape:
             best, branch_choices = 0.0, [1]
         for b in branch_choices:
             for d in depth_choices if b else ():
-                expected = 1 + sum(ranks[:b]) + ranks[0] * sum(_prefix_products(depths[1:d]))
-                gain = expected / self.cost(tree_width(1, b, d))
+                gain = self._expected(ranks, depths, b, d) / self.cost(tree_width(1, b, d))
                 if gain > best:
                     best, shape = gain, (b, d)
         self.plain_steps = self.plain_steps + 1 if shape[0] == 0 else 0
@@ -170,6 +173,25 @@ class Shape:
             self.probing -= 1
             shape = (shape[0], min(shape[1] + 1, most_depth))
         return shape
+
+
+    def expected(self, branches: int, depth: int) -> float:
+        """Tokens a forward offering `branches` x `depth` is expected to commit (the AR token included)."""
+        return self._expected(*self._rates(), branches, depth)
+
+    def _rates(self) -> tuple[list[float], list[float]]:
+        ranks = [h / t for h, t in zip(self.rank_hits, self.rank_trials)]
+        depths = [h / t for h, t in zip(self.depth_hits, self.depth_trials)]
+        for i in range(2, len(depths)):  # a depth never tried is taken to do as well as the one before it
+            if self.depth_trials[i] == PRIOR_WEIGHT:
+                depths[i] = depths[i - 1]
+        return ranks, depths
+
+    @staticmethod
+    def _expected(ranks, depths, branches, depth) -> float:
+        if not branches:
+            return 1.0
+        return 1 + sum(ranks[:branches]) + ranks[0] * sum(_prefix_products(depths[1:depth]))
 
 
 def _prefix_products(values):
@@ -207,7 +229,8 @@ class LosslessRow:
 
     def __init__(self, runner: ModelRunner, prompt: list[int], *, max_new_tokens: int, eos_token_ids: set[int],
                  mask_token_id: int, branches: int | str = "auto", depth: int | str = "auto", max_branches: int = 8,
-                 max_depth: int = 10, width_cost: float | str = "auto", temperature: float = 0.0,
+                 max_depth: int = 10, lookup: int | str = "auto", width_cost: float | str = "auto",
+                 temperature: float = 0.0,
                  generator: torch.Generator | None = None, emit: EventCallback = lambda event: None,
                  should_stop: Callable[[], bool] = lambda: False):
         self.prompt = prompt
@@ -219,11 +242,18 @@ class LosslessRow:
         self.seeded = generator is not None and temperature > 0
         if self.seeded and width_cost == "auto":
             width_cost = SEEDED_WIDTH_COST
+        if temperature > 0 and lookup not in ("auto", 0):
+            raise RefusionError("lookup drafts are verified greedily: with temperature > 0 use lookup=0 or auto (none)")
         self.settings = {"branches": branches, "depth": depth, "max_branches": max_branches, "max_depth": max_depth,
-                         "width_cost": width_cost}
-        self.forward_cost = forward_cost(runner, width_cost) if self.adaptive else None
+                         "lookup": lookup, "width_cost": width_cost}
+        self.lookup_most = 0 if temperature > 0 else max_depth if lookup == "auto" else lookup
+        self.lookup_adaptive = lookup == "auto"
+        self.ngrams = NgramIndex(prompt) if self.lookup_most else None
+        self.lookup_gain = LookupGain()
+        priced = self.adaptive or self.lookup_most and self.lookup_adaptive
+        self.forward_cost = forward_cost(runner, width_cost) if priced else None
         self.priced: dict[int, Callable[[int], float]] = {}
-        self.shape = Shape(branches, depth, max_branches, max_depth, self.forward_cost)
+        self.shape = Shape(branches, depth, max_branches, max_depth, self.forward_cost if self.adaptive else None)
         if self.adaptive and not self.seeded:  # what this model's candidates achieved earlier is the best prior
             self.shape.restore(getattr(runner.model, "_refusion_lossless_stats", None))
         self.model = runner.model
@@ -231,11 +261,13 @@ class LosslessRow:
         self.candidates = NONE
         self.text: list[int] = []
         self.steps = self.offered = self.accepted = self.forwards = 0
+        self.lookup_offered = self.lookup_accepted = 0
         self.done = False
 
     def feed(self, rows: int) -> Feed:
-        if self.forward_cost is not None:
-            self.shape.cost = self._cost_in_batch(1 if self.seeded else rows)
+        cost = self._cost_in_batch(1 if self.seeded else rows) if self.forward_cost is not None else None
+        if self.adaptive:
+            self.shape.cost = cost
         remaining = self.max_new_tokens - len(self.text)
         # A chain of d and its masks reach T+2d+1: fed only as far as the token budget reaches.
         reach = (remaining - 1) // 2
@@ -253,39 +285,65 @@ class LosslessRow:
         chains += [[token] for token in candidates.first[1:b]]
         for chain in chains:
             forward.chain(chain, g if self.feed_masks else 0)
+        self.lookup, self.lookup_match = self._lookup_draft(remaining, b, d, forward.offset, cost, rows == 1)
+        if self.lookup:
+            forward.chain(self.lookup, 0)  # no masks after it: where it wins, the next forward drafts from its root masks
         self.forward, self.chains, self.depth = forward, chains, d if b else 0
         return Feed(forward.ids(), forward.positions(), forward.visibility() if len(forward.segments) > 1 else None,
                     forward.read)
 
+    def _lookup_draft(self, remaining: int, b: int, d: int, width: int, cost, explore: bool) -> tuple[list[int], int]:
+        """(a lookup draft for this forward, or [], and the length of the match it came from)."""
+        if self.ngrams is None or remaining < 2:
+            return [], 0
+        match, draft = self.ngrams.draft(min(self.lookup_most, remaining - 1))
+        if not draft:
+            return [], 0
+        if self.lookup_adaptive and not self.lookup_gain.pays(match, len(draft), self.shape.expected(b, d), width, cost,
+                                                               explore):
+            return [], 0
+        return draft, match
+
     def take(self, logits: torch.Tensor) -> list[int]:
         forward, chains, candidates = self.forward, self.chains, self.candidates
         rows = dict(zip(forward.read_keys, logits))
-        token_after, path, rank = _walk(rows, chains, candidates.first_q, candidates.chain_q, self.temperature,
-                                        self.generator)
+        if self.temperature == 0:
+            token_after, path, rank, agreed = _walk_greedy(rows, chains + ([self.lookup] if self.lookup else []))
+            mask_rank = next((j for j in range(len(chains)) if agreed[j]), None)  # their first tokens differ
+            mask_agreed = agreed[mask_rank] if mask_rank is not None else 0
+            if self.lookup:
+                self.lookup_gain.update(self.lookup_match, max(0, agreed[-1] - mask_agreed))
+                self.lookup_offered += len(self.lookup)
+                self.lookup_accepted += len(path) if rank == len(chains) else 0
+        else:
+            token_after, path, rank = _walk(rows, chains, candidates.first_q, candidates.chain_q, self.temperature,
+                                            self.generator)
+            mask_rank, mask_agreed = rank, len(path)
         if self.adaptive:
-            self.shape.update(len(chains), self.depth, rank, len(path) - 1 if path else 0)
-        self.offered += sum(len(chain) for chain in chains)
+            self.shape.update(len(chains), self.depth, mask_rank, max(mask_agreed - 1, 0))
+        self.offered += sum(len(chain) for chain in chains) + len(self.lookup)
         self.accepted += len(path)
         self.steps += 1
         # Exact KV: the pending tokens and the accepted chain tokens.
         kept = list(range(len(self.pending))) + [forward.index[("chain", rank, i)] for i in path]
 
-        new = chains[rank][: len(path)] + [token_after] if path else [token_after]
+        new = (chains + [self.lookup])[rank][: len(path)] + [token_after] if path else [token_after]
         eos_at = next((i for i, t in enumerate(new) if t in self.eos_token_ids), None)
         new = new[: eos_at + 1] if eos_at is not None else new
         new = new[: self.max_new_tokens - len(self.text)]
         self.emit({"event": "commit", "step": self.steps, "positions": list(range(len(self.text), len(self.text) + len(new))),
                    "tokens": new, "phase": "lossless", "branches": len(chains), "depth": self.depth,
-                   "accepted": len(path)})
+                   "lookup": len(self.lookup), "accepted": len(path)})
         self.text += new
+        if self.ngrams is not None:
+            self.ngrams.extend(new)
         self.position += len(kept)
         self.pending = [new[-1]]
         self.done = eos_at is not None or len(self.text) >= self.max_new_tokens or self.should_stop()
         if self.done:
             if self.adaptive and not self.seeded:  # a seeded run started from the prior: it must not overwrite
                 _remember(self.model, self.shape)
-        elif self.feed_masks:
-            node = ("root",) if not path else ("chain", rank, len(path) - 1)
+        elif self.feed_masks and (node := ("root",) if not path else ("chain", rank, len(path) - 1)) in forward.group_size:
             self.candidates = _next_candidates(rows, node, forward.group_size[node], self.wanted_b, self.temperature,
                                                self.generator)
         else:
@@ -312,7 +370,8 @@ class LosslessRow:
             decode_order_tokens=self.prompt + text[:-1] if text else list(self.prompt),
             decode_order_positions=list(range(len(self.prompt) + max(len(text) - 1, 0))),
             settings=dict(self.settings),
-            counters={"drafts_offered": self.offered, "drafts_accepted": self.accepted},
+            counters={"drafts_offered": self.offered, "drafts_accepted": self.accepted,
+                      "lookup_offered": self.lookup_offered, "lookup_accepted": self.lookup_accepted},
         )
 
 
@@ -371,24 +430,28 @@ class Forward:
         return segment_visibility([(len(ids), sees) for ids, _, sees in self.segments])
 
 
+def _walk_greedy(rows, chains):
+    """Follow the AR argmax down every chain: (the AR token after the longest agreeing chain, that chain's accepted
+    path, its index or None, and how many tokens of each chain agreed). On a tie the earlier chain wins."""
+    keys = [("ar", "root")] + [("ar", ("chain", j, i)) for j, chain in enumerate(chains) for i in range(len(chain))]
+    picks = dict(zip(keys, torch.stack([rows[key] for key in keys]).argmax(-1).tolist()))  # one host sync
+    token = after = picks[("ar", "root")]
+    agreed, best = [], None
+    for j, chain in enumerate(chains):
+        length, following = 0, token
+        while length < len(chain) and chain[length] == following:
+            following = picks[("ar", ("chain", j, length))]
+            length += 1
+        agreed.append(length)
+        if length and (best is None or length > agreed[best]):
+            best, after = j, following
+    return after, list(range(agreed[best])) if best is not None else [], best, agreed
+
+
 def _walk(rows, chains, first_q, chain_q, temperature, generator):
-    """Follow the AR head down the candidates: (the AR token after the accepted path, the accepted path, its chain)."""
+    """Sampling: follow the AR head down the candidates with the speculative-sampling rule: (the AR token after the
+    accepted path, the accepted path, its chain)."""
     ar_root = rows[("ar", "root")]
-    if temperature == 0:
-        keys = [("ar", "root")] + [("ar", ("chain", j, i)) for j, chain in enumerate(chains) for i in range(len(chain))]
-        picks = dict(zip(keys, torch.stack([rows[key] for key in keys]).argmax(-1).tolist()))  # one host sync
-        token = picks[("ar", "root")]
-        rank = next((j for j, chain in enumerate(chains) if chain[0] == token), None)
-        if rank is None:
-            return token, [], None
-        path = [0]
-        while True:
-            after = picks[("ar", ("chain", rank, path[-1]))]
-            nxt = path[-1] + 1
-            if nxt < len(chains[rank]) and chains[rank][nxt] == after:
-                path.append(nxt)
-            else:
-                return after, path, rank
     p = tempered(ar_root, temperature)
     token, rank = verify_candidates(p, [chain[0] for chain in chains], first_q, generator)
     if rank is None:
@@ -425,7 +488,7 @@ SEEDED_WIDTH_COST = 0.02
 
 def prepare(runner: ModelRunner, options: dict) -> None:
     """Measure the model's forward cost by width now (once per model), outside the decode's timing."""
-    if options["width_cost"] == "auto" and "auto" in (options["branches"], options["depth"]):
+    if options["width_cost"] == "auto" and "auto" in (options["branches"], options["depth"], options["lookup"]):
         forward_cost(runner, "auto")
 
 

@@ -49,7 +49,7 @@ def test_a_chain_the_ar_head_agrees_with_commits_all_its_tokens_and_one_more():
     assert oracle.calls[2].past_length == P + 3 and oracle.calls[2].input_ids[0][:1] == [14]
     assert oracle.calls[4].input_ids == [[17]]  # one token left: a plain AR step
     assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + DRAFT[:-1])]
-    assert result.counters == {"drafts_offered": 3, "drafts_accepted": 3}
+    assert result.counters == {"drafts_offered": 3, "drafts_accepted": 3, "lookup_offered": 0, "lookup_accepted": 0}
 
 
 def test_one_candidate_a_forward_gives_two_tokens_when_it_matches():
@@ -107,7 +107,8 @@ def test_a_stop_string_inside_a_chain_ends_the_decode():
 def test_chains_accepted_whole_earn_a_deeper_probe_past_a_stale_estimate(monkeypatch):
     """An acceptance history that says chains break after three tokens (from earlier generations) would keep
     depth=auto at three for good: a depth is judged only when offered. Here every draft is right, so whole
-    chains in a row earn a probe one token deeper, it succeeds, and the chains grow."""
+    chains in a row earn a probe one token deeper, it succeeds, and the chains grow. (The text repeats: lookup drafts
+    would win there, so they are off.)"""
     text = [11 + i % 8 for i in range(150)]
     oracle = PositionOracle(text, mask_conf=[0.9] * 150, ar_conf=[0.9] * 150)
     stale = {"rank": ([4.0] + [0.0] * 7, [4.0] * 8),
@@ -115,7 +116,7 @@ def test_chains_accepted_whole_earn_a_deeper_probe_past_a_stale_estimate(monkeyp
 
     def depths():
         oracle._refusion_lossless_stats = stale
-        result = run(oracle, max_new_tokens=150, branches="auto", depth="auto", width_cost=0.05)
+        result = run(oracle, max_new_tokens=150, branches="auto", depth="auto", width_cost=0.05, lookup=0)
         assert result.tokens == text
         return [event["depth"] for event in result.trace if event["event"] == "commit"]
 
@@ -143,10 +144,51 @@ def test_several_candidates_for_the_next_position_share_one_forward():
     assert result.forward_passes == 5
 
 
+# --- lookup drafts: copies of what followed the text's tail before ---------------------------
+
+
+def test_a_lookup_draft_the_ar_head_agrees_with_commits_its_agreeing_part_and_one_more():
+    ar = [5, 6, 7, 9, 10, 11]  # the prompt is 5 6 7: after 5, the text looks as if it repeats
+    oracle = PositionOracle([0] * 6, mask_conf=[0.9] * 6, ar_conf=[0.9] * 6, ar_token=ar)
+    result = run(oracle, max_new_tokens=6, branches=0, lookup=3)
+    assert result.tokens == ar
+    # 5; then 5 occurred before, followed by 6 7 5: 6 and 7 agree, the AR head says 9 for the third; 10; 11.
+    assert commits(result) == [([0], 0), ([1, 2, 3], 2), ([4], 0), ([5], 0)]
+    assert oracle.calls[0].input_ids == [PROMPT]  # the prompt's tail, 7, appeared nowhere before
+    assert oracle.calls[1].input_ids == [[5, 6, 7, 5]] and oracle.calls[1].position_ids == [[P, P + 1, P + 2, P + 3]]
+    assert oracle.calls[2].input_ids == [[9]]  # 9 is new: nothing to copy
+    assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + ar[:-1])]
+    assert result.counters == {"drafts_offered": 3, "drafts_accepted": 2, "lookup_offered": 3, "lookup_accepted": 2}
+
+
+def test_the_longest_agreeing_draft_wins_and_the_next_forward_drafts_from_its_root_masks():
+    ar = [5, 6, 7, 5, 6, 7, 5, 6, 7, 5]
+    draft = [5, 6, 1, 1, 1, 1, 1, 1, 1, 1]  # the mask head is right about 6 at offset 1, wrong after
+    oracle = PositionOracle(draft, mask_conf=[0.9] * 10, ar_conf=[0.9] * 10, ar_token=ar)
+    result = run(oracle, max_new_tokens=10, branches=1, depth=2, lookup=3)
+    assert result.tokens == ar
+    # Forward 2: pending 5, root masks, the mask chain 6 1 with its masks, the lookup draft 6 7 5 (what followed
+    # the prompt's 5). The chain agrees on one token, the lookup draft on three: 6 7 5 + the AR token 6.
+    assert oracle.calls[1].input_ids == [[5, M, M, M, 6, 1, M, M, M, M, M, 6, 7, 5]]
+    assert commits(result)[1] == ([1, 2, 3, 4], 3)
+    # No masks follow a lookup draft: forward 3 has no mask chain, only root masks and the next lookup draft
+    # (7 5 6 followed 7 5 6 before).
+    assert oracle.calls[2].input_ids == [[6, M, M, M, 7, 5, 6]]
+    assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + ar[:-1])]
+
+
+def test_lookup_is_greedy_only():
+    oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
+    with pytest.raises(refusion.RefusionError, match="lookup drafts are verified greedily"):
+        refusion.generate(oracle, Tokenizer(), torch.tensor([PROMPT]), decoder="lossless", max_new_tokens=4,
+                          lookup=4, temperature=0.5)
+
+
 @pytest.mark.parametrize("options, message", [
     ({"branches": -1}, "branches"), ({"branches": "many"}, "branches"), ({"max_branches": 0}, "max-branches"),
     ({"branches": 9}, "must not exceed"), ({"width_cost": 2}, "width-cost"), ({"width_cost": "cheap"}, "width-cost"),
-    ({"depth": 0}, "depth"), ({"depth": 12}, "must not exceed max-depth"),
+    ({"depth": 0}, "depth"), ({"depth": 12}, "must not exceed max-depth"), ({"lookup": -1}, "lookup"),
+    ({"lookup": "some"}, "lookup"),
 ])
 def test_bad_options_are_one_clear_error(options, message):
     oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
@@ -231,9 +273,11 @@ def test_sampling_on_a_tiny_model_matches_ar_over_many_seeds():
 
 
 @pytest.mark.parametrize("kind", ["qwen3", "llama"])
-@pytest.mark.parametrize("shape", [{}, {"branches": 1, "depth": 1}, {"branches": 3, "depth": 4}])
+@pytest.mark.parametrize("shape", [{}, {"branches": 1, "depth": 1}, {"branches": 3, "depth": 4},
+                                   {"branches": 0, "lookup": 6}, {"branches": 2, "depth": 3, "lookup": 8}])
 def test_greedy_output_equals_ar_and_the_cache_is_the_causal_cache_of_the_text(kind, shape):
     tokenizer = char_tokenizer()
+    lookup_accepted = 0
     for seed in range(3):
         model = tiny_model(kind, vocab_size=128, seed=seed)
         model.config.mask_token_id = 127
@@ -242,6 +286,7 @@ def test_greedy_output_equals_ar_and_the_cache_is_the_causal_cache_of_the_text(k
         result = refusion.generate(model, tokenizer, ids, decoder="lossless", width_cost=0.0, max_new_tokens=40,
                                    return_state=True, **shape)
         assert result.tokens == ar.tokens
+        lookup_accepted += result.counters["lookup_accepted"]
         text = ids[0].tolist() + result.tokens[:-1]
         with torch.no_grad():
             fresh = kv_cache.new_cache()
@@ -250,6 +295,8 @@ def test_greedy_output_equals_ar_and_the_cache_is_the_causal_cache_of_the_text(k
                                                             kv_cache.layer_tensors(fresh)):
             torch.testing.assert_close(keys, want_keys, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(values, want_values, rtol=1e-4, atol=1e-5)
+    if shape.get("lookup"):
+        assert lookup_accepted > 0, "the lookup drafts must be accepted somewhere for the test to tell"
 
 
 def test_a_seed_gives_the_same_sample_every_time_whatever_the_timings_and_history():
