@@ -46,6 +46,8 @@ Knows nothing about tokenizers.
 from __future__ import annotations
 
 import functools
+import itertools
+import operator
 from dataclasses import dataclass
 from typing import Callable
 
@@ -150,7 +152,7 @@ class Shape:
         most_depth = max(1, min(self.max_depth, reach))
         if self.cost is None:  # fixed by the caller
             return self.branches, min(self.depth, most_depth)
-        ranks, depths = self._rates()
+        sums = self._sums()
         branch_choices = [self.branches] if self.branches != "auto" else range(self.max_branches + 1)
         depth_choices = [min(self.depth, most_depth)] if self.depth != "auto" else range(1, most_depth + 1)
         best, shape = 1.0 / self.cost(1), (0, 1)
@@ -161,7 +163,7 @@ class Shape:
             best, branch_choices = 0.0, [1]
         for b in branch_choices:
             for d in depth_choices if b else ():
-                gain = self._expected(ranks, depths, b, d) / self.cost(tree_width(1, b, d))
+                gain = self._expected(sums, b, d) / self.cost(tree_width(1, b, d))
                 if gain > best:
                     best, shape = gain, (b, d)
         self.plain_steps = self.plain_steps + 1 if shape[0] == 0 else 0
@@ -174,31 +176,27 @@ class Shape:
             shape = (shape[0], min(shape[1] + 1, most_depth))
         return shape
 
-
     def expected(self, branches: int, depth: int) -> float:
         """Tokens a forward offering `branches` x `depth` is expected to commit (the AR token included)."""
-        return self._expected(*self._rates(), branches, depth)
+        return self._expected(self._sums(), branches, depth)
 
-    def _rates(self) -> tuple[list[float], list[float]]:
+    def _sums(self) -> tuple[float, list[float], list[float]]:
+        """(chance the likeliest candidate is right, [b]: candidates of the first b ranks expected right, [d]: chain
+        tokens after the first expected right in a chain of d, given the first is)."""
         ranks = [h / t for h, t in zip(self.rank_hits, self.rank_trials)]
         depths = [h / t for h, t in zip(self.depth_hits, self.depth_trials)]
         for i in range(2, len(depths)):  # a depth never tried is taken to do as well as the one before it
             if self.depth_trials[i] == PRIOR_WEIGHT:
                 depths[i] = depths[i - 1]
-        return ranks, depths
+        chain_sums = [0.0, 0.0] + list(itertools.accumulate(itertools.accumulate(depths[1:], operator.mul)))
+        return ranks[0], [0.0] + list(itertools.accumulate(ranks)), chain_sums
 
     @staticmethod
-    def _expected(ranks, depths, branches, depth) -> float:
+    def _expected(sums, branches, depth) -> float:
         if not branches:
             return 1.0
-        return 1 + sum(ranks[:branches]) + ranks[0] * sum(_prefix_products(depths[1:depth]))
-
-
-def _prefix_products(values):
-    product = 1.0
-    for value in values:
-        product *= value
-        yield product
+        first_right, rank_sums, chain_sums = sums
+        return 1 + rank_sums[branches] + first_right * chain_sums[depth]
 
 
 @dataclass
