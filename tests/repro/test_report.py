@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from refusion.repro.pipeline import FINE_TUNED_FROM, REFUSION_MODELS, DecoderRun, paper_runs
-from refusion.repro.report import conversion_checks, goal_checks, markdown, table_rows, write_report
+from refusion.repro.pipeline import FINE_TUNED_FROM, MODELS, REFUSION_MODELS, DecoderRun, paper_runs
+from refusion.repro.report import LABELS, conversion_checks, goal_checks, markdown, table_rows, write_report
 
 
 def _row(model, decoder, accuracy, tps, options=None, task="mini-json"):
@@ -120,3 +120,7 @@ def test_markdown_marks_missing_baselines_as_not_available():
                       Path("out"), 5, 64)
     text = markdown(rows, goal_checks(rows), {"command": "c", "description": "d"})
     assert "| n/a | n/a | n/a | n/a | n/a | n/a |" in text
+
+
+def test_every_model_the_pipeline_trains_has_a_label_in_the_report():
+    assert set(MODELS) <= set(LABELS)
