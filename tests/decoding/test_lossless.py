@@ -177,6 +177,16 @@ def test_the_longest_agreeing_draft_wins_and_the_next_forward_drafts_from_its_ro
     assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + ar[:-1])]
 
 
+def test_eos_inside_an_agreeing_lookup_draft_ends_the_text():
+    prompt = [5, EOS, 7]  # after 5 came EOS once: the lookup draft for what follows the next 5 is EOS 7 5
+    ar = [5, EOS, 7, 9, 10, 11]
+    oracle = PositionOracle([0] * 6, mask_conf=[0.9] * 6, ar_conf=[0.9] * 6, ar_token=ar, prompt_len=len(prompt))
+    result = refusion.generate(oracle, Tokenizer(), torch.tensor([prompt]), decoder="lossless", branches=0, lookup=3,
+                               max_new_tokens=6)
+    assert result.tokens == [5, EOS] and result.finish_reason == "stop"
+    assert oracle.calls[1].input_ids == [[5, EOS, 7, 5]] and result.forward_passes == 2
+
+
 def test_lookup_is_greedy_only():
     oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
     with pytest.raises(refusion.RefusionError, match="lookup drafts are verified greedily"):
