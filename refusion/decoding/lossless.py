@@ -285,7 +285,7 @@ class LosslessRow:
             forward.chain(chain, g if self.feed_masks else 0)
         self.lookup, self.lookup_match = self._lookup_draft(remaining, b, d, forward.offset, cost, rows == 1)
         if self.lookup:
-            forward.chain(self.lookup, 0)  # no masks after it: where it wins, the next forward drafts from its root masks
+            forward.chain(self.lookup, 0)  # no masks after it: where it wins, the next forward drafts from root masks
         self.forward, self.chains, self.depth = forward, chains, d if b else 0
         return Feed(forward.ids(), forward.positions(), forward.visibility() if len(forward.segments) > 1 else None,
                     forward.read)
@@ -341,12 +341,17 @@ class LosslessRow:
         if self.done:
             if self.adaptive and not self.seeded:  # a seeded run started from the prior: it must not overwrite
                 _remember(self.model, self.shape)
-        elif self.feed_masks and (node := ("root",) if not path else ("chain", rank, len(path) - 1)) in forward.group_size:
+        elif self.feed_masks and (node := self._last_node(path, rank)) in forward.group_size:  # lookup chains have none
             self.candidates = _next_candidates(rows, node, forward.group_size[node], self.wanted_b, self.temperature,
                                                self.generator)
         else:
             self.candidates = NONE
         return kept
+
+    @staticmethod
+    def _last_node(path: list[int], rank: int | None) -> tuple:
+        """The node whose masks hold the next forward's candidates: the last accepted token, else the root."""
+        return ("chain", rank, len(path) - 1) if path else ("root",)
 
     def _cost_in_batch(self, rows: int) -> Callable[[int], float]:
         """A tree of w tokens per row, priced against one token per row: what it adds to the whole forward.
