@@ -35,14 +35,16 @@ CONVERSIONS = {
     "refusion-from-arm-longer-prefix-across-lambda0.25": ("arm-longer", {"prefix_share": 0.5, "ar_across_slots": True,
                                                                         "mdm_weight": 0.25}),
     "refusion-from-arm-longer-prefix-across-x3": ("arm-longer", {"prefix_share": 0.5, "ar_across_slots": True}),
+    "refusion-from-arm-longer-prefix-across-lambda0.25-x3": ("arm-longer", {"prefix_share": 0.5, "ar_across_slots": True,
+                                                                           "mdm_weight": 0.25}),
 }
 """Conversions of a trained AR model with the refusion objective: name -> (the model converted, its options). From ARM:
 the paper's recipe and variants as options of the objective (`refusion train --ar-across-slots`, `--prefix-share`):
 next-token labels across slot boundaries, half the examples laid out as a clean left-to-right prefix with a masked
 tail, both, and every example so laid out. From ARM trained longer: the paper's recipe, the best variant and
-every example in the prefix layout, the best variant with L_MDM weighted 0.25 (`--mdm-weight`), and the best variant
+every example in the prefix layout, the best variant with L_MDM weighted 0.25 (`--mdm-weight`), and both of those
 trained three times as long (STEP_MULTIPLES)."""
-STEP_MULTIPLES = {"refusion-from-arm-longer-prefix-across-x3": 3}
+STEP_MULTIPLES = {"refusion-from-arm-longer-prefix-across-x3": 3, "refusion-from-arm-longer-prefix-across-lambda0.25-x3": 3}
 """Conversions trained for a multiple of `finetune_steps`: is the converted model still short of converging?"""
 RECIPES = {name: options for name, (_, options) in CONVERSIONS.items()}
 MODELS = {"arm": "ar", "arm-longer": "ar", "mdm": "mdm", "refusion": "refusion", **{name: "refusion" for name in CONVERSIONS}}

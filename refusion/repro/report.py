@@ -24,7 +24,9 @@ LABELS = {"arm": "ARM", "arm-longer": "ARM trained longer", "mdm": "MDM", "refus
           "refusion-from-arm-longer-prefix-across-lambda0.25": "ReFusion from ARM trained longer, prefix layout + AR across "
                                                                "slots, L_MDM weight 0.25",
           "refusion-from-arm-longer-prefix-across-x3": "ReFusion from ARM trained longer, prefix layout + AR across "
-                                                       "slots, 3x the steps"}
+                                                       "slots, 3x the steps",
+          "refusion-from-arm-longer-prefix-across-lambda0.25-x3": "ReFusion from ARM trained longer, prefix layout + AR "
+                                                                  "across slots, L_MDM weight 0.25, 3x the steps"}
 ARM_POINTS = 2.0
 """Goal 1: ReFusion within this many accuracy points of its ARM (the AR model it was converted from; from scratch,
 ARM), at >= ARM_SPEEDUP x its tokens/s."""
