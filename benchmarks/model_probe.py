@@ -66,7 +66,8 @@ def main():
     for distance, by_k in accuracy.items():
         print(f"  distance {distance}: " + "  ".join(f"top-{k} {share:.2f}" for k, share in by_k.items()))
     if args.json:
-        print(json.dumps({"model": args.model, "prompts": args.prompts_file or "built-in", "dtype": str(model.dtype).removeprefix("torch."), "positions": count,
+        print(json.dumps({"model": args.model, "prompts": args.prompts_file or "built-in",
+                          "dtype": str(model.dtype).removeprefix("torch."), "positions": count,
                           "forward_cost": {str(w): round(c, 3) for w, c in costs.items()},
                           "draft_accuracy": {str(d): {f"top{k}": round(v, 4) for k, v in by_k.items()}
                                              for d, by_k in accuracy.items()}}))

@@ -34,9 +34,6 @@ CONVERSIONS = {
     "refusion-from-arm-longer-prefix-only": ("arm-longer", {"prefix_share": 1.0}),
     "refusion-from-arm-longer-prefix-across-lambda0.25": ("arm-longer", {"prefix_share": 0.5, "ar_across_slots": True,
                                                                         "mdm_weight": 0.25}),
-    "refusion-from-arm-longer-prefix-across-x3": ("arm-longer", {"prefix_share": 0.5, "ar_across_slots": True}),
-    "refusion-from-arm-longer-prefix-across-lambda0.25-x3": ("arm-longer", {"prefix_share": 0.5, "ar_across_slots": True,
-                                                                           "mdm_weight": 0.25}),
 }
 """Conversions of a trained AR model with the refusion objective: name -> (the model converted, its options). From ARM:
 the paper's recipe and variants as options of the objective (`refusion train --ar-across-slots`, `--prefix-share`):
@@ -44,8 +41,12 @@ next-token labels across slot boundaries, half the examples laid out as a clean 
 tail, both, and every example so laid out. From ARM trained longer: the paper's recipe, the best variant and
 every example in the prefix layout, the best variant with L_MDM weighted 0.25 (`--mdm-weight`), and both of those
 trained three times as long (STEP_MULTIPLES)."""
-STEP_MULTIPLES = {"refusion-from-arm-longer-prefix-across-x3": 3, "refusion-from-arm-longer-prefix-across-lambda0.25-x3": 3}
-"""Conversions trained for a multiple of `finetune_steps`: is the converted model still short of converging?"""
+TRAINED_LONGER = {f"{name}-x3": (name, 3) for name in ("refusion-from-arm-longer-prefix-across",
+                                                        "refusion-from-arm-longer-prefix-across-lambda0.25")}
+"""Conversions repeated for a multiple of `finetune_steps`: name -> (the conversion, the multiple). Is the converted
+model still short of converging?"""
+CONVERSIONS.update({name: CONVERSIONS[conversion] for name, (conversion, _) in TRAINED_LONGER.items()})
+STEP_MULTIPLES = {name: multiple for name, (_, multiple) in TRAINED_LONGER.items()}
 RECIPES = {name: options for name, (_, options) in CONVERSIONS.items()}
 MODELS = {"arm": "ar", "arm-longer": "ar", "mdm": "mdm", "refusion": "refusion", **{name: "refusion" for name in CONVERSIONS}}
 """model directory name -> training objective. arm-longer is ARM trained on with the AR objective for as many steps,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .pipeline import FINE_TUNED_FROM
+from .pipeline import FINE_TUNED_FROM, TRAINED_LONGER
 
 LABELS = {"arm": "ARM", "arm-longer": "ARM trained longer", "mdm": "MDM", "refusion": "ReFusion",
           "refusion-from-arm": "ReFusion from ARM",
@@ -22,11 +22,8 @@ LABELS = {"arm": "ARM", "arm-longer": "ARM trained longer", "mdm": "MDM", "refus
           "refusion-from-arm-longer-prefix-across": "ReFusion from ARM trained longer, prefix layout + AR across slots",
           "refusion-from-arm-longer-prefix-only": "ReFusion from ARM trained longer, prefix layout only",
           "refusion-from-arm-longer-prefix-across-lambda0.25": "ReFusion from ARM trained longer, prefix layout + AR across "
-                                                               "slots, L_MDM weight 0.25",
-          "refusion-from-arm-longer-prefix-across-x3": "ReFusion from ARM trained longer, prefix layout + AR across "
-                                                       "slots, 3x the steps",
-          "refusion-from-arm-longer-prefix-across-lambda0.25-x3": "ReFusion from ARM trained longer, prefix layout + AR "
-                                                                  "across slots, L_MDM weight 0.25, 3x the steps"}
+                                                               "slots, L_MDM weight 0.25"}
+LABELS.update({name: f"{LABELS[conversion]}, {multiple}x the steps" for name, (conversion, multiple) in TRAINED_LONGER.items()})
 ARM_POINTS = 2.0
 """Goal 1: ReFusion within this many accuracy points of its ARM (the AR model it was converted from; from scratch,
 ARM), at >= ARM_SPEEDUP x its tokens/s."""
