@@ -161,6 +161,8 @@ TRAIN = [(name, TRAIN_ARGS + extra, message) for name, extra, message in [
     ("mdm-weight-with-ar", ["--objective", "ar", "--mdm-weight", "0.5"], "--mdm-weight applies to --objective refusion only"),
     ("prefix-share-over-one", ["--prefix-share", "1.5"], "prefix-share must lie in [0, 1], got 1.5"),
     ("prefix-share-negative", ["--prefix-share=-0.1"], "prefix-share must lie in [0, 1], got -0.1"),
+    ("next-token-share-one", ["--next-token-share", "1"], "next-token-share must lie in [0, 1) (1 would be the ar objective), got 1.0"),
+    ("next-token-share-with-ar", ["--objective", "ar", "--next-token-share", "0.5"], "--next-token-share applies to --objective refusion only"),
     ("prefix-share-with-mdm", ["--objective", "mdm", "--prefix-share", "0.5"], "--prefix-share applies to --objective refusion only"),
     ("ar-across-slots-with-ar", ["--objective", "ar", "--ar-across-slots"], "--ar-across-slots applies to --objective refusion only"),
     ("draft-horizon-without-prefix", ["--draft-horizon", "4"], "draft-horizon shortens the prefix layout's masked tail"),

@@ -34,15 +34,19 @@ CONVERSIONS = {
     "refusion-from-arm-longer-prefix-only": ("arm-longer", {"prefix_share": 1.0}),
     "refusion-from-arm-longer-prefix-across-lambda0.25": ("arm-longer", {"prefix_share": 0.5, "ar_across_slots": True,
                                                                         "mdm_weight": 0.25}),
+    "refusion-from-arm-longer-prefix-across-next0.5": ("arm-longer", {"prefix_share": 0.5, "ar_across_slots": True,
+                                                                     "next_token_share": 0.5}),
 }
 """Conversions of a trained AR model with the refusion objective: name -> (the model converted, its options). From ARM:
 the paper's recipe and variants as options of the objective (`refusion train --ar-across-slots`, `--prefix-share`):
 next-token labels across slot boundaries, half the examples laid out as a clean left-to-right prefix with a masked
 tail, both, and every example so laid out. From ARM trained longer: the paper's recipe, the best variant and
-every example in the prefix layout, the best variant with L_MDM weighted 0.25 (`--mdm-weight`), and both of those
-trained three times as long (STEP_MULTIPLES)."""
+every example in the prefix layout, the best variant with L_MDM weighted 0.25 (`--mdm-weight`), the best variant with
+half the examples plain next-token examples over the whole answer (`--next-token-share`), and those three trained
+three times as long (STEP_MULTIPLES)."""
 TRAINED_LONGER = {f"{name}-x3": (name, 3) for name in ("refusion-from-arm-longer-prefix-across",
-                                                        "refusion-from-arm-longer-prefix-across-lambda0.25")}
+                                                        "refusion-from-arm-longer-prefix-across-lambda0.25",
+                                                        "refusion-from-arm-longer-prefix-across-next0.5")}
 """Conversions repeated for a multiple of `finetune_steps`: name -> (the conversion, the multiple). Is the converted
 model still short of converging?"""
 CONVERSIONS.update({name: CONVERSIONS[conversion] for name, (conversion, _) in TRAINED_LONGER.items()})

@@ -22,7 +22,9 @@ LABELS = {"arm": "ARM", "arm-longer": "ARM trained longer", "mdm": "MDM", "refus
           "refusion-from-arm-longer-prefix-across": "ReFusion from ARM trained longer, prefix layout + AR across slots",
           "refusion-from-arm-longer-prefix-only": "ReFusion from ARM trained longer, prefix layout only",
           "refusion-from-arm-longer-prefix-across-lambda0.25": "ReFusion from ARM trained longer, prefix layout + AR across "
-                                                               "slots, L_MDM weight 0.25"}
+                                                               "slots, L_MDM weight 0.25",
+          "refusion-from-arm-longer-prefix-across-next0.5": "ReFusion from ARM trained longer, prefix layout + AR across "
+                                                            "slots, half the examples next-token"}
 LABELS.update({name: f"{LABELS[conversion]}, {multiple}x the steps" for name, (conversion, multiple) in TRAINED_LONGER.items()})
 ARM_POINTS = 2.0
 """Goal 1: ReFusion within this many accuracy points of its ARM (the AR model it was converted from; from scratch,

@@ -46,7 +46,7 @@ def train_command(args: argparse.Namespace) -> None:
         raise RefusionError("give either --max-steps or --epochs, not both")
     for option, value in (("--slot-sizes", args.slot_sizes), ("--mdm-weight", args.mdm_weight),
                           ("--prefix-share", args.prefix_share), ("--ar-across-slots", args.ar_across_slots or None),
-                          ("--draft-horizon", args.draft_horizon)):
+                          ("--draft-horizon", args.draft_horizon), ("--next-token-share", args.next_token_share)):
         if value is not None and args.objective != "refusion":
             raise RefusionError(f"{option} applies to --objective refusion only, not {args.objective}")
     if args.eval_every is not None and not args.eval_data:
@@ -60,6 +60,7 @@ def train_command(args: argparse.Namespace) -> None:
         continue_adapter=args.continue_adapter, draft_horizon=args.draft_horizon, precision=args.precision,
         slot_sizes=args.slot_sizes or (4, 8, 16, 32), mdm_weight=1.0 if args.mdm_weight is None else args.mdm_weight,
         prefix_share=args.prefix_share or 0.0, ar_across_slots=args.ar_across_slots,
+        next_token_share=args.next_token_share or 0.0,
         pad_responses_to=args.pad_responses_to, seed=args.seed, resume=args.resume, save_every=args.save_every,
         log_every=args.log_every, warmup_ratio=args.warmup_ratio, eval_data=args.eval_data, eval_every=args.eval_every,
     )
@@ -120,6 +121,10 @@ def register(subparsers) -> None:
                         help="refusion objective with --prefix-share: a prefix-layout example keeps only the first H tokens "
                              "of its masked tail and leaves the rest of the response out; the lossless decoder reads drafts "
                              "only a few tokens ahead, and shorter inputs train faster (default: the whole tail)")
+    parser.add_argument("--next-token-share", type=float, default=None, metavar="Q",
+                        help="refusion objective: the share of examples trained as plain next-token examples over the whole "
+                             "response, without masks. The other layouts rarely give the end of an answer (masked most "
+                             "often) a next-token label, and converted models lose AR skill there (default 0: the paper's recipe)")
     parser.add_argument("--pad-responses-to", type=int, default=None, metavar="N",
                         help="mdm objective: responses are always padded with EOS to the batch's longest (loss on the "
                              "padding, as in LLaDA's SFT, so the model learns where to stop); this pads them to at least "

@@ -35,6 +35,8 @@ class ObjectiveCollator:
     """refusion only: next-token labels across slot boundaries where the next token is hidden."""
     draft_horizon: int | None = None
     """refusion only: prefix-layout examples keep this many masked tokens and drop the rest of the response."""
+    next_token_share: float = 0.0
+    """refusion only: the share of examples that are plain next-token examples over the whole response."""
     seed: int = 0
     eos_id: int | None = None
     """mdm only: when set, responses are padded with EOS to the batch's longest response (LLaDA's SFT)."""
@@ -58,7 +60,7 @@ class ObjectiveCollator:
             build_example(self.objective, torch.as_tensor(f["prompt_ids"], dtype=torch.long), response,
                           mask_id=self.mask_id, slot_sizes=self.slot_sizes, generator=self.generator,
                           prefix_share=self.prefix_share, ar_across_slots=self.ar_across_slots,
-                          draft_horizon=self.draft_horizon)
+                          draft_horizon=self.draft_horizon, next_token_share=self.next_token_share)
             for f, response in zip(features, responses)
         ]
         return pad_batch(built, self.pad_id)

@@ -50,7 +50,7 @@ def _join(prompt: torch.Tensor, response: dict, response_length: int) -> dict:
 
 def refusion_example(prompt: torch.Tensor, response: torch.Tensor, mask_id: int, slot_sizes: tuple[int, ...],
                      generator: torch.Generator, *, prefix_share: float = 0.0, ar_across_slots: bool = False,
-                     draft_horizon: int | None = None) -> dict:
+                     draft_horizon: int | None = None, next_token_share: float = 0.0) -> dict:
     """The paper's training recipe, steps 1-4 (slot size, masking, input order, labels), for one example. prompt [P], response [R] (EOS included).
 
     Options beside the recipe (all off by default, which is the paper's recipe draw for draw):
@@ -62,12 +62,18 @@ def refusion_example(prompt: torch.Tensor, response: torch.Tensor, mask_id: int,
       token no label, so next-token prediction across slot boundaries is never trained;
     - `draft_horizon` (prefix layout only): the masked tail keeps its first H tokens and the response after them is
       left out of the input. Under causal attention a mask's prediction depends only on what comes before it, so
-      this drops only the far masks, which the lossless decoder never reads, and their compute.
+      this drops only the far masks, which the lossless decoder never reads, and their compute;
+    - `next_token_share`: the share of examples that are plain next-token examples over the whole response
+      (`ar_example`, no masks). Every other layout labels a token's successor only where the input shows the token
+      clean, so the end of an answer, which is masked most often, rarely trains the AR head.
 
-    Draws, in order: the slot-size index (randint), t (rand 1), the layout coin (rand 1, only when
+    Draws, in order: the next-token coin (rand 1, only when next_token_share > 0; a next-token example draws
+    nothing more), the slot-size index (randint), t (rand 1), the layout coin (rand 1, only when
     prefix_share > 0), then for the shuffled layout one coin per slot (rand n) and the order of the clean
     slots (randperm); the prefix layout draws nothing more.
     """
+    if next_token_share > 0 and float(torch.rand(1, generator=generator)) < next_token_share:
+        return ar_example(prompt, response)
     length = response.shape[0]
     k = slot_sizes[int(torch.randint(len(slot_sizes), (1,), generator=generator))]
     p = mask_probability(torch.rand(1, generator=generator))  # [1]
@@ -154,10 +160,11 @@ def eos_padded(response: torch.Tensor, length: int, eos_id: int) -> torch.Tensor
 
 def build_example(objective: str, prompt: torch.Tensor, response: torch.Tensor, *, mask_id: int | None,
                   slot_sizes: tuple[int, ...], generator: torch.Generator, prefix_share: float = 0.0,
-                  ar_across_slots: bool = False, draft_horizon: int | None = None) -> dict:
+                  ar_across_slots: bool = False, draft_horizon: int | None = None, next_token_share: float = 0.0) -> dict:
     if objective == "refusion":
         return refusion_example(prompt, response, mask_id, slot_sizes, generator, prefix_share=prefix_share,
-                                ar_across_slots=ar_across_slots, draft_horizon=draft_horizon)
+                                ar_across_slots=ar_across_slots, draft_horizon=draft_horizon,
+                                next_token_share=next_token_share)
     if objective == "mdm":
         return mdm_example(prompt, response, mask_id, generator)
     if objective == "ar":

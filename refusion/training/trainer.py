@@ -80,6 +80,9 @@ class TrainConfig:
     hidden from it; off is the paper's recipe."""
     draft_horizon: int | None = None
     """refusion objective, prefix layout: keep only the first H masked tokens of the tail (None: all of them)."""
+    next_token_share: float = 0.0
+    """refusion objective: the share of examples trained as plain next-token examples over the whole response (no
+    masks), so that every answer position keeps next-token training; 0 is the paper's recipe."""
     pad_responses_to: int | None = None
     """mdm objective: pad responses with EOS to at least this many tokens (always to the batch's longest)."""
     precision: str = "auto"
@@ -112,7 +115,8 @@ class TrainConfig:
             if value < 1:
                 raise RefusionError(f"{name} must be a positive integer, got {value}")
         for name, value in {"lr": self.lr, "epochs": self.epochs, "warmup-ratio": self.warmup_ratio,
-                            "mdm-weight": self.mdm_weight, "prefix-share": self.prefix_share}.items():
+                            "mdm-weight": self.mdm_weight, "prefix-share": self.prefix_share,
+                            "next-token-share": self.next_token_share}.items():
             if not math.isfinite(value):
                 raise RefusionError(f"{name} must be a finite number, got {value}")
         if self.max_steps is None and self.epochs <= 0:
@@ -132,8 +136,11 @@ class TrainConfig:
             raise RefusionError(f"mdm-weight must be >= 0, got {self.mdm_weight}")
         if not 0 <= self.prefix_share <= 1:
             raise RefusionError(f"prefix-share must lie in [0, 1], got {self.prefix_share}")
-        if self.objective != "refusion" and (self.prefix_share or self.ar_across_slots or self.draft_horizon):
-            raise RefusionError("prefix-share, ar-across-slots and draft-horizon apply to the refusion objective only, "
+        if not 0 <= self.next_token_share < 1:
+            raise RefusionError(f"next-token-share must lie in [0, 1) (1 would be the ar objective), got {self.next_token_share}")
+        if self.objective != "refusion" and (self.prefix_share or self.ar_across_slots or self.draft_horizon
+                                             or self.next_token_share):
+            raise RefusionError("prefix-share, ar-across-slots, draft-horizon and next-token-share apply to the refusion objective only, "
                                 f"not {self.objective}")
         if self.draft_horizon is not None and not self.prefix_share:
             raise RefusionError("draft-horizon shortens the prefix layout's masked tail: it needs --prefix-share above 0")
@@ -398,7 +405,7 @@ def train(config: TrainConfig) -> dict:
     # A fresh stream of masks per process and per resumed run; the Trainer shards the examples.
     collator = ObjectiveCollator(config.objective, pad_id, mask_id, tuple(config.slot_sizes),
                                  prefix_share=config.prefix_share, ar_across_slots=config.ar_across_slots,
-                                 draft_horizon=config.draft_horizon,
+                                 draft_horizon=config.draft_horizon, next_token_share=config.next_token_share,
                                  seed=config.seed + 7919 * arguments.process_index + 104729 * resumed_step,
                                  eos_id=tokenizer.eos_token_id, pad_responses_to=config.pad_responses_to)
     trainer = ObjectiveTrainer(model=model, args=arguments, train_dataset=dataset, eval_dataset=eval_dataset,

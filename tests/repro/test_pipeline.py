@@ -50,6 +50,7 @@ def test_models_share_architecture_tokenizer_and_data(quick_run):
         assert history["config"]["prefix_share"] == recipe.get("prefix_share", 0.0)
         assert history["config"]["ar_across_slots"] == recipe.get("ar_across_slots", False)
         assert history["config"]["mdm_weight"] == recipe.get("mdm_weight", 1.0)
+        assert history["config"]["next_token_share"] == recipe.get("next_token_share", 0.0)
         assert not list((quick_run / name).glob("checkpoint-*"))  # optimizer state is not kept
     assert not (quick_run / "init").exists()
     lines = (quick_run / "data" / "train.jsonl").read_text().splitlines()

@@ -220,6 +220,29 @@ def test_paper_recipe_draws_unchanged_by_the_options():
     assert torch.equal(plain.get_state(), with_across.get_state())
 
 
+@pytest.mark.parametrize("share", [0.3, 0.7])
+def test_next_token_share(share):
+    """One extra coin first: under the share, the example is `ar_example` (every response token predicts the next,
+    no masks, nothing more drawn); otherwise the example the other options build from the draws after that coin."""
+    example = random_examples(7, 1)[0]
+    prompt, response = torch.tensor(example["prompt_ids"]), torch.tensor(example["response_ids"])
+    next_token = 0
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        built = refusion_example(prompt, response, MASK, (2, 4), g, prefix_share=0.5, ar_across_slots=True,
+                                 next_token_share=share)
+        replay = torch.Generator().manual_seed(seed)
+        if float(torch.rand(1, generator=replay)) < share:
+            next_token += 1
+            expected = ar_example(prompt, response)
+        else:
+            expected = refusion_example(prompt, response, MASK, (2, 4), replay, prefix_share=0.5, ar_across_slots=True)
+        for name in ("input_ids", "position_ids", "ar_labels", "mdm_labels", "mdm_weights"):
+            assert torch.equal(built[name], expected[name]), name
+        assert torch.equal(g.get_state(), replay.get_state())
+    assert 0 < next_token < 40
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_mdm_and_ar_examples_match_literal(seed):
     example = random_examples(seed, 1)[0]
