@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "refusion.server.cli",
     "refusion.repro.cli",
     "refusion.distill.cli",
+    "refusion.distill.drafts_cli",
     "refusion.bench.cli",
 ]
 

@@ -151,6 +151,7 @@ def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype | str | None = N
     try:
         with _quiet_transformers():
             model, tokenizer = _load_any(name, path, dtype)
+        _attach_draft_table(model, path)
     except RefusionError:
         raise
     except SafetensorError as error:
@@ -164,6 +165,14 @@ def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype | str | None = N
         model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _attach_draft_table(model, path: Path) -> None:
+    """The n-gram draft table shipped beside the weights, if any, for the lossless decoder's drafts."""
+    from .decoding.draft_table import FILENAME, DraftTable
+
+    if path.is_dir() and (path / FILENAME).is_file():
+        model._refusion_draft_table = DraftTable.load(path / FILENAME)
 
 
 def _load_any(name: str, path: Path, dtype):

@@ -54,8 +54,10 @@ def markdown(result: dict) -> str:
     for row in result["rows"]:
         drafts = row.get("drafts_accepted_per_forward")
         drafts = "-" if drafts is None else f"{drafts:.2f}"
-        if row.get("lookup_accepted_per_forward"):
-            drafts += f" ({row['lookup_accepted_per_forward']:.2f} lookup)"
+        parts = [f"{row[f'{source}_accepted_per_forward']:.2f} {source}" for source in ("lookup", "table")
+                 if row.get(f"{source}_accepted_per_forward")]
+        if parts:
+            drafts += f" ({', '.join(parts)})"
         loglik = row["ar_loglik_per_token"]
         gap = row.get("divergence_logit_gap")
         gap = "-" if gap is None else f"{gap['median']:.3f} / {gap['max']:.3f}"

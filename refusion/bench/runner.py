@@ -233,8 +233,9 @@ def summarise(spec: DecoderSpec, calls: list[list], peak_mb: float, max_new_toke
     }
     if "drafts_accepted" in counters and forwards:
         row["drafts_accepted_per_forward"] = round(counters["drafts_accepted"] / forwards, 4)
-    if "lookup_accepted" in counters and forwards:  # the part of those that lookup drafts gave
-        row["lookup_accepted_per_forward"] = round(counters["lookup_accepted"] / forwards, 4)
+    for source in ("lookup", "table"):  # the parts of those that lookup drafts and draft-table chains gave
+        if f"{source}_accepted" in counters and forwards:
+            row[f"{source}_accepted_per_forward"] = round(counters[f"{source}_accepted"] / forwards, 4)
     return row
 
 

@@ -17,6 +17,7 @@ from typing import Callable
 
 LONGEST_MATCH = 3  # n-grams tried, longest first
 PRIOR_GAIN = {1: 0.3, 2: 1.0, 3: 1.5}  # tokens a draft adds beyond the mask chains, by match length, before any seen
+TABLE_PRIOR_GAIN = {1: 0.1, 2: 0.2, 3: 0.2, 4: 0.4}  # the same for draft-table chains (`draft_table.py`)
 PRIOR_WEIGHT, DECAY = 4.0, 0.95
 EXPLORE_EVERY = 16  # after this many matches passed over, offer one anyway: how much they add may have changed
 
@@ -55,16 +56,20 @@ class LookupGain:
     """Whether a lookup draft pays: tokens it added beyond the mask chains (decayed mean per match length) against
     what its width costs."""
 
-    def __init__(self):
-        self.gain = {n: PRIOR_WEIGHT * g for n, g in PRIOR_GAIN.items()}
-        self.trials = {n: PRIOR_WEIGHT for n in PRIOR_GAIN}
+    def __init__(self, priors: dict[int, float] = PRIOR_GAIN):
+        self.gain = {n: PRIOR_WEIGHT * g for n, g in priors.items()}
+        self.trials = {n: PRIOR_WEIGHT for n in priors}
         self.passed_over = 0
+
+    def mean(self, match: int) -> float:
+        """Tokens a draft from a match of this length has added beyond the mask chains, on (decayed) average."""
+        return self.gain[match] / self.trials[match]
 
     def pays(self, match: int, length: int, expected: float, width: int, cost: Callable[[int], float],
              explore: bool = True) -> bool:
         """Offer a draft of `length` tokens from a match of `match` tokens beside a tree of `width` tokens that is
         expected to give `expected` tokens? `explore=False` (in a batch) never offers one only to see if it pays."""
-        mean = self.gain[match] / self.trials[match]
+        mean = self.mean(match)
         if (expected + mean) / cost(width + length) > expected / cost(width):
             self.passed_over = 0
             return True

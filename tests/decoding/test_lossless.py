@@ -14,6 +14,7 @@ import torch
 import refusion
 from refusion import kv_cache
 from refusion.decoding import lossless
+from refusion.decoding.draft_table import DraftTable
 from tests.decoding.oracle import EOS, MASK, PROMPT, VOCAB, PositionOracle, Tokenizer, cached_entries
 from tests.tiny_models import char_tokenizer, tiny_model
 
@@ -49,7 +50,8 @@ def test_a_chain_the_ar_head_agrees_with_commits_all_its_tokens_and_one_more():
     assert oracle.calls[2].past_length == P + 3 and oracle.calls[2].input_ids[0][:1] == [14]
     assert oracle.calls[4].input_ids == [[17]]  # one token left: a plain AR step
     assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + DRAFT[:-1])]
-    assert result.counters == {"drafts_offered": 3, "drafts_accepted": 3, "lookup_offered": 0, "lookup_accepted": 0}
+    assert result.counters == {"drafts_offered": 3, "drafts_accepted": 3, "lookup_offered": 0, "lookup_accepted": 0,
+                               "table_offered": 0, "table_accepted": 0}
 
 
 def test_one_candidate_a_forward_gives_two_tokens_when_it_matches():
@@ -158,7 +160,8 @@ def test_a_lookup_draft_the_ar_head_agrees_with_commits_its_agreeing_part_and_on
     assert oracle.calls[1].input_ids == [[5, 6, 7, 5]] and oracle.calls[1].position_ids == [[P, P + 1, P + 2, P + 3]]
     assert oracle.calls[2].input_ids == [[9]]  # 9 is new: nothing to copy
     assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + ar[:-1])]
-    assert result.counters == {"drafts_offered": 3, "drafts_accepted": 2, "lookup_offered": 3, "lookup_accepted": 2}
+    assert result.counters == {"drafts_offered": 3, "drafts_accepted": 2, "lookup_offered": 3, "lookup_accepted": 2,
+                               "table_offered": 0, "table_accepted": 0}
 
 
 def test_the_longest_agreeing_draft_wins_and_the_next_forward_drafts_from_its_root_masks():
@@ -185,6 +188,38 @@ def test_eos_inside_an_agreeing_lookup_draft_ends_the_text():
                                max_new_tokens=6)
     assert result.tokens == [5, EOS] and result.finish_reason == "stop"
     assert oracle.calls[1].input_ids == [[5, EOS, 7, 5]] and result.forward_passes == 2
+
+
+# --- draft-table chains: what the model usually writes next ----------------------------------
+
+
+def test_a_draft_table_chain_commits_its_agreeing_part_and_one_more():
+    ar = [9, 10, 11, 12, 13, 14]
+    oracle = PositionOracle([0] * 6, mask_conf=[0.9] * 6, ar_conf=[0.9] * 6, ar_token=ar)
+    oracle._refusion_draft_table = DraftTable({(9,): 10, (10,): 11, (11,): 15})
+    result = run(oracle, max_new_tokens=6, branches=0, lookup=0)
+    assert result.tokens == ar
+    # The prompt's tail 7 is not in the table: forward 1 is the prompt alone. Then 9 -> 10, 10 -> 11, 11 -> 15: the
+    # chain 10 11 15 rides with the pending 9; 10 and 11 agree, the AR head says 12 for the third; 13; 14.
+    assert oracle.calls[0].input_ids == [PROMPT]
+    assert oracle.calls[1].input_ids == [[9, 10, 11, 15]] and oracle.calls[1].position_ids == [[P, P + 1, P + 2, P + 3]]
+    assert commits(result) == [([0], 0), ([1, 2, 3], 2), ([4], 0), ([5], 0)]
+    assert oracle.calls[2].input_ids == [[12]]  # 12 is not in the table
+    assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + ar[:-1])]
+    assert result.counters == {"drafts_offered": 3, "drafts_accepted": 2, "lookup_offered": 0, "lookup_accepted": 0,
+                               "table_offered": 3, "table_accepted": 2}
+    off = run(PositionOracle([0] * 6, mask_conf=[0.9] * 6, ar_conf=[0.9] * 6, ar_token=ar), max_new_tokens=6,
+              branches=0, lookup=0, draft_table="off")
+    assert off.tokens == ar and off.forward_passes == 6 and off.counters["table_offered"] == 0
+
+
+def test_a_draft_table_chain_the_lookup_draft_already_holds_is_not_fed_twice():
+    ar = [5, 6, 7, 9, 10, 11]  # after 5 the lookup draft is 6 7 5 (what followed the prompt's 5)
+    oracle = PositionOracle([0] * 6, mask_conf=[0.9] * 6, ar_conf=[0.9] * 6, ar_token=ar)
+    oracle._refusion_draft_table = DraftTable({(5,): 6, (6,): 7})  # the chain 6 7: a prefix of the lookup draft
+    result = run(oracle, max_new_tokens=6, branches=0, lookup=3)
+    assert oracle.calls[1].input_ids == [[5, 6, 7, 5]]
+    assert result.tokens == ar and result.counters["table_offered"] == 0
 
 
 def test_lookup_is_greedy_only():
