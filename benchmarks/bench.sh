@@ -10,7 +10,7 @@ OUT=${OUT:-benchmarks/bench}
 LIMIT=${LIMIT:-}
 
 "$BIN/refusion" bench --model refusion-smollm2-135m --dtype bfloat16 --threads 2 --max-new-tokens 96 ${LIMIT:+--limit $LIMIT} \
-  --decoders ar,lossless,lossless:lookup=0,lossless:branches=1,depth=1,refusion,refusion:kv=exact,refusion:kv=recompute,refusion:slot_size=8,slot_threshold=0.5,token_threshold=0.2 \
+  --decoders ar,lossless,lossless:draft_table=off,lossless:lookup=0,draft_table=off,lossless:branches=1,depth=1,refusion,refusion:kv=exact,refusion:kv=recompute,refusion:slot_size=8,slot_threshold=0.5,token_threshold=0.2 \
   --output "$OUT/smollm2-bf16" --no-progress
 "$BIN/refusion" bench --model refusion-smollm2-135m --dtype float32 --threads 2 --max-new-tokens 96 --limit ${LIMIT:-20} \
   --decoders ar,lossless,refusion --output "$OUT/smollm2-fp32" --no-progress
