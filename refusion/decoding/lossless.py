@@ -62,7 +62,7 @@ from .draft_table import DraftTable
 from .lookup import TABLE_PRIOR_GAIN, LookupGain, NgramIndex
 from .options import Option
 from .runner import DecodeOutput, ModelRunner, interpolate_cost, width_costs
-from .sampling import draw, tempered, verify_candidates
+from .sampling import draw, greedy, tempered, verify_candidates
 
 OPTIONS = (
     Option("branches", "auto", "lossless: candidate tokens for the next position verified per forward (0 = plain "
@@ -479,7 +479,7 @@ def _walk_greedy(rows, chains):
     """Follow the AR argmax down every chain: (the AR token after the longest agreeing chain, that chain's accepted
     path, its index or None, and how many tokens of each chain agreed). On a tie the earlier chain wins."""
     keys = [("ar", "root")] + [("ar", ("chain", j, i)) for j, chain in enumerate(chains) for i in range(len(chain))]
-    picks = dict(zip(keys, torch.stack([rows[key] for key in keys]).argmax(-1).tolist()))  # one host sync
+    picks = dict(zip(keys, greedy(torch.stack([rows[key] for key in keys])).tolist()))  # one host sync
     token = after = picks[("ar", "root")]
     agreed, best = [], None
     for j, chain in enumerate(chains):
@@ -519,7 +519,7 @@ def _next_candidates(rows, node, group, count, temperature, generator) -> Candid
     masks = [rows[("mask", node, i)] for i in range(1, group)]  # T'+1 (alternatives), then the chain
     if temperature == 0:
         first = masks[0].topk(count).indices.tolist()
-        chain = torch.stack(masks[1:]).argmax(-1).tolist() if len(masks) > 1 else []
+        chain = greedy(torch.stack(masks[1:])).tolist() if len(masks) > 1 else []
         return Candidates(first, chain)
     qs = torch.stack([tempered(m, temperature) for m in masks])
     first = draw(qs[0], count, generator)

@@ -5,6 +5,13 @@ from __future__ import annotations
 import torch
 
 
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """The argmax over the last dimension ([..., V] -> [...]), the first on a tie. bf16 is cast to float32 first:
+    exact, the same index, and on a CPU about 10x faster than a bf16 argmax (1.9 ms against 0.2 ms for 6 rows
+    of a 49k vocabulary, as much as 5% of a lossless forward of the shipped model)."""
+    return logits.float().argmax(dim=-1) if logits.dtype in (torch.bfloat16, torch.float16) else logits.argmax(dim=-1)
+
+
 def choose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):
     """Pick a token at every position and return (tokens, probabilities of those tokens).
 
@@ -18,7 +25,7 @@ def choose(logits: torch.Tensor, temperature: float, generator: torch.Generator 
         gumbel = -torch.log(exponential)
         tokens = (scores + gumbel).argmax(dim=-1)
     else:
-        tokens = logits.argmax(dim=-1)
+        tokens = greedy(logits)
     probs = torch.softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     return tokens, probs
 
