@@ -96,10 +96,13 @@ def goal_checks(rows: list[dict]) -> list[dict]:
         mdm = next((r for r in of_task if r["model"] == "mdm" and r["decoder"] == "mdm"), None)
         for row in (r for r in of_task if r["objective"] == "refusion" and r["decoder"] in CHECKED_DECODERS):
             arm = _ar_row(of_task, its_arm(row["model"]))
+            # Every model here has ARM's shape, so its own `ar` costs what ARM's does; run minutes before this row in
+            # the same pass, it drifts far less against it than ARM's run, which may be from another day.
+            pace = _ar_row(of_task, row["model"]) or arm
             check = {"task": task, "run": f"{LABELS[row['model']]} {row['run']}"}
-            if arm and arm["tokens_per_second"]:
+            if arm and pace["tokens_per_second"]:
                 check["points_vs_arm"] = round(100 * (row["accuracy"] - arm["accuracy"]), 2)
-                check["speedup_vs_arm"] = round(row["tokens_per_second"] / arm["tokens_per_second"], 2)
+                check["speedup_vs_arm"] = round(row["tokens_per_second"] / pace["tokens_per_second"], 2)
                 check["arm_goal"] = check["points_vs_arm"] >= -ARM_POINTS and check["speedup_vs_arm"] >= ARM_SPEEDUP
             if mdm and mdm["tokens_per_second"]:
                 check["points_vs_mdm"] = round(100 * (row["accuracy"] - mdm["accuracy"]), 2)
@@ -125,7 +128,8 @@ def markdown(rows: list[dict], checks: list[dict], meta: dict, kept: list[dict] 
     lines += ["", "![accuracy against tokens per second](accuracy_vs_speed.png)", "",
               "## The paper's goals, checked per ReFusion setting", "",
               f"ARM goal: within {ARM_POINTS:g} points of its ARM (ar; the AR model it was converted from, from scratch ARM) "
-              f"at >= {ARM_SPEEDUP:g}x its tokens/s. "
+              f"at >= {ARM_SPEEDUP:g}x its tokens/s. Every model has ARM's shape, so ARM's tokens/s is read from the "
+              "same model's `ar` row where it has one (run beside it, so less skewed by the machine's load), else ARM's. "
               f"MDM goal: above MDM (mdm) at >= {MDM_SPEEDUP:g}x its tokens/s.", "",
               "| task | ReFusion run | points vs its ARM | speed vs its ARM | ARM goal | points vs MDM | speed vs MDM | MDM goal |",
               "|---|---|---|---|---|---|---|---|"]
