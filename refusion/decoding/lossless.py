@@ -24,8 +24,10 @@ pending tokens, and nothing of the other chains.
 
 Greedy decoding may add lookup chains, with no masks after them: the tokens that followed the
 text's last tokens where they appeared before (`lookup.py`), and what the model most often wrote
-after them in its own answers (`draft_table.py`, where the model ships a table). The longest
-agreeing chain wins; after a lookup chain wins, the next forward drafts only from its root masks.
+after them in its own answers (`draft_table.py`, where the model ships a table). After a lookup
+chain commits, the next forward has no candidates and drafts only from its root masks; so a chain
+with masks after it (or none at all, keeping the root masks' drafts) counts what those masks are
+expected to add, and the chain worth the most commits.
 
 Only the pending tokens' and the accepted chain tokens' KV is kept: the cache stays the exact
 causal cache of the text. Greedy output is token-identical to `ar` up to floating-point
@@ -288,7 +290,8 @@ class LosslessRow:
         candidates = self.candidates
         b = min(wanted_b, len(candidates.first))  # what this forward can offer
         d = min(wanted_d, 1 + len(candidates.chain))
-        self.wanted_b, self.feed_masks = wanted_b, wanted_b > 0  # masks give the next forward its candidates
+        self.wanted_b, self.wanted_d = wanted_b, wanted_d
+        self.feed_masks = wanted_b > 0  # masks give the next forward its candidates
         g = wanted_d + 1  # masks per group: a placeholder where the AR token goes, then the next chain
         forward = Forward(self.pending, self.position + len(self.pending) - 1, self.mask_token_id)
         if self.feed_masks:
@@ -331,11 +334,14 @@ class LosslessRow:
         rows = dict(zip(forward.read_keys, logits))
         drafts = [draft.tokens for draft in self.lookups]
         if self.temperature == 0:
-            token_after, path, rank, agreed = _walk_greedy(rows, chains + drafts)
+            # No masks follow a lookup chain: committing through one leaves the next forward without mask-drafted
+            # candidates. So a mask chain's accepted tokens count that much more, what those add on average.
+            carried = self.shape.expected(self.wanted_b, self.wanted_d) - 1 if self.feed_masks else 0.0
+            token_after, path, rank, agreed = _walk_greedy(rows, chains + drafts, len(chains), carried)
             mask_rank = next((j for j in range(len(chains)) if agreed[j]), None)  # their first tokens differ
             mask_agreed = agreed[mask_rank] if mask_rank is not None else 0
             for i, draft in enumerate(self.lookups):
-                draft.gain.update(draft.match, max(0, agreed[len(chains) + i] - mask_agreed))
+                draft.gain.update(draft.match, max(0.0, agreed[len(chains) + i] - mask_agreed - carried))
                 accepted = len(path) if rank == len(chains) + i else 0
                 if draft.source == "table":
                     self.table_offered += len(draft.tokens)
@@ -475,21 +481,26 @@ class Forward:
         return segment_visibility([(len(ids), sees) for ids, _, sees in self.segments])
 
 
-def _walk_greedy(rows, chains):
+def _walk_greedy(rows, chains, masked: int = 0, carried: float = 0.0):
     """Follow the AR argmax down every chain: (the AR token after the longest agreeing chain, that chain's accepted
-    path, its index or None, and how many tokens of each chain agreed). On a tie the earlier chain wins."""
+    path, its index or None, and how many tokens of each chain agreed). On a tie the earlier chain wins.
+
+    The root masks and the first `masked` chains have masks after them, which draft the next forward: committing
+    through them (or through no chain) is worth `carried` more tokens than committing through a chain without.
+    Any agreeing chain gives `ar`'s text: the choice decides only how much of it this forward and the next commit."""
     keys = [("ar", "root")] + [("ar", ("chain", j, i)) for j, chain in enumerate(chains) for i in range(len(chain))]
     picks = dict(zip(keys, greedy(torch.stack([rows[key] for key in keys])).tolist()))  # one host sync
     token = after = picks[("ar", "root")]
-    agreed, best = [], None
+    agreed, best, best_worth = [], None, carried
     for j, chain in enumerate(chains):
         length, following = 0, token
         while length < len(chain) and chain[length] == following:
             following = picks[("ar", ("chain", j, length))]
             length += 1
         agreed.append(length)
-        if length and (best is None or length > agreed[best]):
-            best, after = j, following
+        worth = length + (carried if j < masked else 0.0)
+        if length and worth > best_worth:
+            best, best_worth, after = j, worth, following
     return after, list(range(agreed[best])) if best is not None else [], best, agreed
 
 

@@ -357,3 +357,23 @@ def test_a_seed_gives_the_same_sample_every_time_whatever_the_timings_and_histor
     model._refusion_width_costs = {(str(model.device), model.dtype): {1: 1.0, 2: 1.0, 64: 1.01, 256: 1.02}}
     again = refusion.generate(model, tokenizer, ids, decoder="lossless", max_new_tokens=24, temperature=0.7, seed=11)
     assert again.tokens == first.tokens
+
+
+def _rows(picks: dict) -> dict:
+    """Logit rows whose argmax is the given token, keyed as the lossless forward keys them."""
+    return {key: torch.nn.functional.one_hot(torch.tensor(token), VOCAB).float() for key, token in picks.items()}
+
+
+def test_a_chain_with_masks_after_it_is_worth_what_they_draft_next():
+    """The AR head says 5 at the root, 6 after chain tokens that are 5, and 9 after a 6. The mask chain 5 4 agrees on
+    one token, the lookup chain 5 6 7 on two. Which commits depends on what the masks after the mask chain (and the
+    root masks) are expected to draft for the next forward; a lookup chain has none. Every choice is `ar`'s text."""
+    chains = [[5, 4], [5, 6, 7]]
+    rows = _rows({("ar", "root"): 5, ("ar", ("chain", 0, 0)): 6, ("ar", ("chain", 0, 1)): 1,
+                  ("ar", ("chain", 1, 0)): 6, ("ar", ("chain", 1, 1)): 9, ("ar", ("chain", 1, 2)): 1})
+    assert lossless._walk_greedy(rows, chains, masked=1, carried=0.0) == (9, [0, 1], 1, [1, 2])  # 5 6, then 9
+    assert lossless._walk_greedy(rows, chains, masked=1, carried=1.5) == (6, [0], 0, [1, 2])  # 5, then 6
+    # The mask chain disagrees from its first token: the root masks are worth 2.5, more than the lookup's two tokens.
+    chains[0] = [3, 4]
+    assert lossless._walk_greedy(rows, chains, masked=1, carried=2.5) == (5, [], None, [0, 2])
+    assert lossless._walk_greedy(rows, chains, masked=1, carried=1.5) == (9, [0, 1], 1, [0, 2])
