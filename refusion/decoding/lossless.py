@@ -86,8 +86,9 @@ OPTIONS = (
 
 TABLE_DRAFT = 4
 """The most tokens of a draft-table chain: it agrees with the text for about one token on average, and beyond
-that mostly where the mask chains agree too. On the shipped model, float32, 12 bench prompts, tokens per forward
-without the table 1.24; with chains of 10, 4 and 2 tokens 1.26, 1.33 and 1.34 (longer chains cost width)."""
+that mostly where the mask chains agree too. On the shipped model, float32, 12 bench prompts, when the table was
+added: tokens per forward without it 1.24; with chains of 10, 4 and 2 tokens 1.26, 1.33 and 1.34 (longer chains
+cost width, so they were offered less)."""
 PRIOR_RANK = (0.25, 0.13, 0.07, 0.06, 0.04, 0.03, 0.03, 0.02)  # chance the rank-i candidate for T+1 is right
 PRIOR_DEPTH = 0.3  # chance a chain token is right given the one before it was
 PRIOR_WEIGHT, DECAY = 4.0, 0.95
