@@ -4,6 +4,7 @@
 #   ROWS="base-ar refusion-k4" ...        runs only those rows and appends them to OUT/results.jsonl, so
 #                                         that two processes can share one OUT (one core each)
 #   BATCH=16 DTYPE=bfloat16 ...           examples generated together, and the weights' dtype (default 1, auto)
+# An interrupted row continues where it stopped when run again (`refusion eval --resume`).
 set -euo pipefail
 # One thread per process: on a shared 2-core machine, two OpenMP threads per process fight for cores and run 10x slower.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -20,7 +21,7 @@ DTYPE=${DTYPE:-auto}
 run() {  # run NAME ARGS...: one eval, its summary appended to results.jsonl with the row's name
   local name=$1; shift
   [ -z "$ROWS" ] || [[ " $ROWS " == *" ${name#*/} "* ]] || return 0
-  .venv/bin/refusion eval ${LIMIT:+--limit $LIMIT} --json --no-progress --output "$OUT/$name" \
+  .venv/bin/refusion eval ${LIMIT:+--limit $LIMIT} --json --no-progress --output "$OUT/$name" --resume \
     --batch-size "$BATCH" --dtype "$DTYPE" "$@" \
     | tail -1 | python3 -c "import json,sys; r=json.load(sys.stdin); r['row']='$name'; print(json.dumps(r))" \
     | tee -a "$OUT/results.jsonl"

@@ -30,6 +30,8 @@ def eval_command(args: argparse.Namespace) -> None:
         raise RefusionError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.output:
         output_dir(args.output)
+    if args.resume and not args.output:
+        raise RefusionError("--resume continues the run whose samples are in --output DIR: give --output")
     options = decoder_options(args)
     if args.reference_settings:
         options = with_reference_settings(task, options)
@@ -39,6 +41,8 @@ def eval_command(args: argparse.Namespace) -> None:
     task.examples(1)  # a missing data wheel is reported before the model loads
 
     processes = processes_launched()
+    if processes is not None and args.resume:
+        raise RefusionError("--resume works in one process; resume a sharded run without accelerate launch")
     dtype, device, _ = apply_runtime_options(args)
     if processes is not None and args.device is None:
         device = str(processes.device)  # each process its own GPU, or the CPU
@@ -46,7 +50,8 @@ def eval_command(args: argparse.Namespace) -> None:
     decoder = resolve_decoder(options.pop("decoder"), model)
     if processes is None:
         result = evaluate(model, tokenizer, task, decoder=decoder, limit=args.limit, chat=args.chat, output=args.output,
-                          progress=not args.no_progress, model_name=args.model, batch_size=args.batch_size, **options)
+                          progress=not args.no_progress, model_name=args.model, batch_size=args.batch_size,
+                          resume=args.resume, **options)
         summary = result.summary
     else:
         summary = evaluate_sharded(processes, args, model, tokenizer, task, decoder, options)
@@ -138,7 +143,12 @@ def register(subparsers) -> None:
                           "is the throughput (every decoder batches their forwards)")
     run.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                      help="send prompts through the tokenizer's chat template (default: on when it has one)")
-    run.add_argument("--output", default=None, metavar="DIR", help="write samples.jsonl (one line per example) and summary.json here")
+    run.add_argument("--output", default=None, metavar="DIR",
+                     help="write samples.jsonl (one line per example) and summary.json here; while the run goes, each "
+                          "finished example is in samples.partial.jsonl")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run with the same settings from --output's samples.partial.jsonl: "
+                          "only the examples it had not finished are generated")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON line (task, decoder, accuracy, "
                                                           "tokens_per_second, tokens_per_forward, forward_passes, samples, ...)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -26,6 +26,8 @@ from .tasks import get_task
 
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
+PARTIAL_FILE = "samples.partial.jsonl"
+"""Written as the run goes (its settings, then a record per finished example); `resume` continues from it."""
 
 
 @dataclass
@@ -104,6 +106,7 @@ def evaluate(
     seed: int | None = None,
     batch_size: int = 1,
     shard: tuple[int, int] = (0, 1),
+    resume: bool = False,
     **decoder_options,
 ) -> EvalResult:
     """Evaluate `model` on a task (its name or module) with one decoder; see the module docstring.
@@ -114,6 +117,8 @@ def evaluate(
     earlier run's whole (an interrupted run leaves the earlier results as they were).
     `batch_size` examples at a time are generated together (see the module docstring).
     `shard=(i, n)` evaluates every n-th example from the i-th (one of n processes; see `merge_shards`).
+    With `output`, each finished example is also appended to `output/samples.partial.jsonl` at once; `resume=True`
+    keeps the examples an interrupted run with the same settings finished there and generates only the rest.
     """
     from tqdm.auto import tqdm
 
@@ -131,12 +136,17 @@ def evaluate(
     knobs = {name: value for name, value in options.items() if value is not None}
     index, count = shard
     examples = task_module.examples(limit)[index::count]
-    records: list[dict] = []
-    settings: dict = {}
-    bar = tqdm(total=len(examples), desc=task_module.NAME, unit="sample", disable=not progress, dynamic_ncols=True)
+    run = {"task": task_module.NAME, "model": model_name, "decoder": decoder, "max_new_tokens": budget, "options": knobs,
+           "limit": limit, "chat": chat, "temperature": temperature, "seed": seed, "shard": list(shard)}
+    partial = Partial(Path(output) / PARTIAL_FILE, run, resume) if output is not None else None
+    records: list[dict] = list(partial.done.values()) if partial else []
+    settings: dict = records[-1].get("settings", {}) if records else {}
+    todo = [example for example in examples if not partial or example["id"] not in partial.done]
+    bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc=task_module.NAME, unit="sample",
+               disable=not progress, dynamic_ncols=True)
     with bar:
-        for start in range(0, len(examples), batch_size):
-            batch = examples[start : start + batch_size]
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
             prompts = [task_module.prompt(example) for example in batch]
             input_ids = [encode_prompt(tokenizer, prompt, chat=chat) for prompt in prompts]  # [1, P] each
             # One prompt goes alone, as it always has; several go as a list and come back as one.
@@ -149,11 +159,58 @@ def evaluate(
                           "reference": example.get("answer"), "correct": bool(correct), **result.stats(),
                           "prompt_tokens": result.prompt_tokens, "batch_size": result.batch_size}
                 records.append(record)
+                if partial:
+                    partial.add({**record, "settings": settings})
                 running = summarize(records, task_module.NAME, decoder, model_name, settings, batch_size)
                 bar.update(1)
                 bar.set_postfix(acc=f"{running['accuracy']:.3f}", tps=f"{running['tokens_per_second']:.1f}")
 
+    order = {example["id"]: position for position, example in enumerate(examples)}
+    records = sorted((record for record in records if record["id"] in order), key=lambda record: order[record["id"]])
+    records = [{key: value for key, value in record.items() if key != "settings"} for record in records]
     summary = summarize(records, task_module.NAME, decoder, model_name, settings, batch_size)
     if output is not None:
         write_results(output, records, summary)
+        partial.path.unlink(missing_ok=True)
     return EvalResult(summary, records)
+
+
+class Partial:
+    """samples.partial.jsonl: the run's settings on the first line, then one record per finished example."""
+
+    def __init__(self, path: Path, run: dict, resume: bool):
+        self.path, self.done = path, {}
+        if resume and path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            try:
+                earlier = json.loads(lines[0]) if lines else None
+            except json.JSONDecodeError:
+                earlier = None
+            if earlier != run:
+                raise RefusionError(f"{path} is from a run with other settings ({_differences(earlier, run)}); "
+                                    "run without --resume to start over")
+            for line in lines[1:]:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # the line an interrupted write left unfinished: that example runs again
+                self.done[record["id"]] = record
+            self._write("".join(json.dumps(r) + "\n" for r in [run, *self.done.values()]), "w")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write(json.dumps(run) + "\n", "w")
+
+    def add(self, record: dict) -> None:
+        self._write(json.dumps(record) + "\n", "a")
+
+    def _write(self, text: str, mode: str) -> None:
+        with open(self.path, mode, encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+
+
+def _differences(earlier: dict | None, run: dict) -> str:
+    if not isinstance(earlier, dict):
+        return "unreadable"
+    changed = [f"{key} {earlier.get(key)!r} -> {value!r}" for key, value in run.items() if earlier.get(key) != value]
+    return ", ".join(changed) or "unreadable"

@@ -129,7 +129,57 @@ def test_an_interrupted_eval_leaves_the_earlier_results_whole(model_dir, tmp_pat
 
     with pytest.raises(KeyboardInterrupt):
         evaluate(model, tokenizer, Interrupted, decoder="ar", limit=3, output=out_dir, progress=False)
-    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before  # and no partial file beside them
+    assert {name: (out_dir / name).read_bytes() for name in before} == before
+    # What it finished is kept beside them: its settings, then the one example scored before the interruption.
+    partial = [json.loads(line) for line in (out_dir / "samples.partial.jsonl").read_text().splitlines()]
+    assert partial[0]["task"] == "gsm8k" and partial[0]["limit"] == 3 and [r["id"] for r in partial[1:]] == [0]
+
+
+def test_resume_generates_only_what_an_interrupted_run_left_and_gives_the_same_results(model_dir, tmp_path, capsys):
+    from refusion import load
+    from refusion.eval.tasks import gsm8k
+
+    model, tokenizer = load(model_dir)
+    whole = evaluate(model, tokenizer, "gsm8k", decoder="ar", limit=5, max_new_tokens=6, progress=False,
+                     batch_size=2)
+    out_dir = tmp_path / "resumed"
+
+    class Interrupted:  # gsm8k, interrupted (Ctrl-C) while scoring its fourth example
+        NAME, MAX_NEW_TOKENS, examples, prompt = "gsm8k", 2, gsm8k.examples, gsm8k.prompt
+        seen = []
+
+        @staticmethod
+        def evaluate(example, completion):
+            Interrupted.seen.append(example["id"])
+            if len(Interrupted.seen) == 4:
+                raise KeyboardInterrupt
+            return gsm8k.evaluate(example, completion)
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, tokenizer, Interrupted, decoder="ar", limit=5, max_new_tokens=6, output=out_dir,
+                 progress=False, batch_size=2)
+    Interrupted.seen.clear()
+    Interrupted.evaluate = staticmethod(lambda example, completion: (Interrupted.seen.append(example["id"]),
+                                                                     gsm8k.evaluate(example, completion))[1])
+    resumed = evaluate(model, tokenizer, Interrupted, decoder="ar", limit=5, max_new_tokens=6, output=out_dir,
+                       progress=False, batch_size=2, resume=True)
+    assert Interrupted.seen == [3, 4]  # 0-2 were finished before the interruption
+    keep = ("id", "output", "extracted", "correct", "new_tokens", "forward_passes")
+    assert [{k: r[k] for k in keep} for r in resumed.records] == [{k: r[k] for k in keep} for r in whole.records]
+    saved = [json.loads(line) for line in (out_dir / "samples.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in saved] == [0, 1, 2, 3, 4] and not (out_dir / "samples.partial.jsonl").exists()
+    assert json.loads((out_dir / "summary.json").read_text())["samples"] == 5
+
+
+def test_resume_refuses_a_partial_run_with_other_settings(model_dir, tmp_path, capsys):
+    out_dir = tmp_path / "other"
+    out_dir.mkdir()
+    (out_dir / "samples.partial.jsonl").write_text(json.dumps({"task": "gsm8k", "decoder": "ar"}) + "\n")
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", model_dir, "--task", "gsm8k", "--limit", "2", "--max-new-tokens", "4", "--decoder",
+              "ar", "--output", str(out_dir), "--resume"])
+    err = capsys.readouterr().err
+    assert "other settings" in err and "without --resume" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -140,6 +190,7 @@ def test_an_interrupted_eval_leaves_the_earlier_results_whole(model_dir, tmp_pat
     (["eval", "--task", "gsm8k", "--decoder", "refusion", "--slot-size", "4", "--blocks", "3", "--max-new-tokens", "16"],
      "must split into 3 blocks"),
     (["plot", "nowhere.jsonl", "--output", "x.png"], "no such results file"),
+    (["eval", "--task", "gsm8k", "--resume"], "--resume continues the run whose samples are in --output DIR"),
 ])
 def test_bad_input_is_one_line_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
