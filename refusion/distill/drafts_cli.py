@@ -32,7 +32,7 @@ def drafts_command(args: argparse.Namespace) -> None:
         raise RefusionError(f"--longest and --min-count must be positive integers, got {args.longest} and {args.min_count}")
     if args.output:
         output = Path(args.output).expanduser()
-        output_dir(output.parent)
+        output_dir(output.parent).mkdir(parents=True, exist_ok=True)
     elif local_path(args.model).is_dir():
         output = local_path(args.model) / FILENAME
     else:
