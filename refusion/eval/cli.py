@@ -32,6 +32,14 @@ def eval_command(args: argparse.Namespace) -> None:
         output_dir(args.output)
     if args.resume and not args.output:
         raise RefusionError("--resume continues the run whose samples are in --output DIR: give --output")
+    if args.output and not args.resume:
+        from pathlib import Path
+
+        from .runner import PARTIAL_FILE
+
+        if (Path(args.output) / PARTIAL_FILE).is_file():
+            print(f"note: starting over; the examples an earlier run finished in {Path(args.output) / PARTIAL_FILE} "
+                  "are replaced (--resume keeps them)", file=sys.stderr)
     options = decoder_options(args)
     if args.reference_settings:
         options = with_reference_settings(task, options)

@@ -7,8 +7,8 @@
                                                `refusion.training.train`
     <model>/eval/<task>/<run>/                 `refusion.eval.evaluate` output (summary.json, samples.jsonl)
 and returns every run's summary. Each stage is skipped when its output is already there, so an
-interrupted run resumes (training from its last checkpoint). Knows nothing about the report's
-format (see `refusion.repro.report`) or the command line.
+interrupted run resumes (training from its last checkpoint, a decoder run from its last finished
+problem). Knows nothing about the report's format (see `refusion.repro.report`) or the command line.
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def evaluate_runs(config: ReproConfig, progress: bool = True) -> list[dict]:
             model, tokenizer = loaded[run.model]
             evaluate(model, tokenizer, task, decoder=run.decoder, limit=config.test_limit,
                      max_new_tokens=config.max_new_tokens, output=directory, progress=progress,
-                     model_name=str(config.output / run.model), **run.options)
+                     model_name=str(config.output / run.model), resume=True, **run.options)
         summary = json.loads(summary_file.read_text())
         summaries.append({**summary, "model": run.model, "objective": MODELS[run.model], "run": run.name,
                           "options": run.options, "directory": str(directory)})
