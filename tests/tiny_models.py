@@ -52,8 +52,8 @@ def tiny_mask_model(max_position_embeddings: int = 2048):
     return model, tokenizer
 
 
-def tiny_model_with_mask(kind: str, mask_id: int = 127):
+def tiny_model_with_mask(kind: str, mask_id: int = 127, seed: int = 0):
     """A tiny random model of 128 tokens whose last id stands for the mask (the char tokenizer never emits it)."""
-    model = tiny_model(kind, vocab_size=128)
+    model = tiny_model(kind, vocab_size=128, seed=seed)
     model.config.mask_token_id = mask_id
     return model

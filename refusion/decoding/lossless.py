@@ -85,10 +85,8 @@ OPTIONS = (
 )
 
 TABLE_DRAFT = 4
-"""The most tokens of a draft-table chain: it agrees with the text for about one token on average, and beyond
-that mostly where the mask chains agree too. On the shipped model, float32, 12 bench prompts, when the table was
-added: tokens per forward without it 1.24; with chains of 10, 4 and 2 tokens 1.26, 1.33 and 1.34 (longer chains
-cost width, so they were offered less)."""
+"""The most tokens of a draft-table chain: its drafts agree with the text for about one token on average, and
+beyond that mostly where the mask chains agree too, so a longer chain mostly adds width."""
 PRIOR_RANK = (0.25, 0.13, 0.07, 0.06, 0.04, 0.03, 0.03, 0.02)  # chance the rank-i candidate for T+1 is right
 PRIOR_DEPTH = 0.3  # chance a chain token is right given the one before it was
 PRIOR_WEIGHT, DECAY = 4.0, 0.95
@@ -318,8 +316,9 @@ class LosslessRow:
             sources.append(("lookup", self.ngrams.draft(min(self.lookup_most, remaining - 1)), self.lookup_gain,
                             self.lookup_adaptive))
         if self.table is not None:
-            tail = self.text[-self.table.longest:] if len(self.text) >= self.table.longest else self.prompt + self.text
-            sources.append(("table", self.table.draft(tail, min(self.table_most, remaining - 1)), self.table_gain, True))
+            tail = self.text if len(self.text) >= self.table.longest else self.prompt + self.text  # draft() reads its end
+            draft = self.table.draft(tail, min(self.table_most, remaining - 1))
+            sources.append(("table", draft, self.table_gain, True))
         drafts, expected = [], self.shape.expected(b, d)
         for source, (match, tokens), gain, adaptive in sources:
             if not tokens or any(other.tokens[:len(tokens)] == tokens for other in drafts):
@@ -337,7 +336,8 @@ class LosslessRow:
         if self.temperature == 0:
             # No masks follow a lookup chain: committing through one leaves the next forward without mask-drafted
             # candidates. So a mask chain's accepted tokens count that much more, what those add on average.
-            carried = self.shape.expected(self.wanted_b, self.wanted_d) - 1 if self.feed_masks else 0.0
+            offered_masks = self.lookups and self.feed_masks  # without lookup chains every chain carries them
+            carried = self.shape.expected(self.wanted_b, self.wanted_d) - 1 if offered_masks else 0.0
             token_after, path, rank, agreed = _walk_greedy(rows, chains + drafts, len(chains), carried)
             mask_rank = next((j for j in range(len(chains)) if agreed[j]), None)  # their first tokens differ
             mask_agreed = agreed[mask_rank] if mask_rank is not None else 0

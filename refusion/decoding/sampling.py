@@ -7,8 +7,9 @@ import torch
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:
     """The argmax over the last dimension ([..., V] -> [...]), the first on a tie. bf16 is cast to float32 first:
-    exact, the same index, and on a CPU about 10x faster than a bf16 argmax (1.9 ms against 0.2 ms for 6 rows
-    of a 49k vocabulary, as much as 5% of a lossless forward of the shipped model)."""
+    exact, the same index, and on a CPU much faster than a bf16 argmax (0.19 ms against 0.92 ms for 6 rows of
+    49k, one thread: `python3 -m timeit -s "import torch; x = torch.randn(6, 49152).bfloat16()" "x.argmax(-1)"`,
+    then `"x.float().argmax(-1)"`)."""
     return logits.float().argmax(dim=-1) if logits.dtype in (torch.bfloat16, torch.float16) else logits.argmax(dim=-1)
 
 

@@ -9,7 +9,7 @@ import torch
 import refusion
 from refusion.cli import main
 from refusion.decoding.draft_table import FILENAME, DraftTable
-from tests.tiny_models import char_tokenizer, tiny_model
+from tests.tiny_models import char_tokenizer, tiny_model, tiny_model_with_mask
 
 
 def test_each_context_keeps_its_most_frequent_next_token():
@@ -42,8 +42,7 @@ def test_lossless_with_a_draft_table_is_still_ar_and_the_table_is_used(kind):
     tokenizer = char_tokenizer()
     accepted = 0
     for seed in range(3):
-        model = tiny_model(kind, vocab_size=128, seed=seed)
-        model.config.mask_token_id = 127
+        model = tiny_model_with_mask(kind, seed=seed)
         ids = refusion.encode_prompt(tokenizer, "Add 2 and 3.")
         ar = refusion.generate(model, tokenizer, ids, decoder="ar", max_new_tokens=40)
         # A table that has seen half of this text and another model's: right in places, wrong in others.
