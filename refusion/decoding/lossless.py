@@ -166,7 +166,8 @@ class Shape:
         sums = self._sums()
         branch_choices = [self.branches] if self.branches != "auto" else range(self.max_branches + 1)
         depth_choices = [min(self.depth, most_depth)] if self.depth != "auto" else range(1, most_depth + 1)
-        best, shape = 1.0 / self.cost(1), (0, 1)
+        # A plain step competes only when the number of branches is the decoder's to choose.
+        best, shape = (1.0 / self.cost(1), (0, 1)) if self.branches == "auto" else (float("-inf"), (self.branches, 1))
         if self.branches == "auto" and self.plain_steps >= EXPLORE_EVERY and explore:
             self.exploring, self.plain_steps = 2, 0
         if self.exploring:  # candidates of one branch, as deep as allowed: shows whether they pay now

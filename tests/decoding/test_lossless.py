@@ -137,6 +137,19 @@ def test_zero_branches_is_plain_ar():
     assert all(MASK not in call.input_ids[0] for call in oracle.calls)
 
 
+def test_a_fixed_number_of_branches_is_kept_when_only_the_depth_adapts():
+    """branches=1 with depth=auto: the depth adapts, but every forward still offers one candidate, even where
+    the drafts never match and a plain AR step would be the adaptive choice."""
+    ar = [7] * 12  # no draft is ever right
+    oracle = PositionOracle(DRAFT + DRAFT[:4], mask_conf=[0.9] * 12, ar_conf=[0.9] * 12, ar_token=ar)
+    result = run(oracle, max_new_tokens=12, branches=1, depth="auto", width_cost=0.5, lookup=0)
+    assert result.tokens == ar
+    offered = [event["branches"] for event in result.trace if event["event"] == "commit"]
+    # the first forward has no candidates yet; the last ones lie past the budget's reach (see above)
+    assert offered[1:-2] == [1] * (len(offered) - 3)
+    assert all(MASK in call.input_ids[0] for call in oracle.calls[:-2])
+
+
 def test_several_candidates_for_the_next_position_share_one_forward():
     oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
     result = run(oracle, max_new_tokens=8, branches=3, depth=1)
