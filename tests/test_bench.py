@@ -72,6 +72,24 @@ def test_rows_compare_every_decoder_with_ar_measured_in_the_same_run(model_and_t
     assert len(result["outputs"]["lossless"]) == 2
 
 
+def test_settings_take_turns_prompt_by_prompt_after_their_warm_ups(model_and_tokenizer, monkeypatch):
+    """A machine that slows down during the run must weigh on every row alike: the timed calls alternate."""
+    from refusion.bench import runner
+
+    model, tokenizer = model_and_tokenizer
+    calls = []
+
+    def generate(*args, decoder, should_stop=None, **kwargs):
+        calls.append((decoder, "warm-up" if should_stop else "timed"))
+        return real_generate(*args, decoder=decoder, **({"should_stop": should_stop} if should_stop else {}), **kwargs)
+
+    real_generate = runner.generate
+    monkeypatch.setattr(runner, "generate", generate)
+    run_bench(model, tokenizer, ["Add 2 and 3.", "Name a colour."], [DecoderSpec("ar"), DecoderSpec("lossless")],
+              max_new_tokens=4, progress=False)
+    assert calls == [("ar", "warm-up")] * 2 + [("lossless", "warm-up")] * 2 + [("ar", "timed"), ("lossless", "timed")] * 2
+
+
 def test_each_batch_size_gets_its_rows_compared_with_ar_at_that_size(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     prompts = ["Add 2 and 3.", "Name a colour.", "Hi"]  # batch 2: groups of 2 and 1

@@ -6,12 +6,14 @@ import argparse
 import json
 import sys
 
-BENCH_HELP = """Run decoder settings one after another on the same prompts, in one process, and report
+BENCH_HELP = """Run decoder settings in turn on the same prompts, in one process, and report
 per setting: tokens/s and its ratio to `ar` measured in this run, tokens per forward, forwards,
 mean ms per forward by the number of tokens it fed, engine overhead (time outside the model's
 forward), peak memory, and quality against `ar`: the share of prompts whose text is identical to
 `ar`'s and the mean log-likelihood per token the model's AR head gives the text. A warm-up
-generation per setting is not counted. An `ar` row is added when --decoders has none.
+generation per setting is not counted. An `ar` row is added when --decoders has none. The settings
+take turns prompt by prompt, so that a machine that slows down or speeds up during the run weighs
+on every row alike.
 
 --batch-sizes 1,4,16 runs every setting once per batch size b, sending the prompts b at a time
 (consecutive groups; the last may be smaller), one row per (setting, batch size): tokens/s is then

@@ -1,9 +1,11 @@
-"""Running decoder settings one after another on the same prompts and summarising each as a row.
+"""Running decoder settings in turn on the same prompts and summarising each as a row.
 
 Everything is measured in one process on one model, so rows compare as ratios: speed against the
 `ar` row of the same run, and quality against `ar`'s text (identical share) and under the model's
 own AR head (mean log-likelihood per generated token). Each setting first runs a short untimed
-generation per prompt, so that no row pays for building the CPU kernels of a new input shape. Knows nothing about files or plots (see `report`).
+generation per prompt, so that no row pays for building the CPU kernels of a new input shape. Then
+the settings take turns prompt by prompt (group by group), so that the machine's drift over the run
+weighs on every row alike. Knows nothing about files or plots (see `report`).
 
 With several batch sizes, each setting runs once per size b, sending the prompts b at a time
 (consecutive groups, the last one may be smaller) through `refusion.generate`; a row is one
@@ -271,26 +273,34 @@ def run_bench(model, tokenizer, prompts: list[str], specs: list[DecoderSpec], *,
         return generate(model, tokenizer, [ids[0] for ids in group], decoder=spec.decoder, **spec.options, **kwargs)
 
     rows, outputs, tokens_by_key = [], {}, {}
-    for spec, size in plan:
+    for size in dict.fromkeys(size for _, size in plan):  # in plan order
+        specs_here = [spec for spec, s in plan if s == size]
         groups = [encoded[start:start + size] for start in range(0, len(encoded), size)]
         if warmup:  # untimed: each group's first step (CPU kernels are built per input shape)
-            for group in groups:
-                asked = []
-                call(group, spec, size, max_new_tokens=max_new_tokens, should_stop=lambda: bool(asked) or asked.append(1))
-        calls = []
-        desc = spec.label if size == 1 else f"{spec.label} batch {size}"
-        with PeakMemory(device) as memory:
-            for group in tqdm(groups, desc=desc, disable=not progress, leave=False):
-                calls.append(call(group, spec, size, max_new_tokens=max_new_tokens))
-        generations = [g for c in calls for g in c]
-        row = summarise(spec, calls, memory.peak_mb, max_new_tokens, batch_size=size)
-        loglik = [ar_loglik(model, ids, g.tokens) for ids, g in zip(encoded, generations)]
-        total, count = sum(s for s, _ in loglik), sum(n for _, n in loglik)
-        row["ar_loglik_per_token"] = round(total / count, 4) if count else None
-        rows.append(row)
-        key = output_key(spec.label, size)
-        outputs[key] = [g.text for g in generations]
-        tokens_by_key[key] = [g.tokens for g in generations]
+            for spec in specs_here:
+                for group in groups:
+                    asked = []
+                    call(group, spec, size, max_new_tokens=max_new_tokens, should_stop=lambda: bool(asked) or asked.append(1))
+        # Every setting takes its turn on a group before the next group: a machine that slows down or
+        # speeds up over the run (shared machines drift by 10% or more) weighs on every row alike.
+        calls: list[list] = [[] for _ in specs_here]
+        peaks = [0.0] * len(specs_here)
+        desc = "decoding" if size == 1 else f"decoding at batch {size}"
+        turns = [(group, i) for group in groups for i in range(len(specs_here))]
+        for group, i in tqdm(turns, desc=desc, disable=not progress, leave=False):
+            with PeakMemory(device) as memory:
+                calls[i].append(call(group, specs_here[i], size, max_new_tokens=max_new_tokens))
+            peaks[i] = max(peaks[i], memory.peak_mb)
+        for i, spec in enumerate(specs_here):
+            generations = [g for c in calls[i] for g in c]
+            row = summarise(spec, calls[i], peaks[i], max_new_tokens, batch_size=size)
+            loglik = [ar_loglik(model, ids, g.tokens) for ids, g in zip(encoded, generations)]
+            total, count = sum(s for s, _ in loglik), sum(n for _, n in loglik)
+            row["ar_loglik_per_token"] = round(total / count, 4) if count else None
+            rows.append(row)
+            key = output_key(spec.label, size)
+            outputs[key] = [g.text for g in generations]
+            tokens_by_key[key] = [g.tokens for g in generations]
     reference = tokens_by_key["ar"]  # ar at batch 1
     for row in rows:
         baseline = next(r for r in rows if r["label"] == "ar" and r["batch_size"] == row["batch_size"])

@@ -268,8 +268,10 @@ class LosslessRow:
         self.forward_cost = forward_cost(runner, width_cost) if priced else None
         self.priced: dict[int, Callable[[int], float]] = {}
         self.shape = Shape(branches, depth, max_branches, max_depth, self.forward_cost if self.adaptive else None)
-        if self.adaptive and not self.seeded:  # what this model's candidates achieved earlier is the best prior
-            self.shape.restore(getattr(runner.model, "_refusion_lossless_stats", None))
+        # What this model's candidates achieved earlier with the same settings is the best prior.
+        self.stats_key = (temperature == 0, *sorted((key, str(value)) for key, value in self.settings.items()))
+        if self.adaptive and not self.seeded:
+            self.shape.restore(getattr(runner.model, "_refusion_lossless_stats", {}).get(self.stats_key))
         self.model = runner.model
         self.pending, self.position = list(prompt), 0  # committed, KV not cached yet; the first one's position
         self.candidates = NONE
@@ -378,7 +380,7 @@ class LosslessRow:
         self.done = eos_at is not None or len(self.text) >= self.max_new_tokens or self.should_stop()
         if self.done:
             if self.adaptive and not self.seeded:  # a seeded run started from the prior: it must not overwrite
-                _remember(self.model, self.shape)
+                _remember(self.model, self.stats_key, self.shape)
         elif self.feed_masks and (node := self._last_node(path, rank)) in forward.group_size:  # lookup chains have none
             self.candidates = _next_candidates(rows, node, forward.group_size[node], self.wanted_b, self.temperature,
                                                self.generator)
@@ -551,9 +553,11 @@ def prepare(runner: ModelRunner, options: dict) -> None:
         forward_cost(runner, "auto")
 
 
-def _remember(model, shape: Shape) -> None:
+def _remember(model, key: tuple, shape: Shape) -> None:
+    """Keep the acceptance counts on the model for the next generation with the same settings (greedy or not)."""
     try:
-        model._refusion_lossless_stats = {name: (list(h), list(t)) for name, (h, t) in shape.state().items()}
+        known = getattr(model, "_refusion_lossless_stats", {})
+        model._refusion_lossless_stats = {**known, key: {name: (list(h), list(t)) for name, (h, t) in shape.state().items()}}
     except AttributeError:
         pass  # a model object that takes no attributes: each generation starts from the prior
 

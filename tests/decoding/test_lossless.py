@@ -106,6 +106,17 @@ def test_a_stop_string_inside_a_chain_ends_the_decode():
     assert result.forward_passes == 2
 
 
+class EveryKey(dict):
+    """Remembered acceptance counts that any settings find."""
+
+    def __init__(self, counts):
+        super().__init__()
+        self.counts = counts
+
+    def get(self, key, default=None):
+        return self.counts
+
+
 def test_chains_accepted_whole_earn_a_deeper_probe_past_a_stale_estimate(monkeypatch):
     """An acceptance history that says chains break after three tokens (from earlier generations) would keep
     depth=auto at three for good: a depth is judged only when offered. Here every draft is right, so whole
@@ -117,7 +128,7 @@ def test_chains_accepted_whole_earn_a_deeper_probe_past_a_stale_estimate(monkeyp
              "depth": ([1.2, 4.0, 4.0, 1.0] + [1.2] * 6, [4.0, 4.0, 4.0, 8.0] + [4.0] * 6)}  # depth 4: 1 in 8
 
     def depths():
-        oracle._refusion_lossless_stats = stale
+        oracle._refusion_lossless_stats = EveryKey(stale)
         result = run(oracle, max_new_tokens=150, branches="auto", depth="auto", width_cost=0.05, lookup=0)
         assert result.tokens == text
         return [event["depth"] for event in result.trace if event["event"] == "commit"]
@@ -128,6 +139,25 @@ def test_chains_accepted_whole_earn_a_deeper_probe_past_a_stale_estimate(monkeyp
     assert "4, 4, 4, 4" in str(probed)  # each probe accepted whole: the estimate rises until 4 is the choice
     monkeypatch.setattr(lossless, "PROBE_AFTER", 10**9)
     assert max(depths()) == 3  # without probes the stale estimate rules for good
+
+
+def test_what_one_setting_learnt_is_not_the_prior_of_another():
+    """Acceptance counts carry over to the next generation with the same settings only: a bench that runs two
+    settings in turn must measure each as if it ran alone."""
+    text = [11 + i % 8 for i in range(60)]
+
+    def depths(oracle, **options):
+        result = run(oracle, max_new_tokens=60, branches="auto", depth="auto", width_cost=0.05, lookup=0, **options)
+        assert result.tokens == text
+        return [event["depth"] for event in result.trace if event["event"] == "commit"]
+
+    def oracle():
+        return PositionOracle(text, mask_conf=[0.9] * 60, ar_conf=[0.9] * 60)
+
+    used = oracle()
+    learnt = depths(used)
+    assert depths(used) != learnt  # the same settings start from what the first run learnt
+    assert depths(used, max_branches=4) == depths(oracle(), max_branches=4)
 
 
 def test_zero_branches_is_plain_ar():
