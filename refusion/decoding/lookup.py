@@ -66,11 +66,14 @@ class LookupGain:
         return self.gain[match] / self.trials[match]
 
     def pays(self, match: int, length: int, expected: float, width: int, cost: Callable[[int], float],
-             explore: bool = True) -> bool:
-        """Offer a draft of `length` tokens from a match of `match` tokens beside a tree of `width` tokens that is
-        expected to give `expected` tokens? `explore=False` (in a batch) never offers one only to see if it pays."""
+             explore: bool = True, rate: float | None = None) -> bool:
+        """Offer a draft of `length` tokens from a match of `match` tokens beside a forward of `width` tokens that is
+        expected to give `expected` tokens? It pays where what it adds per unit of the cost it adds beats `rate`,
+        the tokens per unit of cost a decoding step gives without it (default: this forward's, expected / cost(width)).
+        `explore=False` (in a batch) never offers one only to see if it pays."""
         mean = self.mean(match)
-        if (expected + mean) / cost(width + length) > expected / cost(width):
+        rate = expected / cost(width) if rate is None else rate
+        if mean > rate * (cost(width + length) - cost(width)):
             self.passed_over = 0
             return True
         self.passed_over += 1

@@ -327,13 +327,16 @@ class LosslessRow:
             draft = self.table.draft(tail, min(self.table_most, remaining - 1))
             sources.append(("table", draft, self.table_gain, True))
         drafts, expected = [], self.shape.expected(b, d)
+        # Priced against what a step with one pending token gives: the first forward feeds the whole prompt, which
+        # would make any draft look cheap beside it, yet it costs what it costs in any step.
+        steady = width - len(self.pending) + 1
         for source, (match, tokens), gain, adaptive in sources:
             if not tokens or any(other.tokens[:len(tokens)] == tokens for other in drafts):
                 continue
-            if adaptive and not gain.pays(match, len(tokens), expected, width, cost, explore):
+            if adaptive and not gain.pays(match, len(tokens), expected, width, cost, explore, expected / cost(steady)):
                 continue
             drafts.append(LookupDraft(source, tokens, match, gain))
-            expected, width = expected + gain.mean(match), width + len(tokens)
+            expected, width, steady = expected + gain.mean(match), width + len(tokens), steady + len(tokens)
         return drafts
 
     def take(self, logits: torch.Tensor) -> list[int]:

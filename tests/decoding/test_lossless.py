@@ -207,6 +207,19 @@ def test_a_lookup_draft_the_ar_head_agrees_with_commits_its_agreeing_part_and_on
                                "table_offered": 0, "table_accepted": 0}
 
 
+def test_a_long_prompt_does_not_make_a_lookup_draft_look_cheap():
+    """The first forward feeds the whole prompt: ten more tokens are a small share of it, but they cost what they
+    cost in any other step, and a draft that would not pay there (a one-token match adds 0.3 tokens on prior,
+    against 0.5 of a forward for ten tokens at width_cost 0.05) is not offered there either."""
+    prompt = [5] + [1, 2, 3, 4] * 10 + [5]  # the tail, 5, appeared at the start: a one-token match
+    ar = list(range(6, 18))
+    oracle = PositionOracle([0] * 12, mask_conf=[0.9] * 12, ar_conf=[0.9] * 12, ar_token=ar, prompt_len=len(prompt))
+    result = refusion.generate(oracle, Tokenizer(), torch.tensor([prompt]), decoder="lossless", branches=0, depth=2,
+                               lookup="auto", width_cost=0.05, max_new_tokens=12)
+    assert result.tokens == ar
+    assert oracle.calls[0].input_ids == [prompt]
+
+
 def test_the_longest_agreeing_draft_wins_and_the_next_forward_drafts_from_its_root_masks():
     ar = [5, 6, 7, 5, 6, 7, 5, 6, 7, 5]
     draft = [5, 6, 1, 1, 1, 1, 1, 1, 1, 1]  # the mask head is right about 6 at offset 1, wrong after
