@@ -86,6 +86,24 @@ def gather_columns(cache: DynamicCache, index: torch.Tensor) -> None:
             layer.values = layer.values.gather(2, gather)
 
 
+def keep_tail_columns(cache: DynamicCache, start: int, index: torch.Tensor) -> None:
+    """Keep the first `start` cached tokens and after them, for each batch row b, the tokens at `start + index[b]`
+    ([B, K], increasing per row; a row that keeps fewer repeats an entry, which its owner marks as padding).
+
+    Only the tail past `start` (what the last forward fed) is read and written, in place: the cache before it is
+    neither copied nor moved."""
+    count = index.shape[1]
+    for layer in cache.layers:
+        if layer.is_initialized:
+            gather = index.to(layer.keys.device)[:, None, :, None].expand(-1, layer.keys.shape[1], -1,
+                                                                          layer.keys.shape[-1])
+            kept_keys = layer.keys[:, :, start:].gather(2, gather)
+            kept_values = layer.values[:, :, start:].gather(2, gather)
+            layer.keys[:, :, start:start + count] = kept_keys
+            layer.values[:, :, start:start + count] = kept_values
+    truncate(cache, start + count)
+
+
 def add_rows(cache: DynamicCache, other: DynamicCache) -> None:
     """Append the batch row of `other` (empty or not) to `cache`, the shorter one left-padded with zero entries."""
     started = any(layer.is_initialized for layer in other.layers)

@@ -117,10 +117,10 @@ class Batch:
         if all(keep == list(range(len(keep))) for keep in keeps):  # prefixes: cutting the cache is enough
             kv_cache.truncate(self.cache, columns + most)
         else:
-            index = torch.arange(columns + most).repeat(len(keeps), 1)
+            index = torch.arange(most).repeat(len(keeps), 1)
             for b, keep in enumerate(keeps):
-                index[b, columns : columns + len(keep)] = columns + torch.tensor(keep, dtype=torch.long)
-            kv_cache.gather_columns(self.cache, index)
+                index[b, : len(keep)] = torch.tensor(keep, dtype=torch.long)
+            kv_cache.keep_tail_columns(self.cache, columns, index)
         kept = torch.arange(most)[None] >= torch.tensor([len(keep) for keep in keeps])[:, None]
         self.padding = torch.cat([self.padding, kept], dim=1)
 
