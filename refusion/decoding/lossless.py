@@ -306,16 +306,19 @@ class LosslessRow:
         chains += [[token] for token in candidates.first[1:b]]
         for chain in chains:
             forward.chain(chain, g if self.feed_masks else 0)
-        self.lookups = self._lookup_drafts(remaining, b, d, forward.offset, cost, rows == 1)
+        self.lookups = self._lookup_drafts(remaining, b, d, forward.offset, cost, rows)
         for draft in self.lookups:
             forward.chain(draft.tokens, 0)  # no masks after it: where it wins, the next forward drafts from root masks
         self.forward, self.chains, self.depth = forward, chains, d if b else 0
         return Feed(forward.ids(), forward.positions(), forward.visibility() if len(forward.segments) > 1 else None,
                     forward.read)
 
-    def _lookup_drafts(self, remaining: int, b: int, d: int, width: int, cost, explore: bool) -> list["LookupDraft"]:
+    def _lookup_drafts(self, remaining: int, b: int, d: int, width: int, cost, rows: int) -> list["LookupDraft"]:
         """The lookup drafts this forward verifies beside the mask chains: from the text itself, then from the draft
-        table, each where it pays on top of what is already fed (a draft the other one already holds is not)."""
+        table, each where it pays on top of what is already fed (a draft the other one already holds is not).
+
+        In a batch every row is fed at the widest row's width, so a row's draft widens the whole forward, whose
+        tokens are every row's progress: it must beat what all `rows` rows gain per unit of cost."""
         if remaining < 2:
             return []
         sources = []
@@ -329,11 +332,11 @@ class LosslessRow:
         drafts, expected = [], self.shape.expected(b, d)
         # Priced against what a step with one pending token gives: the first forward feeds the whole prompt, which
         # would make any draft look cheap beside it, yet it costs what it costs in any step.
-        steady = width - len(self.pending) + 1
+        steady, explore = width - len(self.pending) + 1, rows == 1
         for source, (match, tokens), gain, adaptive in sources:
             if not tokens or any(other.tokens[:len(tokens)] == tokens for other in drafts):
                 continue
-            if adaptive and not gain.pays(match, len(tokens), expected, width, cost, explore, expected / cost(steady)):
+            if adaptive and not gain.pays(match, len(tokens), expected, width, cost, explore, rows * expected / cost(steady)):
                 continue
             drafts.append(LookupDraft(source, tokens, match, gain))
             expected, width, steady = expected + gain.mean(match), width + len(tokens), steady + len(tokens)

@@ -220,6 +220,26 @@ def test_a_long_prompt_does_not_make_a_lookup_draft_look_cheap():
     assert oracle.calls[0].input_ids == [prompt]
 
 
+def test_in_a_batch_a_lookup_draft_must_pay_for_every_row_it_widens():
+    """Rows of a batch are fed side by side at the widest row's width: one row's draft widens the whole forward,
+    whose tokens are every row's progress. A draft that pays alone (0.3 tokens on prior for 3 more tokens at
+    width_cost 0.05: 0.15 of a forward) does not beside another row (the forward of two rows grows by 0.29 of
+    itself, which was worth two tokens)."""
+    ar = [5, 6, 7, 9, 10, 11]  # the prompt is 5 6 7: after 5, the draft 6 7 5
+    options = dict(decoder="lossless", branches=0, depth=2, lookup="auto", width_cost=0.05, max_new_tokens=6)
+
+    def oracle():
+        return PositionOracle([0] * 6, mask_conf=[0.9] * 6, ar_conf=[0.9] * 6, ar_token=ar)
+
+    alone = oracle()
+    assert refusion.generate(alone, Tokenizer(), torch.tensor([PROMPT]), **options).tokens == ar
+    assert alone.calls[1].input_ids == [[5, 6, 7, 5]]
+    together = oracle()
+    results = refusion.generate(together, Tokenizer(), [PROMPT, PROMPT], **options)
+    assert [result.tokens for result in results] == [ar, ar]
+    assert together.calls[1].input_ids == [[5], [5]]
+
+
 def test_the_longest_agreeing_draft_wins_and_the_next_forward_drafts_from_its_root_masks():
     ar = [5, 6, 7, 5, 6, 7, 5, 6, 7, 5]
     draft = [5, 6, 1, 1, 1, 1, 1, 1, 1, 1]  # the mask head is right about 6 at offset 1, wrong after
