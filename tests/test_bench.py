@@ -90,6 +90,22 @@ def test_settings_take_turns_prompt_by_prompt_after_their_warm_ups(model_and_tok
     assert calls == [("ar", "warm-up")] * 2 + [("lossless", "warm-up")] * 2 + [("ar", "timed"), ("lossless", "timed")] * 2
 
 
+def test_the_warm_up_teaches_the_lossless_shape_nothing(model_and_tokenizer):
+    """The warm-up runs each prompt's first steps only: what lossless learns there is no sample of later steps, so
+    the timed rows decode as they would without it (a fixed width cost keeps timings out of the shape)."""
+    model, tokenizer = model_and_tokenizer
+    prompts = ["Add 2 and 3.", "Name a colour.", "Count to five."]
+    specs = [DecoderSpec("lossless", {"width_cost": 0.02})]
+
+    def forwards(warmup):
+        if hasattr(model, "_refusion_lossless_stats"):
+            del model._refusion_lossless_stats
+        result = run_bench(model, tokenizer, prompts, specs, max_new_tokens=16, progress=False, warmup=warmup)
+        return result["rows"][1]["forwards_by_width"]
+
+    assert forwards(True) == forwards(False)
+
+
 def test_each_batch_size_gets_its_rows_compared_with_ar_at_that_size(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     prompts = ["Add 2 and 3.", "Name a colour.", "Hi"]  # batch 2: groups of 2 and 1

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..decoding import generate
+from ..decoding import generate, lossless
 from ..decoding.dispatch import DECODERS, check_options
 from ..decoding.options import SEED, TEMPERATURE
 from ..errors import RefusionError
@@ -281,6 +281,7 @@ def run_bench(model, tokenizer, prompts: list[str], specs: list[DecoderSpec], *,
                 for group in groups:
                     asked = []
                     call(group, spec, size, max_new_tokens=max_new_tokens, should_stop=lambda: bool(asked) or asked.append(1))
+            lossless.forget(model)  # what the warm-ups' first steps saw is no sample of how drafts fare later
         # Every setting takes its turn on a group before the next group: a machine that slows down or
         # speeds up over the run (shared machines drift by 10% or more) weighs on every row alike.
         calls: list[list] = [[] for _ in specs_here]

@@ -94,6 +94,11 @@ PRIOR_WEIGHT, DECAY = 4.0, 0.95
 # (b > 0) is often a thin call (about 0.2 of a token against 0.1 of a forward on the shipped model in bf16),
 # and a plain step gathers no evidence: with a short memory a few misses in a row mean plain steps for a while.
 RANK_DECAY = 0.99
+# A plain step must beat the best tree by this much: switching to plain steps stops the evidence about the
+# candidates, and the first tree after them comes without candidates; and a forward cost measured on a busy
+# machine overprices trees (on the bench prompts, a calibration of 1.25 at 8 tokens instead of 1.14 cost lossless
+# 8% of its tokens per unit of cost without this margin, 0.5% with it).
+PLAIN_MARGIN = 0.1
 EXPLORE_EVERY = 16  # after this many plain steps in a row, offer one candidate anyway: acceptance may have changed
 PROBE_AFTER = 4  # after this many chains accepted whole in a row, feed one token deeper: it may pay too
 
@@ -171,7 +176,8 @@ class Shape:
         branch_choices = [self.branches] if self.branches != "auto" else range(self.max_branches + 1)
         depth_choices = [min(self.depth, most_depth)] if self.depth != "auto" else range(1, most_depth + 1)
         # A plain step competes only when the number of branches is the decoder's to choose.
-        best, shape = (1.0 / self.cost(1), (0, 1)) if self.branches == "auto" else (float("-inf"), (self.branches, 1))
+        best, shape = ((1.0 / self.cost(1) / (1 + PLAIN_MARGIN), (0, 1)) if self.branches == "auto"
+                       else (float("-inf"), (self.branches, 1)))
         if self.branches == "auto" and self.plain_steps >= EXPLORE_EVERY and explore:
             self.exploring, self.plain_steps = 2, 0
         if self.exploring:  # candidates of one branch, as deep as allowed: shows whether they pay now
@@ -561,6 +567,11 @@ def prepare(runner: ModelRunner, options: dict) -> None:
     if options["width_cost"] == "auto" and "auto" in (options["branches"], options["depth"], options["lookup"],
                                                       options["draft_table"]):
         forward_cost(runner, "auto")
+
+
+def forget(model) -> None:
+    """Drop the acceptance counts earlier generations left on the model: the next ones start from the prior."""
+    model.__dict__.pop("_refusion_lossless_stats", None)
 
 
 def _remember(model, key: tuple, shape: Shape) -> None:

@@ -160,6 +160,17 @@ def test_what_one_setting_learnt_is_not_the_prior_of_another():
     assert depths(used, max_branches=4) == depths(oracle(), max_branches=4)
 
 
+@pytest.mark.parametrize("width_cost, masks_fed", [(0.06, True), (0.1, False)])
+def test_plain_steps_must_beat_the_best_tree_by_a_margin(width_cost, masks_fed):
+    """On the prior (the likeliest candidate right a quarter of the time) one candidate is worth 1.25 tokens for a
+    forward of six tokens, 1 + 5 * width_cost: at 0.06 a plain step is better by 4%, not by the 10% it must beat
+    the tree by, so the first forward feeds masks; at 0.1 (better by 20%) it does not."""
+    oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
+    result = run(oracle, max_new_tokens=8, branches="auto", depth="auto", width_cost=width_cost, lookup=0)
+    assert result.tokens == DRAFT
+    assert (MASK in oracle.calls[0].input_ids[0]) == masks_fed
+
+
 def test_zero_branches_is_plain_ar():
     oracle = PositionOracle(DRAFT, mask_conf=[0.9] * 8, ar_conf=[0.9] * 8)
     result = run(oracle, max_new_tokens=8, branches=0)
