@@ -94,10 +94,11 @@ PRIOR_WEIGHT, DECAY = 4.0, 0.95
 # (b > 0) is often a thin call (about 0.2 of a token against 0.1 of a forward on the shipped model in bf16),
 # and a plain step gathers no evidence: with a short memory a few misses in a row mean plain steps for a while.
 RANK_DECAY = 0.99
-# A plain step must beat the best tree by this much: switching to plain steps stops the evidence about the
-# candidates, and the first tree after them comes without candidates; and a forward cost measured on a busy
-# machine overprices trees (on the bench prompts, a calibration of 1.25 at 8 tokens instead of 1.14 cost lossless
-# 8% of its tokens per unit of cost without this margin, 0.5% with it).
+# A plain step must beat the best tree by this much: plain steps gather no evidence about the candidates, and the
+# first tree after them comes without candidates. Near the boundary both are worth about the same: replayed on
+# the bench prompts with a busy machine's cost calibration (`benchmarks/shape_replay.py --decide-costs
+# 1:1,2:1.05,4:1.1,8:1.25,16:1.4,32:1.8,64:2.8`), 1.49 tokens per unit of cost with the margin or without, at
+# 1.75 tokens per forward with it and 1.57 without (797 plain steps); with accurate costs the same either way.
 PLAIN_MARGIN = 0.1
 EXPLORE_EVERY = 16  # after this many plain steps in a row, offer one candidate anyway: acceptance may have changed
 PROBE_AFTER = 4  # after this many chains accepted whole in a row, feed one token deeper: it may pay too
