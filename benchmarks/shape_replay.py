@@ -72,7 +72,7 @@ def main() -> None:
             for width, (count, _) in result.forward_profile.items():
                 by_width[int(width)] += count
             cost += sum(count * interpolate_cost(charge, int(width))
-                        for width, (count, _) in list(result.forward_profile.items()) if int(width) < ids.shape[1])
+                        for width, (count, _) in result.forward_profile.items() if int(width) < ids.shape[1])
         for key, value in saved.items():
             setattr(lossless, key, value)
         print(f"{name}: tokens/forward {tokens / forwards:.3f}, tokens per unit of cost {tokens / cost:.3f}, "

@@ -80,10 +80,13 @@ def gather_columns(cache: DynamicCache, index: torch.Tensor) -> None:
     """
     for layer in cache.layers:
         if layer.is_initialized:
-            gather = index.to(layer.keys.device)[:, None, :, None].expand(-1, layer.keys.shape[1], -1,
-                                                                          layer.keys.shape[-1])
-            layer.keys = layer.keys.gather(2, gather)
-            layer.values = layer.values.gather(2, gather)
+            layer.keys, layer.values = _gather_tokens(layer.keys, index), _gather_tokens(layer.values, index)
+
+
+def _gather_tokens(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """[B, H, S, D] -> [B, H, K, D]: for each batch row b, the tokens at `index[b]` ([B, K])."""
+    expanded = index.to(tensor.device)[:, None, :, None].expand(-1, tensor.shape[1], -1, tensor.shape[-1])
+    return tensor.gather(2, expanded)
 
 
 def keep_tail_columns(cache: DynamicCache, start: int, index: torch.Tensor) -> None:
@@ -95,12 +98,8 @@ def keep_tail_columns(cache: DynamicCache, start: int, index: torch.Tensor) -> N
     count = index.shape[1]
     for layer in cache.layers:
         if layer.is_initialized:
-            gather = index.to(layer.keys.device)[:, None, :, None].expand(-1, layer.keys.shape[1], -1,
-                                                                          layer.keys.shape[-1])
-            kept_keys = layer.keys[:, :, start:].gather(2, gather)
-            kept_values = layer.values[:, :, start:].gather(2, gather)
-            layer.keys[:, :, start:start + count] = kept_keys
-            layer.values[:, :, start:start + count] = kept_values
+            for tensor in (layer.keys, layer.values):
+                tensor[:, :, start:start + count] = _gather_tokens(tensor[:, :, start:], index)
     truncate(cache, start + count)
 
 

@@ -9,6 +9,7 @@ import pytest
 from refusion import RefusionError
 from refusion.bench import DecoderSpec, builtin_prompts, parse_specs, run_bench
 from refusion.bench.runner import parse_batch_sizes
+from refusion.decoding import lossless
 from tests.tiny_models import char_tokenizer, tiny_model
 
 
@@ -98,8 +99,7 @@ def test_the_warm_up_teaches_the_lossless_shape_nothing(model_and_tokenizer):
     specs = [DecoderSpec("lossless", {"width_cost": 0.02})]
 
     def forwards(warmup):
-        if hasattr(model, "_refusion_lossless_stats"):
-            del model._refusion_lossless_stats
+        lossless.forget(model)
         result = run_bench(model, tokenizer, prompts, specs, max_new_tokens=16, progress=False, warmup=warmup)
         return result["rows"][1]["forwards_by_width"]
 

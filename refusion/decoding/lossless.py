@@ -91,8 +91,10 @@ PRIOR_RANK = (0.25, 0.13, 0.07, 0.06, 0.04, 0.03, 0.03, 0.02)  # chance the rank
 PRIOR_DEPTH = 0.3  # chance a chain token is right given the one before it was
 PRIOR_WEIGHT, DECAY = 4.0, 0.95
 # The next position's candidates are judged over a longer memory than the chain depths: whether to offer any
-# (b > 0) is often a thin call (about 0.2 of a token against 0.1 of a forward on the shipped model in bf16),
-# and a plain step gathers no evidence: with a short memory a few misses in a row mean plain steps for a while.
+# (b > 0) is often a thin call (on the shipped model in bf16, mask-head candidates alone are accepted 0.29 times
+# per forward, and feeding them costs 0.10 of a forward: `benchmarks/bench/smollm2-bf16/`, its
+# `lossless:lookup=0,draft_table=off` row), and a plain step gathers no evidence: with a short memory a few misses
+# in a row mean plain steps for a while.
 RANK_DECAY = 0.99
 # A plain step must beat the best tree by this much: plain steps gather no evidence about the candidates, and the
 # first tree after them comes without candidates. Near the boundary both are worth about the same: replayed on
@@ -339,14 +341,15 @@ class LosslessRow:
         drafts, expected = [], self.shape.expected(b, d)
         # Priced against what a step with one pending token gives: the first forward feeds the whole prompt, which
         # would make any draft look cheap beside it, yet it costs what it costs in any step.
-        steady, explore = width - len(self.pending) + 1, rows == 1
+        prompt_rest = len(self.pending) - 1
         for source, (match, tokens), gain, adaptive in sources:
             if not tokens or any(other.tokens[:len(tokens)] == tokens for other in drafts):
                 continue
-            if adaptive and not gain.pays(match, len(tokens), expected, width, cost, explore, rows * expected / cost(steady)):
+            if adaptive and not gain.pays(match, len(tokens), expected, width, cost, rows == 1,
+                                          rate=rows * expected / cost(width - prompt_rest)):
                 continue
             drafts.append(LookupDraft(source, tokens, match, gain))
-            expected, width, steady = expected + gain.mean(match), width + len(tokens), steady + len(tokens)
+            expected, width = expected + gain.mean(match), width + len(tokens)
         return drafts
 
     def take(self, logits: torch.Tensor) -> list[int]:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 import refusion
+from refusion.decoding import lossless
 from refusion.server.engine import Engine, Job
 
 from .conftest import MODEL_NAME
@@ -33,8 +34,7 @@ SETTINGS = [
 
 def fresh(model):
     """Forget the acceptance history lossless keeps on the model: every run starts where the other did."""
-    if hasattr(model, "_refusion_lossless_stats"):
-        del model._refusion_lossless_stats
+    lossless.forget(model)
 
 
 def alone(model, tokenizer, prompt_ids, options) -> refusion.Generation:
