@@ -11,6 +11,11 @@ A row is one prompt's decoder state (`autoregressive.ArRow`, `lossless.LosslessR
   callbacks, sets `done` when it has finished, and returns the offsets of the fed tokens whose KV
   the cache keeps (in order: its exact causal cache of the text).
 
+A row may also offer `spare` after `feed`: drafts it can add to its feed at no model work (`Spare`),
+and then answers `fill(tokens)` with its feed grown by that many of them. Rows are fed at the widest
+row's width, so a shorter row's room costs nothing: the batch fills it, and widens the whole forward
+where what every row's drafts add pays for it.
+
 Rows' feeds are laid side by side in a [rows, widest feed] batch; one additive mask hides from each
 row the cache entries and fed tokens that are not its own. The cache is shared: a column holds
 one entry per row, and `padding` marks the entries that are not that row's (its feed was shorter,
@@ -24,6 +29,7 @@ the last token is fed in a forward of its own, and its cache row is added to the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -43,6 +49,34 @@ class Feed:
     """[w, w] bool: which fed tokens each fed token sees (None: causal)."""
     read: list[int]
     """Offsets of the fed tokens whose logits the row reads."""
+
+
+@dataclass
+class Spare:
+    """Drafts a row can add to its feed (after `feed`), best first."""
+
+    expected: float
+    """Tokens the row's feed is expected to commit without them."""
+    gains: list[float]
+    """[i]: tokens the (i+1)-th added draft token is expected to add; `fill(k)` adds the first k."""
+    cost: Callable[[int], float]
+    """Relative cost of a forward by the tokens it feeds (one row)."""
+
+
+def fill_width(widths: list[int], spares: list[Spare | None]) -> int:
+    """The width to feed rows of these feed widths at: the widest feed, or wider where the tokens all rows are
+    expected to commit per unit of the forward's cost (`rows x width` tokens) grow. A row without `Spare` is
+    expected to commit one token."""
+    cost = next(spare.cost for spare in spares if spare)
+    rows, floor = len(widths), max(widths)
+    widest = max([floor] + [width + len(spare.gains) for width, spare in zip(widths, spares) if spare])
+
+    def rate(fed: int) -> float:
+        tokens = sum(spare.expected + sum(spare.gains[: fed - width]) if spare else 1.0
+                     for width, spare in zip(widths, spares))
+        return tokens / cost(rows * fed)
+
+    return max(range(floor, widest + 1), key=rate)  # the narrowest of equals
 
 
 class Batch:
@@ -84,7 +118,7 @@ class Batch:
 
     def step(self) -> list:
         """One forward for every row; returns the rows that finished (they have left the batch)."""
-        feeds = [row.feed(len(self.rows)) for row in self.rows]
+        feeds = self._filled([row.feed(len(self.rows)) for row in self.rows])
         rows, width, columns = len(feeds), max(len(feed.ids) for feed in feeds), self.padding.shape[1]
         ids = torch.zeros(rows, width, dtype=torch.long)
         positions = torch.zeros(rows, width, dtype=torch.long)
@@ -110,6 +144,17 @@ class Batch:
         else:
             self.compact()
         return finished
+
+    def _filled(self, feeds: list[Feed]) -> list[Feed]:
+        """Every row is fed at the widest feed's width: rows that offer spare drafts fill their room with them,
+        and the forward widens where that pays for every row (`fill_width`)."""
+        spares = [getattr(row, "spare", None) for row in self.rows]
+        if len(feeds) == 1 or not any(spares):
+            return feeds
+        widths = [len(feed.ids) for feed in feeds]
+        width = fill_width(widths, spares)
+        return [row.fill(min(width - fed, len(spare.gains))) if spare and width > fed else feed
+                for row, feed, fed, spare in zip(self.rows, feeds, widths, spares)]
 
     def _keep(self, columns: int, keeps: list[list[int]]) -> None:
         """Keep each row's chosen fed entries fed after the `columns` cached before this step."""

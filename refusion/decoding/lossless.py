@@ -58,7 +58,7 @@ import torch
 
 from ..attention import segment_visibility
 from ..errors import RefusionError
-from .batching import Batch, Feed
+from .batching import Batch, Feed, Spare
 from .generation import EventCallback
 from .draft_table import DraftTable
 from .lookup import TABLE_PRIOR_GAIN, LookupGain, NgramIndex
@@ -315,42 +315,84 @@ class LosslessRow:
         chains += [[token] for token in candidates.first[1:b]]
         for chain in chains:
             forward.chain(chain, g if self.feed_masks else 0)
-        self.lookups = self._lookup_drafts(remaining, b, d, forward.offset, cost, rows)
+        self.spare = None
+        if rows == 1:
+            self.lookups = self._lookup_drafts(remaining, b, d, forward.offset, cost)
+        else:  # the batch decides which drafts pay (`spare`, `fill`); a fixed lookup length is always fed
+            sources = self._draft_sources(remaining)
+            self.lookups = [draft for draft in sources if not draft.adaptive]
+            spare = [draft for i, draft in enumerate(sources) if draft.adaptive and not _held(draft, sources[:i])]
+            self.spare = self._spare(spare, b, d, self.forward_cost)
         for draft in self.lookups:
             forward.chain(draft.tokens, 0)  # no masks after it: where it wins, the next forward drafts from root masks
         self.forward, self.chains, self.depth = forward, chains, d if b else 0
+        return self._feed()
+
+    def _feed(self) -> Feed:
+        forward = self.forward
         return Feed(forward.ids(), forward.positions(), forward.visibility() if len(forward.segments) > 1 else None,
                     forward.read)
 
-    def _lookup_drafts(self, remaining: int, b: int, d: int, width: int, cost, rows: int) -> list["LookupDraft"]:
-        """The lookup drafts this forward verifies beside the mask chains: from the text itself, then from the draft
-        table, each where it pays on top of what is already fed (a draft the other one already holds is not).
-
-        In a batch every row is fed at the widest row's width, so a row's draft widens the whole forward, whose
-        tokens are every row's progress: it must beat what all `rows` rows gain per unit of cost."""
+    def _draft_sources(self, remaining: int) -> list["LookupDraft"]:
+        """Drafts that cost no model work: from the text itself, then from the draft table."""
         if remaining < 2:
             return []
-        sources = []
+        drafts = []
         if self.ngrams is not None:
-            sources.append(("lookup", self.ngrams.draft(min(self.lookup_most, remaining - 1)), self.lookup_gain,
-                            self.lookup_adaptive))
+            match, tokens = self.ngrams.draft(min(self.lookup_most, remaining - 1))
+            drafts.append(LookupDraft("lookup", tokens, match, self.lookup_gain, self.lookup_adaptive))
         if self.table is not None:
             tail = self.text if len(self.text) >= self.table.longest else self.prompt + self.text  # draft() reads its end
-            draft = self.table.draft(tail, min(self.table_most, remaining - 1))
-            sources.append(("table", draft, self.table_gain, True))
+            match, tokens = self.table.draft(tail, min(self.table_most, remaining - 1))
+            drafts.append(LookupDraft("table", tokens, match, self.table_gain, True))
+        return [draft for draft in drafts if draft.tokens]
+
+    def _lookup_drafts(self, remaining: int, b: int, d: int, width: int, cost) -> list["LookupDraft"]:
+        """The drafts this forward verifies beside the mask chains, each where it pays on top of what is already
+        fed (alone: in a batch the batch decides, through `spare` and `fill`)."""
         drafts, expected = [], self.shape.expected(b, d)
         # Priced against what a step with one pending token gives: the first forward feeds the whole prompt, which
         # would make any draft look cheap beside it, yet it costs what it costs in any step.
         prompt_rest = len(self.pending) - 1
-        for source, (match, tokens), gain, adaptive in sources:
-            if not tokens or any(other.tokens[:len(tokens)] == tokens for other in drafts):
+        for draft in self._draft_sources(remaining):
+            if _held(draft, drafts):
                 continue
-            if adaptive and not gain.pays(match, len(tokens), expected, width, cost, rows == 1,
-                                          rate=rows * expected / cost(width - prompt_rest)):
+            if draft.adaptive and not draft.gain.pays(draft.match, len(draft.tokens), expected, width, cost,
+                                                      rate=expected / cost(width - prompt_rest)):
                 continue
-            drafts.append(LookupDraft(source, tokens, match, gain))
-            expected, width = expected + gain.mean(match), width + len(tokens)
+            drafts.append(draft)
+            expected, width = expected + draft.gain.mean(draft.match), width + len(draft.tokens)
         return drafts
+
+    def _spare(self, drafts: list["LookupDraft"], b: int, d: int, cost) -> Spare | None:
+        """In a batch: what these drafts could add, each token's expected gain from what drafts of its source added
+        before (a draft's tokens taken to be accepted one after another with a constant chance, which gives that
+        mean), best first; `fill` adds them in that order."""
+        gains = []
+        for j, draft in enumerate(drafts):
+            mean = max(draft.gain.mean(draft.match), 0.0)
+            chance = mean / (1 + mean)
+            weights = [chance ** (i + 1) for i in range(len(draft.tokens))]
+            scale = mean / sum(weights) if sum(weights) else 0.0
+            gains += [(scale * weight, j, draft) for weight in weights]
+        if not gains:
+            return None
+        gains.sort(key=lambda gain: -gain[0])  # stable, and decreasing along each draft: every prefix keeps order
+        self.spare_order = [(j, draft) for _, j, draft in gains]
+        return Spare(self.shape.expected(b, d), [gain for gain, _, _ in gains], cost)
+
+    def fill(self, tokens: int) -> Feed:
+        """The feed grown by the first `tokens` of the spare drafts' tokens (`spare`)."""
+        counts: dict[int, int] = {}
+        for j, _ in self.spare_order[:tokens]:
+            counts[j] = counts.get(j, 0) + 1
+        drafts = dict(self.spare_order)
+        for j in sorted(counts):
+            draft = drafts[j]
+            draft = LookupDraft(draft.source, draft.tokens[:counts[j]], draft.match, draft.gain, draft.adaptive)
+            self.forward.chain(draft.tokens, 0)
+            self.lookups.append(draft)
+        return self._feed()
 
     def take(self, logits: torch.Tensor) -> list[int]:
         forward, chains, candidates = self.forward, self.chains, self.candidates
@@ -448,6 +490,13 @@ class LookupDraft:
     tokens: list[int]
     match: int
     gain: LookupGain
+    adaptive: bool = True
+    """Offered where it pays (False: the user fixed the lookup length)."""
+
+
+def _held(draft: LookupDraft, others: list[LookupDraft]) -> bool:
+    """Is the draft the start of one of the others (feeding it would add nothing)?"""
+    return any(other.tokens[:len(draft.tokens)] == draft.tokens for other in others)
 
 
 class Forward:

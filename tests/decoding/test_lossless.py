@@ -231,24 +231,41 @@ def test_a_long_prompt_does_not_make_a_lookup_draft_look_cheap():
     assert oracle.calls[0].input_ids == [prompt]
 
 
-def test_in_a_batch_a_lookup_draft_must_pay_for_every_row_it_widens():
-    """Rows of a batch are fed side by side at the widest row's width: one row's draft widens the whole forward,
-    whose tokens are every row's progress. A draft that pays alone (0.3 tokens on prior for 3 more tokens at
-    width_cost 0.05: 0.15 of a forward) does not beside another row (the forward of two rows grows by 0.29 of
-    itself, which was worth two tokens)."""
-    ar = [5, 6, 7, 9, 10, 11]  # the prompt is 5 6 7: after 5, the draft 6 7 5
-    options = dict(decoder="lossless", branches=0, depth=2, lookup="auto", width_cost=0.05, max_new_tokens=6)
+@pytest.mark.parametrize("second, widened", [(PROMPT, True), ([8, 9, 10], False)], ids=["both-draft", "one-drafts"])
+def test_in_a_batch_drafts_widen_the_forward_only_where_they_pay_for_every_row(second, widened):
+    """Rows of a batch are fed side by side at the widest row's width: a wider forward costs every row, and its
+    tokens are every row's progress. At width_cost 0.1 two rows' forward of one token each is worth 2 / 1.1 = 1.82
+    tokens per unit of cost. The draft 6 7 5 (a one-token match: 0.3 tokens on prior, its first token worth 0.23)
+    widens it to two tokens each only where both rows have it: (2 + 2 x 0.23) / 1.3 = 1.90, against
+    (2 + 0.23) / 1.3 = 1.72 where one row has it."""
+    ar = [5, 6, 7, 9, 10, 11]  # the prompt is 5 6 7: after 5, the draft 6 7 5; after 8 9 10 5, none
+    oracle = PositionOracle([0] * 6, mask_conf=[0.9] * 6, ar_conf=[0.9] * 6, ar_token=ar)
+    results = refusion.generate(oracle, Tokenizer(), [PROMPT, second], decoder="lossless", branches=0, depth=2,
+                                lookup="auto", width_cost=0.1, max_new_tokens=6)
+    assert [result.tokens for result in results] == [ar, ar]
+    assert oracle.calls[1].input_ids == ([[5, 6], [5, 6]] if widened else [[5], [5]])
+
+
+def test_a_rows_room_in_a_batch_is_filled_with_its_drafts_at_no_cost():
+    """The first forward feeds each prompt whole, at the longest one's width. Alone, the draft after 5 6 7 5 does not
+    pay (0.3 tokens on prior for three tokens at width_cost 0.1: 0.3 of a forward); beside a longer prompt it fits
+    in the padding, costs nothing, and here is right: four tokens in the first forward."""
+    short, long = [5, 6, 7, 5], [1, 2, 3, 4, 8, 9, 10, 11]
+    ar = [6, 7, 5, 9, 10, 11]
+    options = dict(decoder="lossless", branches=0, depth=2, lookup="auto", width_cost=0.1, max_new_tokens=6,
+                   trace=True)
 
     def oracle():
-        return PositionOracle([0] * 6, mask_conf=[0.9] * 6, ar_conf=[0.9] * 6, ar_token=ar)
+        return PositionOracle([0] * 6, mask_conf=[0.9] * 6, ar_conf=[0.9] * 6, ar_token=ar, prompt_len=len(short))
 
-    alone = oracle()
-    assert refusion.generate(alone, Tokenizer(), torch.tensor([PROMPT]), **options).tokens == ar
-    assert alone.calls[1].input_ids == [[5, 6, 7, 5]]
+    alone = [refusion.generate(oracle(), Tokenizer(), torch.tensor([prompt]), **options) for prompt in (short, long)]
     together = oracle()
-    results = refusion.generate(together, Tokenizer(), [PROMPT, PROMPT], **options)
-    assert [result.tokens for result in results] == [ar, ar]
-    assert together.calls[1].input_ids == [[5], [5]]
+    results = refusion.generate(together, Tokenizer(), [short, long], **options)
+    assert [result.tokens for result in results] == [result.tokens for result in alone]
+    assert results[0].tokens == ar
+    assert together.calls[0].input_ids == [short + [6, 7, 5, 0], long]
+    assert commits(results[0]) == [([0, 1, 2, 3], 3), ([4], 0), ([5], 0)]
+    assert results[0].forward_passes == 3 < alone[0].forward_passes
 
 
 def test_the_longest_agreeing_draft_wins_and_the_next_forward_drafts_from_its_root_masks():
