@@ -60,21 +60,21 @@ class Spare:
     gains: list[float]
     """[i]: tokens the (i+1)-th added draft token is expected to add; `fill(k)` adds the first k."""
     cost: Callable[[int], float]
-    """Relative cost of a forward by the tokens it feeds (one row)."""
+    """Relative cost of the batch's forward by the width its rows are fed at."""
 
 
-def fill_width(widths: list[int], spares: list[Spare | None]) -> int:
-    """The width to feed rows of these feed widths at: the widest feed, or wider where the tokens all rows are
-    expected to commit per unit of the forward's cost (`rows x width` tokens) grow. A row without `Spare` is
-    expected to commit one token."""
+def fill_width(ends: list[int], spares: list[Spare | None]) -> int:
+    """The width to feed rows whose feeds end at these columns at: the widest feed's, or wider where the tokens all
+    rows are expected to commit per unit of the forward's cost grow. A row without `Spare` is expected to commit one
+    token."""
     cost = next(spare.cost for spare in spares if spare)
-    rows, floor = len(widths), max(widths)
-    widest = max([floor] + [width + len(spare.gains) for width, spare in zip(widths, spares) if spare])
+    floor = max(ends)
+    widest = max([floor] + [end + len(spare.gains) for end, spare in zip(ends, spares) if spare])
 
     def rate(fed: int) -> float:
-        tokens = sum(spare.expected + sum(spare.gains[: fed - width]) if spare else 1.0
-                     for width, spare in zip(widths, spares))
-        return tokens / cost(rows * fed)
+        tokens = sum(spare.expected + sum(spare.gains[: fed - end]) if spare else 1.0
+                     for end, spare in zip(ends, spares))
+        return tokens / cost(fed)
 
     return max(range(floor, widest + 1), key=rate)  # the narrowest of equals
 
@@ -118,25 +118,33 @@ class Batch:
 
     def step(self) -> list:
         """One forward for every row; returns the rows that finished (they have left the batch)."""
-        feeds = self._filled([row.feed(len(self.rows)) for row in self.rows])
-        rows, width, columns = len(feeds), max(len(feed.ids) for feed in feeds), self.padding.shape[1]
+        feeds = [row.feed(len(self.rows)) for row in self.rows]
+        # Each row's last pending token sits in one column (prompts of different lengths are padded on the left):
+        # the logits read are then mostly in the same few columns, and the LM head runs only on those.
+        last = max(len(row.pending) for row in self.rows) - 1
+        starts = [last - len(row.pending) + 1 for row in self.rows]
+        feeds = self._filled(feeds, starts)
+        rows, columns = len(feeds), self.padding.shape[1]
+        width = max(start + len(feed.ids) for start, feed in zip(starts, feeds))
         ids = torch.zeros(rows, width, dtype=torch.long)
         positions = torch.zeros(rows, width, dtype=torch.long)
         visible = torch.eye(width, dtype=torch.bool).repeat(rows, 1, 1)  # a pad sees itself: no all-hidden row
-        for b, feed in enumerate(feeds):
-            fed = len(feed.ids)
-            ids[b, :fed] = torch.tensor(feed.ids)
-            positions[b, :fed] = torch.tensor(feed.positions)
-            visible[b, :fed, :fed] = feed.visible if feed.visible is not None else torch.ones(fed, fed).tril().bool()
+        for b, (start, feed) in enumerate(zip(starts, feeds)):
+            end = start + len(feed.ids)
+            ids[b, start:end] = torch.tensor(feed.ids)
+            positions[b, start:end] = torch.tensor(feed.positions)
+            fed = end - start
+            visible[b, start:end, start:end] = feed.visible if feed.visible is not None else torch.ones(fed, fed).tril().bool()
         causal = rows == 1 and feeds[0].visible is None and not self.padding.any()
         mask = None if causal else rows_mask(self.padding, visible, self.runner.dtype, self.runner.device)
-        read = sorted({offset for feed in feeds for offset in feed.read})
+        read = sorted({start + offset for start, feed in zip(starts, feeds) for offset in feed.read})
         where = {offset: i for i, offset in enumerate(read)}
         logits = self.runner(ids, positions, self.cache, mask, logits_to_keep=torch.tensor(read, device=self.runner.device))
         keeps = []
-        for b, (row, feed) in enumerate(zip(self.rows, feeds)):
+        for b, (row, start, feed) in enumerate(zip(self.rows, starts, feeds)):
             row.forwards += 1
-            keeps.append(row.take(logits[b, [where[offset] for offset in feed.read]]))
+            kept = row.take(logits[b, [where[start + offset] for offset in feed.read]])
+            keeps.append([start + offset for offset in kept])
         self._keep(columns, keeps)
         finished = [row for row in self.rows if row.done]
         if finished:
@@ -145,16 +153,16 @@ class Batch:
             self.compact()
         return finished
 
-    def _filled(self, feeds: list[Feed]) -> list[Feed]:
+    def _filled(self, feeds: list[Feed], starts: list[int]) -> list[Feed]:
         """Every row is fed at the widest feed's width: rows that offer spare drafts fill their room with them,
         and the forward widens where that pays for every row (`fill_width`)."""
         spares = [getattr(row, "spare", None) for row in self.rows]
         if len(feeds) == 1 or not any(spares):
             return feeds
-        widths = [len(feed.ids) for feed in feeds]
-        width = fill_width(widths, spares)
-        return [row.fill(min(width - fed, len(spare.gains))) if spare and width > fed else feed
-                for row, feed, fed, spare in zip(self.rows, feeds, widths, spares)]
+        ends = [start + len(feed.ids) for start, feed in zip(starts, feeds)]
+        width = fill_width(ends, spares)
+        return [row.fill(min(width - end, len(spare.gains))) if spare and width > end else feed
+                for row, feed, end, spare in zip(self.rows, feeds, ends, spares)]
 
     def _keep(self, columns: int, keeps: list[list[int]]) -> None:
         """Keep each row's chosen fed entries fed after the `columns` cached before this step."""

@@ -127,10 +127,10 @@ class Request:
         """A fresh generator per prompt, seeded as it would be alone, so that a row's draws match."""
         return torch.Generator().manual_seed(self.seed) if self.seed is not None else None
 
-    def runner(self, model) -> ModelRunner:
+    def runner(self, model, rows: int = 1) -> ModelRunner:
         runner = ModelRunner(model, suppress_token_id=getattr(model.config, "mask_token_id", None))
         if hasattr(self.module, "prepare"):  # one-off work (measuring the model) is not decoding time
-            self.module.prepare(runner, self.options)
+            self.module.prepare(runner, self.options, rows)
         return runner
 
 
@@ -287,7 +287,7 @@ def _decode_one(model, request: Request, prompt_ids: torch.Tensor, row: Row) -> 
 
 def _decode_together(model, request: Request, prompts: list[torch.Tensor], rows: list[Row]) -> list[Generation]:
     """Several prompts sharing forwards: rows of a `Batch` for a decoder with a `ROW`, else in lockstep."""
-    runner = request.runner(model)
+    runner = request.runner(model, len(prompts))
     started = time.perf_counter()
     opened = [OpenRow(request, prompt_ids, row, runner) for prompt_ids, row in zip(prompts, rows)]
     if hasattr(request.module, "ROW"):

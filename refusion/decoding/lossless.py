@@ -322,7 +322,7 @@ class LosslessRow:
             sources = self._draft_sources(remaining)
             self.lookups = [draft for draft in sources if not draft.adaptive]
             spare = [draft for i, draft in enumerate(sources) if draft.adaptive and not _held(draft, sources[:i])]
-            self.spare = self._spare(spare, b, d, self.forward_cost)
+            self.spare = self._spare(spare, b, d, cost) if spare else None  # adaptive drafts are priced: cost is set
         for draft in self.lookups:
             forward.chain(draft.tokens, 0)  # no masks after it: where it wins, the next forward drafts from root masks
         self.forward, self.chains, self.depth = forward, chains, d if b else 0
@@ -365,18 +365,14 @@ class LosslessRow:
         return drafts
 
     def _spare(self, drafts: list["LookupDraft"], b: int, d: int, cost) -> Spare | None:
-        """In a batch: what these drafts could add, each token's expected gain from what drafts of its source added
-        before (a draft's tokens taken to be accepted one after another with a constant chance, which gives that
-        mean), best first; `fill` adds them in that order."""
+        """In a batch: what these drafts could add, best first; `fill` adds them in that order. A draft's tokens are
+        taken to be accepted one after another with a constant chance q, q / (1 - q) being what drafts of its source
+        and match added on average: its i-th token adds q^i."""
         gains = []
         for j, draft in enumerate(drafts):
             mean = max(draft.gain.mean(draft.match), 0.0)
             chance = mean / (1 + mean)
-            weights = [chance ** (i + 1) for i in range(len(draft.tokens))]
-            scale = mean / sum(weights) if sum(weights) else 0.0
-            gains += [(scale * weight, j, draft) for weight in weights]
-        if not gains:
-            return None
+            gains += [(chance ** (i + 1), j, draft) for i in range(len(draft.tokens))]
         gains.sort(key=lambda gain: -gain[0])  # stable, and decreasing along each draft: every prefix keeps order
         self.spare_order = [(j, draft) for _, j, draft in gains]
         return Spare(self.shape.expected(b, d), [gain for gain, _, _ in gains], cost)
@@ -462,8 +458,7 @@ class LosslessRow:
     every token it feeds; on a GPU far more slowly). Remembered per batch size: `choose` prices every
     shape at every step."""
         if rows not in self.priced:
-            base = self.forward_cost
-            self.priced[rows] = functools.lru_cache(maxsize=None)(lambda width: base(rows * width) / base(rows))
+            self.priced[rows] = functools.lru_cache(maxsize=None)(self.forward_cost.rows(rows))
         return self.priced[rows]
 
     def output(self, cache=None) -> DecodeOutput:
@@ -615,11 +610,13 @@ SEEDED_WIDTH_COST = 0.02
 """Cost of one more fed token, relative to a one-token forward, assumed by seeded sampling (no timing)."""
 
 
-def prepare(runner: ModelRunner, options: dict) -> None:
-    """Measure the model's forward cost by width now (once per model), outside the decode's timing."""
+def prepare(runner: ModelRunner, options: dict, rows: int = 1) -> None:
+    """Measure the model's forward cost by width now (once per model and batch size), outside the decode's timing."""
     if options["width_cost"] == "auto" and "auto" in (options["branches"], options["depth"], options["lookup"],
                                                       options["draft_table"]):
-        forward_cost(runner, "auto")
+        cost = forward_cost(runner, "auto")
+        for bucket in range(1, rows + 1):  # rows leave as they finish: every smaller batch is priced too
+            cost.rows(bucket)
 
 
 def forget(model) -> None:
@@ -636,15 +633,31 @@ def _remember(model, key: tuple, shape: Shape) -> None:
         pass  # a model object that takes no attributes: each generation starts from the prior
 
 
-def forward_cost(runner: ModelRunner, width_cost: float | str) -> Callable[[int], float]:
-    """Relative cost of a forward by tokens fed: measured once per model ("auto"), or linear."""
-    if width_cost == "auto":
-        if isinstance(runner.model, torch.nn.Module):
-            table = width_costs(runner.model)
-            return lambda width: interpolate_cost(table, width)
-        width_cost = 0.02  # a stand-in model: nothing worth timing
-    return lambda width: 1 + float(width_cost) * (width - 1)
+class ForwardCost:
+    """Relative cost of a forward by tokens fed (`cost(width)`, one row), and of a batch's forward by tokens each
+    row feeds (`rows(n)`): measured once per model and number of rows ("auto"), or linear in all tokens fed."""
 
+    def __init__(self, runner: ModelRunner, width_cost: float | str):
+        self.model = runner.model
+        self.measured = width_cost == "auto" and isinstance(runner.model, torch.nn.Module)
+        self.per_token = 0.02 if width_cost == "auto" else float(width_cost)  # "auto" on a stand-in: nothing to time
+        self.table = width_costs(runner.model) if self.measured else None
+
+    def __call__(self, width: int) -> float:
+        return interpolate_cost(self.table, width) if self.measured else 1 + self.per_token * (width - 1)
+
+    def rows(self, rows: int) -> Callable[[int], float]:
+        """A batch's forward by each row's width, relative to one token each."""
+        if rows == 1:
+            return self
+        if self.measured:
+            table = width_costs(self.model, rows)
+            return lambda width: interpolate_cost(table, width)
+        return lambda width: self(rows * width) / self(rows)
+
+
+def forward_cost(runner: ModelRunner, width_cost: float | str) -> ForwardCost:
+    return ForwardCost(runner, width_cost)
 
 
 ROW = LosslessRow

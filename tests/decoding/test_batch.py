@@ -65,9 +65,10 @@ def test_finished_rows_leave_the_batch_and_padding_columns_are_cut():
     refusion.generate(alone, Tokenizer(), torch.tensor(SHORT), **ORACLE_OPTIONS)
     assert model.calls[-1].past_length == alone.calls[-1].past_length
     assert model.calls[-1].position_ids == alone.calls[-1].position_ids == [[3 + 4]]
-    # Each row's prompt sits at positions 0 .. P-1, as alone.
+    # Each row's prompt sits at positions 0 .. P-1, as alone (what else the first forward holds is padding).
     first = model.calls[0]
-    assert first.position_ids[2] == list(range(10)) and first.position_ids[0][:3] == [0, 1, 2]
+    for prompt, ids, positions in zip([SHORT, MIDDLE, LONG], first.input_ids, first.position_ids):
+        assert [(t, p) for t, p in zip(ids, positions) if (t, p) != (0, 0)] == list(zip(prompt, range(len(prompt))))
 
 
 def test_a_cancelled_batch_ends_every_row():

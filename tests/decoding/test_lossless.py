@@ -247,25 +247,26 @@ def test_in_a_batch_drafts_widen_the_forward_only_where_they_pay_for_every_row(s
 
 
 def test_a_rows_room_in_a_batch_is_filled_with_its_drafts_at_no_cost():
-    """The first forward feeds each prompt whole, at the longest one's width. Alone, the draft after 5 6 7 5 does not
-    pay (0.3 tokens on prior for three tokens at width_cost 0.1: 0.3 of a forward); beside a longer prompt it fits
-    in the padding, costs nothing, and here is right: four tokens in the first forward."""
-    short, long = [5, 6, 7, 5], [1, 2, 3, 4, 8, 9, 10, 11]
-    ar = [6, 7, 5, 9, 10, 11]
-    options = dict(decoder="lossless", branches=0, depth=2, lookup="auto", width_cost=0.1, max_new_tokens=6,
-                   trace=True)
+    """Rows are fed at the widest row's width. The first row always feeds its lookup draft 6 7 5 (lookup=3); the
+    second has none, and alone its draft-table chain 6 7 9 would not pay (0.1 tokens on prior for three tokens at
+    width_cost 0.1: 0.3 of a forward). Beside the first it fits in the padding, costs nothing, and here is right:
+    four tokens in the first forward."""
+    first, second = [5, 6, 7, 5], [8, 9, 10, 5]
+    ar = [6, 7, 9, 10, 11, 12]
+    options = dict(decoder="lossless", branches=0, depth=2, lookup=3, width_cost=0.1, max_new_tokens=6, trace=True)
 
     def oracle():
-        return PositionOracle([0] * 6, mask_conf=[0.9] * 6, ar_conf=[0.9] * 6, ar_token=ar, prompt_len=len(short))
+        model = PositionOracle([0] * 6, mask_conf=[0.9] * 6, ar_conf=[0.9] * 6, ar_token=ar, prompt_len=4)
+        model._refusion_draft_table = DraftTable({(5,): 6, (6,): 7, (7,): 9})
+        return model
 
-    alone = [refusion.generate(oracle(), Tokenizer(), torch.tensor([prompt]), **options) for prompt in (short, long)]
+    alone = [refusion.generate(oracle(), Tokenizer(), torch.tensor([prompt]), **options) for prompt in (first, second)]
     together = oracle()
-    results = refusion.generate(together, Tokenizer(), [short, long], **options)
-    assert [result.tokens for result in results] == [result.tokens for result in alone]
-    assert results[0].tokens == ar
-    assert together.calls[0].input_ids == [short + [6, 7, 5, 0], long]
-    assert commits(results[0]) == [([0, 1, 2, 3], 3), ([4], 0), ([5], 0)]
-    assert results[0].forward_passes == 3 < alone[0].forward_passes
+    results = refusion.generate(together, Tokenizer(), [first, second], **options)
+    assert [result.tokens for result in results] == [result.tokens for result in alone] == [ar, ar]
+    assert together.calls[0].input_ids == [first + [6, 7, 5], second + [6, 7, 9]]
+    assert commits(results[1]) == [([0, 1, 2, 3], 3), ([4], 0), ([5], 0)]
+    assert results[1].forward_passes == 3 < alone[1].forward_passes
 
 
 def test_the_longest_agreeing_draft_wins_and_the_next_forward_drafts_from_its_root_masks():
@@ -481,3 +482,24 @@ def test_a_chain_with_masks_after_it_is_worth_what_they_draft_next():
     chains[0] = [3, 4]
     assert lossless._walk_greedy(rows, chains, masked=1, carried=2.5) == (5, [], None, [0, 2])
     assert lossless._walk_greedy(rows, chains, masked=1, carried=1.5) == (9, [0, 1], 1, [0, 2])
+
+
+@pytest.mark.parametrize("widening, wider", [(1.01, True), (2.0, False)], ids=["cheap", "dear"])
+def test_a_batch_widens_for_drafts_by_what_its_rows_forwards_cost(widening, wider):
+    """A batch's cost by width is measured for its rows (each row attends to its own cache, so 16 rows of two tokens
+    are not one row of 32): with one row's forwards as dear as their tokens, drafts widen two rows' forward where
+    two rows' costs say that is cheap, and only there."""
+    tokenizer = char_tokenizer()
+    model = tiny_model("llama", vocab_size=128, seed=5)
+    model.config.mask_token_id = 127
+    key = (str(model.device), model.dtype)
+    model._refusion_width_costs = {key: {1: 1.0, 2: 2.0, 64: 64.0}, (*key, 2): {1: 1.0, 2: widening, 64: 64.0}}
+    widths = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]),
+                                    with_kwargs=True)
+    prompts = [refusion.encode_prompt(tokenizer, "abcabcabcabcabc")[0], refusion.encode_prompt(tokenizer, "abcabcab")[0]]
+    results = refusion.generate(model, tokenizer, prompts, decoder="lossless", branches=0, max_new_tokens=12)
+    decoding = widths[1:]  # the first forward feeds the prompts
+    assert [r.tokens for r in results] == [refusion.generate(model, tokenizer, p, decoder="ar", max_new_tokens=12).tokens
+                                           for p in prompts]
+    assert (max(decoding) > 1) == wider
