@@ -7,6 +7,8 @@ mask (0 = visible, dtype-min = hidden); a bool mask there is silently wrong, so 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -36,6 +38,12 @@ def segment_mask(past: int, segments: list[tuple[int, list[tuple[int, int]]]], d
 
 def segment_visibility(segments: list[tuple[int, list[tuple[int, int]]]]) -> torch.Tensor:
     """Who sees whom among the fed tokens of `segment_mask`'s segments: [S, S] bool, True = visible."""
+    key = tuple((length, tuple(sees)) for length, sees in segments)
+    return _visibility(key).clone()  # decoders feed the same few layouts again and again
+
+
+@functools.lru_cache(maxsize=1024)
+def _visibility(segments: tuple) -> torch.Tensor:
     fed = sum(length for length, _ in segments)
     visible = torch.zeros(fed, fed, dtype=torch.bool)
     starts = []

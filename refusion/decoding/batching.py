@@ -189,6 +189,8 @@ class Batch:
 
     def compact(self) -> None:
         """Cut columns that are padding in every row; re-pack each row's entries if most of the cache is waste."""
+        if not self.padding.any():
+            return
         used = ~self.padding.all(dim=0)
         if not used.all():
             kv_cache.keep_indices(self.cache, used.nonzero()[:, 0])

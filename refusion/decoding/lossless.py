@@ -141,6 +141,8 @@ class Shape:
         self.exploring = 0  # steps left of an exploration: one to feed masks, one to verify their candidates
         self.whole_chains = 0  # chains accepted whole in a row: what is beyond them is never judged
         self.probing = 0  # steps left of a deeper probe: one to feed the deeper masks, one to verify the chain
+        self._tree_costs: dict[tuple[int, int], float] = {}  # (b, d) -> cost of its forward, under `_costs_of`
+        self._costs_of: Callable | None = None
 
     def update(self, branches: int, depth: int, rank: int | None, deeper: int) -> None:
         """Offered `branches` x `depth`; the T+1 candidate of `rank` matched (None: none), and `deeper` more of chain 0."""
@@ -188,7 +190,7 @@ class Shape:
             best, branch_choices = 0.0, [1]
         for b in branch_choices:
             for d in depth_choices if b else ():
-                gain = self._expected(sums, b, d) / self.cost(tree_width(1, b, d))
+                gain = self._expected(sums, b, d) / self._tree_cost(b, d)
                 if gain > best:
                     best, shape = gain, (b, d)
         self.plain_steps = self.plain_steps + 1 if shape[0] == 0 else 0
@@ -200,6 +202,16 @@ class Shape:
             self.probing -= 1
             shape = (shape[0], min(shape[1] + 1, most_depth))
         return shape
+
+    def _tree_cost(self, branches: int, depth: int) -> float:
+        """The cost of a forward offering `branches` x `depth` after one pending token (remembered: every step prices
+        every shape)."""
+        if self._costs_of is not self.cost:
+            self._tree_costs, self._costs_of = {}, self.cost
+        shape = (branches, depth)
+        if shape not in self._tree_costs:
+            self._tree_costs[shape] = self.cost(tree_width(1, branches, depth))
+        return self._tree_costs[shape]
 
     def expected(self, branches: int, depth: int) -> float:
         """Tokens a forward offering `branches` x `depth` is expected to commit (the AR token included)."""
@@ -616,7 +628,7 @@ def prepare(runner: ModelRunner, options: dict, rows: int = 1) -> None:
                                                       options["draft_table"]):
         cost = forward_cost(runner, "auto")
         for bucket in range(1, rows + 1):  # rows leave as they finish: every smaller batch is priced too
-            cost.rows(bucket)
+            cost.rows(bucket, measure=True)
 
 
 def forget(model) -> None:
@@ -646,13 +658,15 @@ class ForwardCost:
     def __call__(self, width: int) -> float:
         return interpolate_cost(self.table, width) if self.measured else 1 + self.per_token * (width - 1)
 
-    def rows(self, rows: int) -> Callable[[int], float]:
-        """A batch's forward by each row's width, relative to one token each."""
+    def rows(self, rows: int, measure: bool = False) -> Callable[[int], float]:
+        """A batch's forward by each row's width, relative to one token each. Measured where `prepare` (or
+        `measure`) had it measured; else every token is taken to cost what the first does, so that only the room
+        the widest row leaves is filled (measuring takes seconds: a running server does not stop for it)."""
         if rows == 1:
             return self
         if self.measured:
-            table = width_costs(self.model, rows)
-            return lambda width: interpolate_cost(table, width)
+            table = width_costs(self.model, rows, measure)
+            return (lambda width: interpolate_cost(table, width)) if table else float
         return lambda width: self(rows * width) / self(rows)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import kv_cache
+from ..attention import rows_mask
 
 
 def cache_keyword(model) -> str:
@@ -123,6 +124,7 @@ BATCH_CALIBRATION_WIDTHS = (1, 2, 3, 4, 6, 8)
 """Widths measured for a batch of rows: rows widen only by a few tokens each."""
 CALIBRATION_CONTEXT = 128
 CALIBRATION_ROUNDS = 7
+BATCH_CALIBRATION_ROUNDS = 3  # a batch's forwards take longer, and vary less
 
 
 def rows_bucket(rows: int) -> int:
@@ -131,7 +133,7 @@ def rows_bucket(rows: int) -> int:
 
 
 @torch.no_grad()
-def width_costs(model, rows: int = 1) -> dict[int, float]:
+def width_costs(model, rows: int = 1, measure: bool = True) -> dict[int, float] | None:
     """A forward's cost by the number of new tokens each of `rows` rows feeds, relative to one token each,
     measured once per model and number of rows (`rows_bucket`).
 
@@ -139,8 +141,9 @@ def width_costs(model, rows: int = 1) -> dict[int, float]:
     every width, and each width keeps its fastest: a busy machine slows some forwards, never speeds one
     up, and interleaving the widths spreads a slow spell over all of them. A wider forward never
     costs less than a narrower one (what is left of the noise could say otherwise). Rows are measured
-    as rows, not as one row of their tokens: each attends to its own cache, and on this CPU 16 rows of
-    two tokens cost 1.5x 16 of one, where one row of 32 tokens costs 1.3x one of 16. Kept on the model
+    as rows under the additive mask a batch is fed with, not as one row of their tokens: each attends
+    to its own cache, and on this CPU 16 rows of two tokens cost 1.5x 16 of one, where one row of 32
+    tokens costs 1.3x one of 16. Kept on the model
     (per device, dtype and rows) so that a process measures each once.
     """
     device = model_device(model)
@@ -148,20 +151,25 @@ def width_costs(model, rows: int = 1) -> dict[int, float]:
     rows = rows_bucket(rows)
     key = (str(device), dtype) if rows == 1 else (str(device), dtype, rows)
     known = getattr(model, "_refusion_width_costs", {})
-    if key in known:
-        return known[key]
+    if key in known or not measure:
+        return known.get(key)
     cache = kv_cache.new_cache()
     keyword = cache_keyword(model)
     context = torch.zeros(rows, CALIBRATION_CONTEXT, dtype=torch.long, device=device)
     model(input_ids=context, use_cache=True, logits_to_keep=1, **{keyword: cache})
     widths = CALIBRATION_WIDTHS if rows == 1 else BATCH_CALIBRATION_WIDTHS
     fastest = dict.fromkeys(widths, float("inf"))
-    for _ in range(CALIBRATION_ROUNDS):
+    for _ in range(CALIBRATION_ROUNDS if rows == 1 else BATCH_CALIBRATION_ROUNDS):
         for width in widths:
             ids = torch.zeros(rows, width, dtype=torch.long, device=device)
             positions = torch.arange(CALIBRATION_CONTEXT, CALIBRATION_CONTEXT + width, device=device).repeat(rows, 1)
+            # Rows of a batch are always fed under an additive mask (their padding), which costs more than none.
+            mask = None if rows == 1 else rows_mask(torch.zeros(rows, CALIBRATION_CONTEXT, dtype=torch.bool),
+                                                    torch.ones(width, width, dtype=torch.bool).tril().repeat(rows, 1, 1),
+                                                    dtype, device)
             started = time.perf_counter()
-            model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=width, **{keyword: cache})
+            model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, logits_to_keep=width,
+                  **{keyword: cache})
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             fastest[width] = min(fastest[width], time.perf_counter() - started)
