@@ -24,10 +24,13 @@ import torch
 from ..decoding import generate, lossless
 from ..decoding.dispatch import DECODERS, check_options
 from ..decoding.options import SEED, TEMPERATURE
+from ..decoding.runner import build_kernels
 from ..errors import RefusionError
 
 LOSSLESS = {"ar", "lossless"}  # decoders whose text is the AR head's (greedy: identical; sampling: same distribution)
 GENERATE_KEYS = {"temperature", "seed"}  # generate() keywords a spec may set besides the decoder's options
+KERNEL_WIDTHS = 160  # the widest lossless forward after the prompt: 8 candidates, chains of 10, their masks, lookups
+KERNEL_WIDTHS_PAST_PROMPT = 32  # the first forward: the prompt, its root masks and drafts
 
 
 @dataclass
@@ -272,6 +275,8 @@ def run_bench(model, tokenizer, prompts: list[str], specs: list[DecoderSpec], *,
             return [generate(model, tokenizer, group[0], decoder=spec.decoder, **spec.options, **kwargs)]
         return generate(model, tokenizer, [ids[0] for ids in group], decoder=spec.decoder, **spec.options, **kwargs)
 
+    if warmup:  # untimed: every width a decode may feed at batch 1
+        build_kernels(model, max(KERNEL_WIDTHS, max(ids.shape[1] for ids in encoded) + KERNEL_WIDTHS_PAST_PROMPT))
     rows, outputs, tokens_by_key = [], {}, {}
     for size in dict.fromkeys(size for _, size in plan):  # in plan order
         specs_here = [spec for spec, s in plan if s == size]
