@@ -290,7 +290,7 @@ class LosslessRow:
                                          if draft_table == "auto" and temperature == 0 else None)
         self.table_most, self.table_gain = min(TABLE_DRAFT, max_depth), LookupGain(TABLE_PRIOR_GAIN)
         priced = self.adaptive or self.lookup_most and self.lookup_adaptive or self.table is not None
-        self.forward_cost = forward_cost(runner, width_cost) if priced else None
+        self.forward_cost = ForwardCost(runner, width_cost) if priced else None
         self.priced: dict[int, Callable[[int], float]] = {}
         self.shape = Shape(branches, depth, max_branches, max_depth, self.forward_cost if self.adaptive else None)
         # What this model's candidates achieved earlier with the same settings is the best prior.
@@ -626,7 +626,7 @@ def prepare(runner: ModelRunner, options: dict, rows: int = 1) -> None:
     """Measure the model's forward cost by width now (once per model and batch size), outside the decode's timing."""
     if options["width_cost"] == "auto" and "auto" in (options["branches"], options["depth"], options["lookup"],
                                                       options["draft_table"]):
-        cost = forward_cost(runner, "auto")
+        cost = ForwardCost(runner, "auto")
         for bucket in range(1, rows + 1):  # rows leave as they finish: every smaller batch is priced too
             cost.rows(bucket, measure=True)
 
@@ -668,10 +668,6 @@ class ForwardCost:
             table = width_costs(self.model, rows, measure)
             return (lambda width: interpolate_cost(table, width)) if table else float
         return lambda width: self(rows * width) / self(rows)
-
-
-def forward_cost(runner: ModelRunner, width_cost: float | str) -> ForwardCost:
-    return ForwardCost(runner, width_cost)
 
 
 ROW = LosslessRow

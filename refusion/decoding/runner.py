@@ -142,9 +142,9 @@ def width_costs(model, rows: int = 1, measure: bool = True) -> dict[int, float] 
     up, and interleaving the widths spreads a slow spell over all of them. A wider forward never
     costs less than a narrower one (what is left of the noise could say otherwise). Rows are measured
     as rows under the additive mask a batch is fed with, not as one row of their tokens: each attends
-    to its own cache, and on this CPU 16 rows of two tokens cost 1.5x 16 of one, where one row of 32
-    tokens costs 1.3x one of 16. Kept on the model
-    (per device, dtype and rows) so that a process measures each once.
+    to its own cache, and on this CPU (bf16, one thread) 16 rows of two tokens cost 1.5x 16 of one,
+    where one row of 32 tokens costs 1.3x one of 16. Kept on the model (per device, dtype and rows) so
+    that a process measures each once; `measure=False` only reads what was measured (None if nothing).
     """
     device = model_device(model)
     dtype = next(model.parameters()).dtype
