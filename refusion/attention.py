@@ -64,6 +64,10 @@ def rows_mask(cache_padding: torch.Tensor, fed_visible: torch.Tensor, dtype: tor
     `fed_visible` [B, W, W] says which of its fed tokens each fed token sees.
     """
     rows, width = fed_visible.shape[:2]
-    visible = torch.cat([(~cache_padding)[:, None, :].expand(rows, width, -1), fed_visible], dim=2)
-    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
-    return mask[:, None].to(device)
+    columns = cache_padding.shape[1]
+    hidden = torch.finfo(dtype).min
+    mask = torch.zeros(rows, 1, width, columns + width, dtype=dtype)
+    mask[:, 0, :, columns:].masked_fill_(~fed_visible, hidden)
+    if cache_padding.any():  # a decode alone has none
+        mask[:, 0, :, :columns].masked_fill_(cache_padding[:, None, :], hidden)
+    return mask.to(device)

@@ -106,6 +106,17 @@ def keep_tail_columns(cache: DynamicCache, start: int, index: torch.Tensor) -> N
     truncate(cache, start + count)
 
 
+def move_columns(cache: DynamicCache, source: int, target: int, count: int) -> None:
+    """Move the `count` cached tokens from column `source` to column `target` (< source) and cut what follows
+    them: a slice copy per layer, cheaper than a gather where what is kept is one run."""
+    for layer in cache.layers:
+        if layer.is_initialized:
+            for tensor in (layer.keys, layer.values):
+                moved = tensor[:, :, source:source + count]
+                tensor[:, :, target:target + count] = moved.clone() if source < target + count else moved
+    truncate(cache, target + count)
+
+
 def add_rows(cache: DynamicCache, other: DynamicCache) -> None:
     """Append the batch row of `other` (empty or not) to `cache`, the shorter one left-padded with zero entries."""
     started = any(layer.is_initialized for layer in other.layers)

@@ -81,6 +81,38 @@ def fill_width(ends: list[int], spares: list[Spare | None]) -> int:
     return max(range(floor, widest + 1), key=rate)  # the narrowest of equals
 
 
+def _inputs(feeds: list[Feed], starts: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The [rows, width] ids and positions, and [rows, width, width] which fed token sees which: each row's feed
+    from its start column; padding elsewhere (a pad sees only itself: no row of the mask is all hidden)."""
+    if len(feeds) == 1 and not starts[0]:
+        feed = feeds[0]
+        fed = len(feed.ids)
+        visible = feed.visible if feed.visible is not None else torch.ones(fed, fed, dtype=torch.bool).tril()
+        return torch.tensor([feed.ids]), torch.tensor([feed.positions]), visible[None]
+    width = max(start + len(feed.ids) for start, feed in zip(starts, feeds))
+    ids = torch.zeros(len(feeds), width, dtype=torch.long)
+    positions = torch.zeros(len(feeds), width, dtype=torch.long)
+    visible = torch.eye(width, dtype=torch.bool).repeat(len(feeds), 1, 1)
+    for b, (start, feed) in enumerate(zip(starts, feeds)):
+        end = start + len(feed.ids)
+        ids[b, start:end] = torch.tensor(feed.ids)
+        positions[b, start:end] = torch.tensor(feed.positions)
+        fed = end - start
+        visible[b, start:end, start:end] = feed.visible if feed.visible is not None else torch.ones(fed, fed).tril().bool()
+    return ids, positions, visible
+
+
+def _prefix_and_run(keep: list[int]) -> tuple[int, int] | None:
+    """(p, s) where `keep` is 0 .. p-1 followed by one run s, s+1, ... (s > p); else None."""
+    p = 0
+    while p < len(keep) and keep[p] == p:
+        p += 1
+    rest = keep[p:]
+    if rest and rest == list(range(rest[0], rest[0] + len(rest))):
+        return p, rest[0]
+    return None
+
+
 class Batch:
     def __init__(self, runner: ModelRunner):
         self.runner = runner
@@ -127,26 +159,21 @@ class Batch:
         starts = [last - len(row.pending) + 1 for row in self.rows]
         feeds = self._filled(feeds, starts)
         rows, columns = len(feeds), self.padding.shape[1]
-        width = max(start + len(feed.ids) for start, feed in zip(starts, feeds))
-        ids = torch.zeros(rows, width, dtype=torch.long)
-        positions = torch.zeros(rows, width, dtype=torch.long)
-        visible = torch.eye(width, dtype=torch.bool).repeat(rows, 1, 1)  # a pad sees itself: no all-hidden row
-        for b, (start, feed) in enumerate(zip(starts, feeds)):
-            end = start + len(feed.ids)
-            ids[b, start:end] = torch.tensor(feed.ids)
-            positions[b, start:end] = torch.tensor(feed.positions)
-            fed = end - start
-            visible[b, start:end, start:end] = feed.visible if feed.visible is not None else torch.ones(fed, fed).tril().bool()
+        ids, positions, visible = _inputs(feeds, starts)
         causal = rows == 1 and feeds[0].visible is None and not self.padding.any()
         mask = None if causal else rows_mask(self.padding, visible, self.runner.dtype, self.runner.device)
         read = sorted({start + offset for start, feed in zip(starts, feeds) for offset in feed.read})
-        where = {offset: i for i, offset in enumerate(read)}
         logits = self.runner(ids, positions, self.cache, mask, logits_to_keep=torch.tensor(read, device=self.runner.device))
         keeps = []
-        for b, (row, start, feed) in enumerate(zip(self.rows, starts, feeds)):
-            row.forwards += 1
-            kept = row.take(logits[b, [where[start + offset] for offset in feed.read]])
-            keeps.append([start + offset for offset in kept])
+        if rows == 1 and read == feeds[0].read:  # alone, the logits are already in the order the row reads them
+            self.rows[0].forwards += 1
+            keeps.append(self.rows[0].take(logits[0]))
+        else:
+            where = {offset: i for i, offset in enumerate(read)}
+            for b, (row, start, feed) in enumerate(zip(self.rows, starts, feeds)):
+                row.forwards += 1
+                kept = row.take(logits[b, [where[start + offset] for offset in feed.read]])
+                keeps.append([start + offset for offset in kept])
         self._keep(columns, keeps)
         finished = [row for row in self.rows if row.done]
         if finished:
@@ -171,6 +198,9 @@ class Batch:
         most = max(len(keep) for keep in keeps)
         if all(keep == list(range(len(keep))) for keep in keeps):  # prefixes: cutting the cache is enough
             kv_cache.truncate(self.cache, columns + most)
+        elif len(keeps) == 1 and (run := _prefix_and_run(keeps[0])):  # alone: the pending tokens and one chain
+            kept_prefix, source = run
+            kv_cache.move_columns(self.cache, columns + source, columns + kept_prefix, most - kept_prefix)
         else:
             index = torch.arange(most).repeat(len(keeps), 1)
             for b, keep in enumerate(keeps):

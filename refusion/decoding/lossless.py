@@ -188,9 +188,13 @@ class Shape:
         if self.exploring:  # candidates of one branch, as deep as allowed: shows whether they pay now
             self.exploring -= 1
             best, branch_choices = 0.0, [1]
+        first_right, rank_sums, chain_sums = sums
         for b in branch_choices:
-            for d in depth_choices if b else ():
-                gain = self._expected(sums, b, d) / self._tree_cost(b, d)
+            if not b:
+                continue
+            offered = 1 + rank_sums[b]  # `_expected`, inlined: every step prices every shape
+            for d in depth_choices:
+                gain = (offered + first_right * chain_sums[d]) / self._tree_cost(b, d)
                 if gain > best:
                     best, shape = gain, (b, d)
         self.plain_steps = self.plain_steps + 1 if shape[0] == 0 else 0
