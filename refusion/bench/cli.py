@@ -10,8 +10,9 @@ BENCH_HELP = """Run decoder settings in turn on the same prompts, in one process
 per setting: tokens/s and its ratio to `ar` measured in this run, tokens per forward, forwards,
 mean ms per forward by the number of tokens it fed, engine overhead (time outside the model's
 forward), peak memory, and quality against `ar`: the share of prompts whose text is identical to
-`ar`'s and the mean log-likelihood per token the model's AR head gives the text. A warm-up
-generation per setting is not counted. An `ar` row is added when --decoders has none. The settings
+`ar`'s and the mean log-likelihood per token the model's AR head gives the text. Not counted: a
+warm-up step per setting and prompt, and one forward at every width a decode may feed (CPU kernels
+are built per input shape; a long-running process has built them all). An `ar` row is added when --decoders has none. The settings
 take turns prompt by prompt, so that a machine that slows down or speeds up during the run weighs
 on every row alike.
 
