@@ -195,6 +195,8 @@ def build_kernels(model, most: int) -> None:
     cache = kv_cache.new_cache()
     model(input_ids=torch.zeros(1, 4, dtype=torch.long, device=device), use_cache=True, logits_to_keep=1,
           **{keyword: cache})
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    most = min(most, positions - 4) if isinstance(positions, int) else most  # no forward past what the model knows
     for width in range(1, most + 1):
         model(input_ids=torch.zeros(1, width, dtype=torch.long, device=device),
               position_ids=torch.arange(4, 4 + width, device=device)[None], use_cache=True, logits_to_keep=width,
