@@ -96,13 +96,10 @@ def keep_tail_columns(cache: DynamicCache, start: int, index: torch.Tensor) -> N
     Only the tail past `start` (what the last forward fed) is read and written, in place: the cache before it is
     neither copied nor moved."""
     count = index.shape[1]
-    one_row = index.shape[0] == 1  # a decode alone: a plain index_select, cheaper than a gather
     for layer in cache.layers:
         if layer.is_initialized:
             for tensor in (layer.keys, layer.values):
-                tail = tensor[:, :, start:]
-                kept = tail.index_select(2, index[0].to(tensor.device)) if one_row else _gather_tokens(tail, index)
-                tensor[:, :, start:start + count] = kept
+                tensor[:, :, start:start + count] = _gather_tokens(tensor[:, :, start:], index)
     truncate(cache, start + count)
 
 

@@ -48,10 +48,11 @@ Knows nothing about tokenizers.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -388,20 +389,17 @@ class LosslessRow:
         for j, draft in enumerate(drafts):
             mean = max(draft.gain.mean(draft.match), 0.0)
             chance = mean / (1 + mean)
-            gains += [(chance ** (i + 1), j, draft) for i in range(len(draft.tokens))]
+            gains += [(chance ** (i + 1), j) for i in range(len(draft.tokens))]
         gains.sort(key=lambda gain: -gain[0])  # stable, and decreasing along each draft: every prefix keeps order
-        self.spare_order = [(j, draft) for _, j, draft in gains]
-        return Spare(self.shape.expected(b, d), [gain for gain, _, _ in gains], cost)
+        self.spare_drafts, self.spare_order = drafts, [j for _, j in gains]
+        return Spare(self.shape.expected(b, d), [gain for gain, _ in gains], cost)
 
     def fill(self, tokens: int) -> Feed:
         """The feed grown by the first `tokens` of the spare drafts' tokens (`spare`)."""
-        counts: dict[int, int] = {}
-        for j, _ in self.spare_order[:tokens]:
-            counts[j] = counts.get(j, 0) + 1
-        drafts = dict(self.spare_order)
+        counts = collections.Counter(self.spare_order[:tokens])
         for j in sorted(counts):
-            draft = drafts[j]
-            draft = LookupDraft(draft.source, draft.tokens[:counts[j]], draft.match, draft.gain, draft.adaptive)
+            draft = self.spare_drafts[j]
+            draft = replace(draft, tokens=draft.tokens[:counts[j]])
             self.forward.chain(draft.tokens, 0)
             self.lookups.append(draft)
         return self._feed()

@@ -142,8 +142,8 @@ def width_costs(model, rows: int = 1, measure: bool = True) -> dict[int, float] 
     up, and interleaving the widths spreads a slow spell over all of them. A wider forward never
     costs less than a narrower one (what is left of the noise could say otherwise). Rows are measured
     as rows under the additive mask a batch is fed with, not as one row of their tokens: each attends
-    to its own cache, and on this CPU (bf16, one thread) 16 rows of two tokens cost 1.5x 16 of one,
-    where one row of 32 tokens costs 1.3x one of 16. Kept on the model (per device, dtype and rows) so
+    to its own cache, and on this CPU (bf16, one thread) 16 rows of two tokens cost 1.45x 16 of one,
+    where one row of 32 tokens costs 1.3x one of 16 (`benchmarks/bench/cpu-costs.txt`). Kept on the model (per device, dtype and rows) so
     that a process measures each once; `measure=False` only reads what was measured (None if nothing).
     """
     device = model_device(model)
@@ -186,9 +186,9 @@ def width_costs(model, rows: int = 1, measure: bool = True) -> dict[int, float] 
 def build_kernels(model, most: int) -> None:
     """One forward at every width 1 .. `most`, every position's logits kept, after a few tokens of context.
 
-    On a CPU, bf16 matrix kernels are built for each new input shape the first time it is seen (about
-    20 ms each on this AMD EPYC: ten forwards of a 2M-parameter model), and a decoder whose forwards
-    vary in width meets many shapes. A long-running process has built them all; a benchmark builds
+    On a CPU, bf16 matrix kernels are built for each new input shape the first time it is seen (on
+    this AMD EPYC about 1.6 ms, most of a forward of a 2M-parameter model: `benchmarks/bench/cpu-costs.txt`),
+    and a decoder whose forwards vary in width meets many shapes. A long-running process has built them all; a benchmark builds
     them before it times anything."""
     device = model_device(model)
     keyword = cache_keyword(model)
