@@ -16,8 +16,9 @@ sequence sorted by position. This module knows nothing about tokenizers or chat 
 The choices are the paper's; the forwards are fewer, each doing what two did (oracle tests hold
 the counts): the prompt and, with `kv="exact"`, the tokens a completion committed ride at the head
 of the next plan (their exact KV at no extra forward); the next plan's masks ride after the drafts
-of a verification that commits them all; each slot's first completion draft, for every acceptance
-it may get, rides beside the global verification; each verify round carries the next round's draft
+of a verification that commits them all, or beside a completion round that commits every slot
+(`kv="reuse"`; with `kv="exact"` a round whose outcome is known is not fed); each slot's first
+completion draft, for every acceptance it may get, rides beside the global verification; each verify round carries the next round's draft
 for every outcome; parallel slots sit side by side in one sequence under a 4D mask (one cache).
 """
 
@@ -153,14 +154,20 @@ def leading_true(mask: torch.Tensor) -> int:
     return int(mask.long().cumprod(0).sum())
 
 
-def first_draft_rows(slots, k, mask_id) -> list[tuple[int, int, list[int]]]:
-    """(slot start, a, row) for the first completion draft of each slot, one row per accepted length a
-    the global verification may leave it with (smallest first, at most FUSE_LIMIT tokens a slot):
-    its first a tokens, then masks."""
+def first_draft_rows(slots, k, mask_id) -> list[tuple[int, int, list[int], bool]]:
+    """(slot start, a, row, lead) for the first completion draft of each slot, one row per accepted length a
+    the global verification may leave it with (smallest first, at most FUSE_LIMIT tokens a slot).
+
+    The first slot's drafts lead the verification, seeing only the cache and themselves, so its rows are
+    masks alone that see its first a drafts there (lead); a later slot's drafts see the slots before
+    them, so its rows repeat its first a tokens before the masks."""
     rows = []
-    for slot in slots:
+    for index, slot in enumerate(slots):
         for a in range(1, min(k, FUSE_LIMIT // k + 1)):
-            rows.append((slot.start, a, slot.tokens[:a].tolist() + [mask_id] * (k - a)))
+            if index == 0:
+                rows.append((slot.start, a, [mask_id] * (k - a), True))
+            else:
+                rows.append((slot.start, a, slot.tokens[:a].tolist() + [mask_id] * (k - a), False))
     return rows
 
 
@@ -171,8 +178,8 @@ def verify_globally(runner, state, tokens, positions, k, token_threshold, next_m
     Returns the length of the accepted prefix of the concatenation, each slot's own accepted
     prefix, the logits of `next_masks` (positions of masks fed after the drafts, or None): when
     every draft is committed, they are the predictions the next plan forward would make; and the
-    logits of each of `rows` ((slot start, a, row tokens) fed beside them, each seeing only the
-    cache and itself: exactly a completion's first draft round). The first token of each slot passes
+    logits of the masks of each of `rows` (`first_draft_rows`, fed beside them: exactly a completion's
+    first draft round). The first token of each slot passes
     as drafted, except in the slots whose indices are in `checked`: there it is verified like the
     others (its own accepted prefix is then 0 when it fails). The cache is left holding the KV of
     the drafts; the caller keeps what it commits.
@@ -185,14 +192,16 @@ def verify_globally(runner, state, tokens, positions, k, token_threshold, next_m
     before = kv_cache.length(state.cache)
     attention = None
     if rows:
-        tokens = torch.cat([tokens, torch.tensor([[t for _, _, row in rows for t in row]])], dim=1)
-        positions = torch.cat([positions, torch.tensor([[start + i for start, _, row in rows for i in range(len(row))]])], dim=1)
-        layout = [(causal, [])] + [(len(row), []) for _, _, row in rows]
+        tokens = torch.cat([tokens, torch.tensor([[t for _, _, row, _ in rows for t in row]])], dim=1)
+        positions = torch.cat([positions, torch.tensor([[start + (a if lead else 0) + i for start, a, row, lead in rows
+                                                         for i in range(len(row))]])], dim=1)
+        layout = [(causal, [])] + [(len(row), [(0, a)] if lead else []) for _, a, row, lead in rows]
         attention = segment_mask(before, layout, runner.dtype, runner.device)
     logits = runner(tokens, positions, state.cache, attention)[0]  # [m*k (+ masks) (+ rows), V]
     kv_cache.truncate(state.cache, before + n)
     plan_logits = logits[n:causal] if len(next_masks) else None
-    row_logits = list(logits[causal:].split([len(row) for _, _, row in rows])) if rows else []
+    row_logits = list(logits[causal:].split([len(row) for _, _, row, _ in rows])) if rows else []
+    row_logits = [part if lead else part[a:] for part, (_, a, _, lead) in zip(row_logits, rows)]  # the masks
     logits, tokens = logits[:n], tokens[:, :n]
     probs = torch.ones(tokens.shape[1])
     probs[1:] = probability_of(logits[:-1], tokens[0, 1:].to(logits.device)).cpu()  # AR prob, one place earlier
@@ -212,23 +221,26 @@ def verify_globally(runner, state, tokens, positions, k, token_threshold, next_m
 class Segment:
     """Tokens fed for one slot in a completion forward, and what its logits are for."""
 
-    slot: Slot
-    kind: str  # "draft": prefix + masks to fill; "verify": the filled slot; "outcome": masks after a verify row
+    slot: Slot | None
+    kind: str  # "draft": prefix + masks to fill; "verify": the filled slot; "outcome": masks after a verify row;
+    # "plan": the masks of a slot the next step plans, after every verify row
     ids: list[int]
     start: int  # position of its first token
-    parent: int | None = None  # an outcome's verify segment (index)
-    visible: int = 0  # how many of the parent's tokens it sees: the accepted length it assumes
+    sees: list[tuple[int, int]] = field(default_factory=list)  # (earlier segment, how many of its tokens) it sees
+    visible: int = 0  # an outcome: how many of its verify row's tokens it sees, the accepted length it assumes
     logits: torch.Tensor | None = None  # set by the forward: [len(ids), V]
     kv: kv_cache.LayerKV | None = None  # a verify segment's own keys/values, set by the forward
 
 
-def completion_forward(runner, state, slots, drafting, verifying, k, mask_id):
+def completion_forward(runner, state, slots, drafting, verifying, k, mask_id, plan_starts=()):
     """One forward over every slot's segments, side by side in one sequence (each sees the cache and its own).
 
     `drafting` slots feed their accepted prefix and masks (a draft round). `verifying` slots feed
     their filled tokens (a verify round) and, when they may stay unfinished, one group of masks per
     possible outcome a (accepted length after this verify) that sees the first a tokens: that group
     predicts exactly what the next draft round would, so no separate draft forward is needed.
+    `plan_starts`, when this round may commit every slot: the masks of the next plan's slots after them,
+    seeing the verify rows (their reused KV) and each other causally, as a plan forward would.
     Returns the segments with their logits; the cache is left as it was.
     """
     segments: list[Segment] = []
@@ -243,10 +255,15 @@ def completion_forward(runner, state, slots, drafting, verifying, k, mask_id):
             budget -= k - outcome
             if budget < 0:
                 break  # an outcome past the budget gets its draft from a forward of its own
-            segments.append(Segment(slot, "outcome", [mask_id] * (k - outcome), slot.start + outcome, row, outcome))
+            segments.append(Segment(slot, "outcome", [mask_id] * (k - outcome), slot.start + outcome, [(row, outcome)],
+                                    outcome))
+    rows = [(index, len(seg.ids)) for index, seg in enumerate(segments) if seg.kind == "verify"]
+    for start in plan_starts:
+        segments.append(Segment(None, "plan", [mask_id] * k, start, list(rows)))
+        rows.append((len(segments) - 1, k))
     ids = torch.tensor([[t for seg in segments for t in seg.ids]])
     positions = torch.tensor([[seg.start + i for seg in segments for i in range(len(seg.ids))]])
-    layout = [(len(seg.ids), [] if seg.parent is None else [(seg.parent, seg.visible)]) for seg in segments]
+    layout = [(len(seg.ids), seg.sees) for seg in segments]
     before = kv_cache.length(state.cache)
     mask = segment_mask(before, layout, runner.dtype, runner.device)
     logits = runner(ids, positions, state.cache, mask)[0]  # [fed, V]
@@ -291,21 +308,38 @@ def end_at_eos(slots, eos_token_ids) -> int | None:
     return None
 
 
+def may_be_last(slots, drafting, verifying, filled) -> bool:
+    """Whether this round's forward may leave every slot done: each is in it as a filled draft."""
+    return not drafting and len(verifying) == len(slots) and all(slot.start in filled for slot in verifying)
+
+
+def surely_last(slots, drafting, verifying, filled) -> bool:
+    """Whether it leaves every slot done whatever the AR head says: each at most one token short (that
+    token passes as drafted)."""
+    return may_be_last(slots, drafting, verifying, filled) and all(slot.accepted >= slot.length - 1 for slot in slots)
+
+
 def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_ids, generator, emit, step, should_stop,
-                         first_drafts):
+                         first_drafts, next_plan=()):
     """Finish every selected slot (at most k rounds), then commit them in position order.
 
     `first_drafts` maps (slot start, accepted length) to the logits of that slot's first draft
     round, computed beside the global verification; a slot found there skips its own draft forward.
-    Returns None, committing nothing, when `should_stop()` says so between rounds.
+    `next_plan`: the slots the next step plans once these are committed. With `kv="reuse"` their
+    masks ride every round that verifies all slots, kept when it leaves them all done (they saw each
+    slot's tokens as the cache will hold them); with `kv="exact"` a round whose outcome is known (each
+    slot one token short) is not fed at all: its KV would be recomputed anyway.
+    Returns (tokens, positions, EOS position or None, whether their KV is in the cache, the ridden
+    plan's mask logits or None), or None, committing nothing, when `should_stop()` says so between rounds.
     """
     reuse = options["kv"] == "reuse"
     eos_position = None
+    plan_logits = None
     filled: set[int] = set()  # starts of slots whose tokens are a fresh draft waiting for its verify
     for slot in slots:
         logits = first_drafts.get((slot.start, slot.accepted))
         if logits is not None and not slot.done:
-            fill(slot, slot.accepted, logits[slot.accepted :], options["temperature"], generator)
+            fill(slot, slot.accepted, logits, options["temperature"], generator)
             filled.add(slot.start)
     for _ in range(2 * k + 2):
         if should_stop():
@@ -316,8 +350,18 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
         verifying = [slot for slot in slots if slot.start in filled or (reuse and slot.done and slot.kv_exact < slot.length)]
         if not drafting and not verifying:
             break
-        segments = completion_forward(runner, state, slots, drafting, verifying, k, mask_id)
+        last = surely_last(slots, drafting, verifying, filled)
+        if last and options["kv"] == "exact":
+            for slot in verifying:
+                slot.accepted = slot.length
+            filled.clear()
+            emit({"event": "round", "step": step, "slots": [s.start - state.prompt_len for s in slots],
+                  "accepted": [s.accepted for s in slots]})
+            continue
+        plan_starts = next_plan if reuse and may_be_last(slots, drafting, verifying, filled) else ()
+        segments = completion_forward(runner, state, slots, drafting, verifying, k, mask_id, plan_starts)
         a_round = any(slot.start in filled for slot in verifying)  # a draft verified (not only KV for a done slot)
+        plan_logits = torch.cat([seg.logits for seg in segments if seg.kind == "plan"]) if plan_starts else None
         for seg in segments:
             if seg.kind == "draft":
                 fill(seg.slot, seg.slot.accepted, seg.logits[seg.slot.accepted :], options["temperature"], generator)
@@ -340,7 +384,9 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
     elif options["kv"] == "recompute":
         runner(torch.tensor([tokens]), torch.tensor([positions]), state.cache, logits_to_keep=1)  # exact causal KV
     # kv="exact": the tokens stay pending and ride at the head of the next plan forward.
-    return tokens, positions, eos_position, options["kv"] != "exact"
+    if eos_position is not None or any(slot.length < k for slot in slots):
+        plan_logits = None  # the text ends here: nothing more is planned
+    return tokens, positions, eos_position, options["kv"] != "exact", plan_logits
 
 
 def validate_options(options: dict, max_new_tokens: int) -> None:
@@ -407,6 +453,11 @@ def decode(
         start = P + block * block_len
         return list(range(start, start + block_len, k))
 
+    def next_slots(masked, selected, block) -> list[int]:
+        """The slots the next step plans once the selected ones are committed."""
+        rest = [start for start in masked if start not in selected]
+        return rest if rest or block + 1 == blocks else block_slots(block + 1)
+
     def record(tokens, positions, phase, with_kv):
         state.commit(tokens, positions, with_kv)
         committed.update(zip(positions, tokens))
@@ -448,9 +499,7 @@ def decode(
             positions_flat = torch.cat([torch.arange(s.start, s.start + k) for s in slots]).unsqueeze(0)
             # The next plan's masks ride after the drafts: if every draft is committed, they predict
             # exactly what a separate plan forward after those drafts would.
-            upcoming = [start for start in masked if start not in selected]
-            if not upcoming and block + 1 < blocks:
-                upcoming = block_slots(block + 1)
+            upcoming = next_slots(masked, selected, block)
             ride_positions = mask_positions(upcoming, k) if upcoming else ()
             # Beside them, each slot's first completion draft for every acceptance it may get.
             rows = first_draft_rows(slots, k, mask_token_id)
@@ -480,14 +529,17 @@ def decode(
             if boundary == "check":  # a checked slot whose first token failed waits for a later step, masked
                 slots = [slot for slot in slots if slot.accepted]
                 selected = {slot.start for slot in slots}
-            first_drafts = {(start, a): logits for (start, a, _), logits in zip(rows, row_logits)}
+            first_drafts = {(start, a): logits for (start, a, _, _), logits in zip(rows, row_logits)}
+            upcoming = next_slots(masked, selected, block)
             completed = complete_in_parallel(
                 runner, state, slots, k, options, mask_token_id, eos_token_ids, generator, emit, step, should_stop,
-                first_drafts,
+                first_drafts, upcoming,
             )
             if completed is None:
                 break
-            tokens, positions, eos_position, with_kv = completed
+            tokens, positions, eos_position, with_kv, plan_logits = completed
+            if plan_logits is not None:  # the next plan rode the last completion round
+                riding = (upcoming, *read_plan(plan_logits, len(upcoming), k, temperature, generator))
             record(tokens, positions, "complete", with_kv)
             masked[:] = [start for start in masked if start not in selected]
             if eos_position is not None:

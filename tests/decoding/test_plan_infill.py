@@ -48,8 +48,10 @@ def test_all_planned_slots_accepted_by_global_verification():
     assert oracle.calls[0].input_ids == [PROMPT + [MASK] * 4]
     assert oracle.calls[0].position_ids == [[0, 1, 2, 3, 4, 5, 6]]
     # Verify pass feeds the drafts after the prompt's cache (the masks' KV was discarded), then each
-    # slot's first completion draft (its first token, a mask), unused when the drafts pass.
-    assert oracle.calls[1].past_length == P and oracle.calls[1].input_ids == [draft + [11, MASK, 13, MASK]]
+    # slot's first completion draft, unused when the drafts pass: slot 0's is a mask that sees its first
+    # draft in the verification; slot 1's repeats its first token (there it sees slot 0), then a mask.
+    assert oracle.calls[1].past_length == P and oracle.calls[1].input_ids == [draft + [MASK, 13, MASK]]
+    assert oracle.calls[1].position_ids == [[P, P + 1, P + 2, P + 3, P + 1, P + 2, P + 3]]
     assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + draft)]
     assert result.finish_reason == "length"
 
@@ -65,8 +67,8 @@ def test_partial_acceptance_commits_whole_leading_slots_then_completes_the_rest(
     assert result.forward_passes == 5
     assert commits(result) == [("verify", [0, 1]), ("complete", [2, 3])]
     assert plans(result) == [([0, 2], [0, 2]), ([2], [2])]
-    assert oracle.calls[3].input_ids == [[13, 14, 13, MASK]]  # slot 1's drafts, then its draft row [13, <mask>]
-    assert oracle.calls[3].position_ids == [[5, 6, 5, 6]]
+    assert oracle.calls[3].input_ids == [[13, 14, MASK]]  # slot 1's drafts, then its draft row: a mask after 13
+    assert oracle.calls[3].position_ids == [[5, 6, 6]]
     assert oracle.calls[4].input_ids == [[13, 14]]
     assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + draft)]
 
@@ -253,13 +255,43 @@ def test_a_plan_rides_along_a_verification_that_commits_every_draft():
 
 
 def test_a_plan_riding_a_verification_that_fails_is_discarded():
+    draft = [11, 12, 13, 14, 15, 16]
+    oracle = PositionOracle(draft, mask_conf=[HIGH] * 6, ar_conf=[HIGH, LOW, LOW] + [HIGH] * 3)
+    result = run(oracle, max_new_tokens=6, slot_size=3, blocks=2, slot_threshold=0.5, token_threshold=0.5)
+    assert result.tokens == draft
+    assert plans(result) == [([0], [0]), ([3], [3])]  # the same choices as plan forwards of their own
+    # Slot 0 fails at offset 1, so block 1's masks riding the verification are dropped. They ride its
+    # first verify round too, dropped again (offset 2 fails), then its second, which finishes it.
+    # plan, verify, two verify rounds (each carrying block 1's plan), verify block 1. (Was 6 forwards.)
+    assert result.forward_passes == 5
+    block_1_masks = set(at([MASK] * 3, P + 3))
+    assert block_1_masks <= set(fed(oracle.calls[2])) and block_1_masks <= set(fed(oracle.calls[3]))
+    assert oracle.calls[4].input_ids[0][:3] == [14, 15, 16] and oracle.calls[4].past_length == P + 3
+
+
+def test_a_plan_rides_the_completion_round_that_commits_every_slot():
     draft = [11, 12, 13, 14]
     oracle = PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=[HIGH, LOW, HIGH, HIGH])
     result = run(oracle, max_new_tokens=4, slot_size=2, blocks=2, slot_threshold=0.5, token_threshold=0.5)
     assert result.tokens == draft
-    # Slot 0 needs completion (a verify round); block 1 is then planned by its own forward.
-    assert result.forward_passes == 5
-    assert oracle.calls[3].input_ids == [[MASK, MASK]] and oracle.calls[3].position_ids == [[P + 2, P + 3]]
+    assert plans(result) == [([0], [0]), ([2], [2])]  # the same choices as a plan forward of its own
+    # Slot 0 fails at offset 1: its verify round feeds [11, 12] and block 1's masks after it, seeing it
+    # as the cache will hold it (kv="reuse"). plan, verify, verify round + plan, verify block 1. (Was 5.)
+    assert result.forward_passes == 4
+    assert set(at([11, 12, MASK, MASK], P)) <= set(fed(oracle.calls[2]))
+    assert oracle.calls[3].input_ids[0][:2] == [13, 14] and oracle.calls[3].past_length == P + 2
+    assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + draft)]
+
+
+def test_exact_kv_feeds_no_round_whose_outcome_is_known():
+    draft = [11, 12]
+    options = dict(max_new_tokens=2, slot_size=2, blocks=1, slot_threshold=0.5, token_threshold=0.5)
+    # Slot 0 fails at offset 1; its draft's last token passes as drafted, so only reuse needs the round (for KV).
+    reuse = run(PositionOracle(draft, mask_conf=[HIGH] * 2, ar_conf=[HIGH, LOW]), kv="reuse", **options)
+    exact = run(PositionOracle(draft, mask_conf=[HIGH] * 2, ar_conf=[HIGH, LOW]), kv="exact", **options)
+    assert reuse.tokens == exact.tokens == draft
+    assert (reuse.forward_passes, exact.forward_passes) == (3, 2)
+    assert commits(exact) == commits(reuse) == [("complete", [0, 1])]
 
 
 def test_exact_kv_rides_the_committed_tokens_along_the_next_plan():
@@ -272,8 +304,9 @@ def test_exact_kv_rides_the_committed_tokens_along_the_next_plan():
     reuse = run(reuse_oracle, kv="reuse", **options)
     assert exact.tokens == recompute.tokens == reuse.tokens == draft
     assert plans(exact) == plans(recompute)
-    # recompute: plan, verify, verify round, recompute, plan, verify; exact drops the recompute.
-    assert (recompute.forward_passes, exact.forward_passes, reuse.forward_passes) == (6, 5, 5)
+    # recompute: plan, verify, verify round, recompute, plan, verify; exact drops the recompute; reuse's
+    # verify round carries block 1's plan.
+    assert (recompute.forward_passes, exact.forward_passes, reuse.forward_passes) == (6, 5, 4)
     exact_oracle = PositionOracle(draft, [HIGH] * 8, ar)
     run(exact_oracle, kv="exact", **options)
     block_1_plan = exact_oracle.calls[3]

@@ -5,6 +5,7 @@ import torch
 
 import refusion
 from refusion import kv_cache
+from refusion.decoding import plan_infill
 from tests.tiny_models import char_tokenizer, tiny_model, tiny_model_with_mask
 
 MASK_ID = 127
@@ -52,8 +53,9 @@ def test_exact_kv_makes_recomputes_choices_and_cache_without_its_extra_forwards(
     recompute = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv="recompute", trace=True, **LOOSE)
     exact = refusion.generate(model, tokenizer, prompt_ids(tokenizer), kv="exact", trace=True, return_state=True, **LOOSE)
     assert exact.tokens == recompute.tokens
-    rounds = sum(1 for event in recompute.trace if event["event"] == "commit" and event["phase"] == "complete")
-    assert rounds > 0 and exact.forward_passes == recompute.forward_passes - rounds
+    completions = sum(1 for event in recompute.trace if event["event"] == "commit" and event["phase"] == "complete")
+    # No recompute forward, and no round whose outcome is known (its KV would be recomputed anyway).
+    assert completions > 0 and exact.forward_passes < recompute.forward_passes - completions
     state = exact.state
     covered = state.cached
     expected = fresh_cache(model, state.decode_order_tokens[:covered], state.decode_order_positions[:covered])
@@ -83,6 +85,20 @@ def test_outputs_hold_no_mask_and_greedy_is_deterministic(kind, kv, tokenizer):
     assert first.tokens == second.tokens and first.forward_passes == second.forward_passes
     assert MASK_ID not in first.tokens
     assert len(first.tokens) == 32
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "llama"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_plans_riding_completion_rounds_make_the_choices_of_plan_forwards_of_their_own(kind, temperature, tokenizer,
+                                                                                        monkeypatch):
+    model = tiny_model_with_mask(kind)
+    options = dict(temperature=temperature, seed=3, trace=True, **LOOSE)
+    riding = refusion.generate(model, tokenizer, prompt_ids(tokenizer), **options)
+    monkeypatch.setattr(plan_infill, "may_be_last", lambda *args: False)  # every plan gets its own forward
+    separate = refusion.generate(model, tokenizer, prompt_ids(tokenizer), **options)
+    assert riding.tokens == separate.tokens
+    assert [e for e in riding.trace if e["event"] != "round"] == [e for e in separate.trace if e["event"] != "round"]
+    assert riding.forward_passes < separate.forward_passes, "the settings must drive a plan onto a completion round"
 
 
 def test_sampling_is_reproducible_with_a_seed(tokenizer):
