@@ -17,7 +17,8 @@ The choices are the paper's; the forwards are fewer, each doing what two did (or
 the counts): the prompt and, with `kv="exact"`, the tokens a completion committed ride at the head
 of the next plan (their exact KV at no extra forward); the next plan's masks ride after the drafts
 of a verification that commits them all, or beside a completion round that commits every slot
-(`kv="reuse"`; with `kv="exact"` a round whose outcome is known is not fed); each slot's first
+(when the slots keep their own KV: `kv="reuse"`, and `kv="exact"` for a lone slot, whose own KV is
+causal; otherwise `kv="exact"` feeds no round whose outcome is known); each slot's first
 completion draft, for every acceptance it may get, rides beside the global verification; each verify round carries the next round's draft
 for every outcome; parallel slots sit side by side in one sequence under a 4D mask (one cache).
 """
@@ -50,7 +51,8 @@ OPTIONS = (
     Option("token_threshold", 0.3, "verify: accept drafted tokens whose AR probability is above this", float, 0.0, 1.0),
     Option("kv", "reuse", "after parallel completion: reuse each slot's own KV (the paper's default), recompute it "
            "causally in one more forward (the paper's ablation), or exact: the recomputed KV at no extra forward "
-           "(the committed tokens ride at the head of the next plan)", str, choices=("reuse", "recompute", "exact")),
+           "(the committed tokens ride at the head of the next plan; a lone slot keeps its own KV, which is causal)",
+           str, choices=("reuse", "recompute", "exact")),
     Option("boundary", "free", "a slot written right after another selected slot: its first token is accepted "
            "as drafted (free, the paper's) or must pass the AR check against that slot's draft in the global "
            "verification, else waits for a later step (check; no extra forward)", str, choices=("free", "check")),
@@ -325,14 +327,15 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
 
     `first_drafts` maps (slot start, accepted length) to the logits of that slot's first draft
     round, computed beside the global verification; a slot found there skips its own draft forward.
-    `next_plan`: the slots the next step plans once these are committed. With `kv="reuse"` their
-    masks ride every round that verifies all slots, kept when it leaves them all done (they saw each
-    slot's tokens as the cache will hold them); with `kv="exact"` a round whose outcome is known (each
-    slot one token short) is not fed at all: its KV would be recomputed anyway.
+    `next_plan`: the slots the next step plans once these are committed. When the slots keep their
+    own KV (`kv="reuse"`; `kv="exact"` with one slot, whose own KV is its causal KV) those masks ride
+    every round that verifies all slots, kept when it leaves them all done (they saw each slot's
+    tokens as the cache will hold them). With `kv="exact"` and several slots a round whose outcome is
+    known (each slot one token short) is not fed at all: their KV is computed by the next plan anyway.
     Returns (tokens, positions, EOS position or None, whether their KV is in the cache, the ridden
     plan's mask logits or None), or None, committing nothing, when `should_stop()` says so between rounds.
     """
-    reuse = options["kv"] == "reuse"
+    own_kv = options["kv"] == "reuse" or (options["kv"] == "exact" and len(slots) == 1)
     eos_position = None
     plan_logits = None
     filled: set[int] = set()  # starts of slots whose tokens are a fresh draft waiting for its verify
@@ -347,18 +350,18 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
         # The earliest slot holding an accepted EOS ends the text (an earlier slot may find one later).
         eos_position = end_at_eos(slots, eos_token_ids) or eos_position
         drafting = [slot for slot in slots if not slot.done and slot.start not in filled]
-        verifying = [slot for slot in slots if slot.start in filled or (reuse and slot.done and slot.kv_exact < slot.length)]
+        verifying = [slot for slot in slots if slot.start in filled or (own_kv and slot.done and slot.kv_exact < slot.length)]
         if not drafting and not verifying:
             break
         last = surely_last(slots, drafting, verifying, filled)
-        if last and options["kv"] == "exact":
+        if last and options["kv"] == "exact" and not own_kv:
             for slot in verifying:
                 slot.accepted = slot.length
             filled.clear()
             emit({"event": "round", "step": step, "slots": [s.start - state.prompt_len for s in slots],
                   "accepted": [s.accepted for s in slots]})
             continue
-        plan_starts = next_plan if reuse and may_be_last(slots, drafting, verifying, filled) else ()
+        plan_starts = next_plan if own_kv and may_be_last(slots, drafting, verifying, filled) else ()
         segments = completion_forward(runner, state, slots, drafting, verifying, k, mask_id, plan_starts)
         a_round = any(slot.start in filled for slot in verifying)  # a draft verified (not only KV for a done slot)
         plan_logits = torch.cat([seg.logits for seg in segments if seg.kind == "plan"]) if plan_starts else None
@@ -378,15 +381,15 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
                   "accepted": [s.accepted for s in slots]})
     tokens = [t for slot in slots for t in slot.tokens[: slot.length].tolist()]
     positions = [p for slot in slots for p in range(slot.start, slot.start + slot.length)]
-    if reuse:
+    if own_kv:
         for slot in slots:
             kv_cache.append(state.cache, kv_cache.select(slot.kv, 0, slot.length))
     elif options["kv"] == "recompute":
         runner(torch.tensor([tokens]), torch.tensor([positions]), state.cache, logits_to_keep=1)  # exact causal KV
-    # kv="exact": the tokens stay pending and ride at the head of the next plan forward.
+    # kv="exact" with several slots: the tokens stay pending and ride at the head of the next plan forward.
     if eos_position is not None or any(slot.length < k for slot in slots):
         plan_logits = None  # the text ends here: nothing more is planned
-    return tokens, positions, eos_position, options["kv"] != "exact", plan_logits
+    return tokens, positions, eos_position, own_kv or options["kv"] == "recompute", plan_logits
 
 
 def validate_options(options: dict, max_new_tokens: int) -> None:

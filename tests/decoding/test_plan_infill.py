@@ -284,29 +284,31 @@ def test_a_plan_rides_the_completion_round_that_commits_every_slot():
 
 
 def test_exact_kv_feeds_no_round_whose_outcome_is_known():
-    draft = [11, 12]
-    options = dict(max_new_tokens=2, slot_size=2, blocks=1, slot_threshold=0.5, token_threshold=0.5)
-    # Slot 0 fails at offset 1; its draft's last token passes as drafted, so only reuse needs the round (for KV).
-    reuse = run(PositionOracle(draft, mask_conf=[HIGH] * 2, ar_conf=[HIGH, LOW]), kv="reuse", **options)
-    exact = run(PositionOracle(draft, mask_conf=[HIGH] * 2, ar_conf=[HIGH, LOW]), kv="exact", **options)
+    draft = [11, 12, 13, 14]
+    options = dict(max_new_tokens=4, slot_size=2, blocks=1, slot_threshold=0.5, token_threshold=0.5)
+    # Both slots fail at their second token; each draft's last token passes as drafted, so only reuse
+    # needs the round (for the slots' KV).
+    ar = [HIGH, LOW, HIGH, LOW]
+    reuse = run(PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=ar), kv="reuse", **options)
+    exact = run(PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=ar), kv="exact", **options)
     assert reuse.tokens == exact.tokens == draft
     assert (reuse.forward_passes, exact.forward_passes) == (3, 2)
-    assert commits(exact) == commits(reuse) == [("complete", [0, 1])]
+    assert commits(exact) == commits(reuse) == [("complete", [0, 1, 2, 3])]
 
 
 def test_exact_kv_rides_the_committed_tokens_along_the_next_plan():
     draft = [11, 12, 13, 14, 15, 16, 17, 18]
-    ar = [HIGH, HIGH, LOW, HIGH, HIGH, HIGH, HIGH, HIGH]
-    options = dict(max_new_tokens=8, slot_size=4, blocks=2, slot_threshold=0.5, token_threshold=0.5)
+    ar = [HIGH, LOW, HIGH, HIGH, HIGH, HIGH, HIGH, HIGH]  # slot 0 of block 0 fails at offset 1; slot 1 passes
+    options = dict(max_new_tokens=8, slot_size=2, blocks=2, slot_threshold=0.5, token_threshold=0.5)
     exact = run(PositionOracle(draft, [HIGH] * 8, ar), kv="exact", **options)
     recompute = run(PositionOracle(draft, [HIGH] * 8, ar), kv="recompute", **options)
     reuse_oracle = PositionOracle(draft, [HIGH] * 8, ar)
     reuse = run(reuse_oracle, kv="reuse", **options)
     assert exact.tokens == recompute.tokens == reuse.tokens == draft
     assert plans(exact) == plans(recompute)
-    # recompute: plan, verify, verify round, recompute, plan, verify; exact drops the recompute; reuse's
-    # verify round carries block 1's plan.
-    assert (recompute.forward_passes, exact.forward_passes, reuse.forward_passes) == (6, 5, 4)
+    # recompute: plan, verify, verify round, recompute, plan, verify; exact drops the recompute; reuse
+    # feeds slot 1 beside slot 0's verify round for its own KV.
+    assert (recompute.forward_passes, exact.forward_passes, reuse.forward_passes) == (6, 5, 5)
     exact_oracle = PositionOracle(draft, [HIGH] * 8, ar)
     run(exact_oracle, kv="exact", **options)
     block_1_plan = exact_oracle.calls[3]
@@ -319,10 +321,24 @@ def test_exact_kv_rides_the_committed_tokens_along_the_next_plan():
 def test_exact_kv_leaves_tokens_committed_last_out_of_the_cache():
     draft = [11, 12, 13, 14]
     oracle = PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=[HIGH, LOW, HIGH, HIGH])
-    result = run(oracle, max_new_tokens=4, slot_size=4, blocks=1, slot_threshold=0.5, token_threshold=0.5, kv="exact")
-    assert result.tokens == draft
+    result = run(oracle, max_new_tokens=4, slot_size=2, blocks=1, slot_threshold=0.5, token_threshold=0.5, kv="exact")
+    assert result.tokens == draft and commits(result) == [("complete", [0, 1, 2, 3])]
     assert result.state.cached == P  # nothing after them needs their KV, so no forward computes it
     assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT)]
+
+
+def test_exact_kv_keeps_a_lone_slots_own_kv_which_is_causal():
+    draft = [11, 12, 13, 14]
+    options = dict(max_new_tokens=4, slot_size=2, blocks=2, slot_threshold=0.5, token_threshold=0.5)
+    ar = [HIGH, LOW, HIGH, HIGH]  # block 0's one slot fails at offset 1
+    exact = run(PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=ar), kv="exact", **options)
+    reuse = run(PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=ar), kv="reuse", **options)
+    recompute = run(PositionOracle(draft, mask_conf=[HIGH] * 4, ar_conf=ar), kv="recompute", **options)
+    assert exact.tokens == reuse.tokens == recompute.tokens == draft
+    # Its verify round saw the cache and itself, as a causal forward does: exact keeps that KV, and block 1's
+    # plan rides the round, as with reuse. plan, verify, verify round + plan, verify block 1.
+    assert (exact.forward_passes, reuse.forward_passes, recompute.forward_passes) == (4, 4, 6)
+    assert cached_entries(exact.state.cache) == cached_entries(recompute.state.cache)
 
 
 # --- boundary="check": adjacent slots -------------------------------------------------------------
