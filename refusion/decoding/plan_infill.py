@@ -19,8 +19,9 @@ of the next plan (their exact KV at no extra forward); the next plan's masks rid
 of a verification that commits them all, or beside a completion round that commits every slot
 (when the slots keep their own KV: `kv="reuse"`, and `kv="exact"` for a lone slot, whose own KV is
 causal; otherwise `kv="exact"` feeds no round whose outcome is known); each slot's first
-completion draft, for every acceptance it may get, rides beside the global verification; each verify round carries the next round's draft
-for every outcome; parallel slots sit side by side in one sequence under a 4D mask (one cache).
+completion draft, for every acceptance it may get, rides beside the global verification; each verify
+round carries the next round's draft for every outcome; parallel slots sit side by side in one
+sequence under a 4D mask (one cache).
 """
 
 from __future__ import annotations
