@@ -64,7 +64,7 @@ from .generation import EventCallback
 from .draft_table import DraftTable
 from .lookup import TABLE_PRIOR_GAIN, LookupGain, NgramIndex
 from .options import Option
-from .runner import DecodeOutput, ModelRunner, interpolate_cost, width_costs
+from .runner import DecodeOutput, ForwardCost, ModelRunner
 from .sampling import draw, greedy, tempered, verify_candidates
 
 OPTIONS = (
@@ -645,31 +645,6 @@ def _remember(model, key: tuple, shape: Shape) -> None:
         model._refusion_lossless_stats = {**known, key: {name: (list(h), list(t)) for name, (h, t) in shape.state().items()}}
     except AttributeError:
         pass  # a model object that takes no attributes: each generation starts from the prior
-
-
-class ForwardCost:
-    """Relative cost of a forward by tokens fed (`cost(width)`, one row), and of a batch's forward by tokens each
-    row feeds (`rows(n)`): measured once per model and number of rows ("auto"), or linear in all tokens fed."""
-
-    def __init__(self, runner: ModelRunner, width_cost: float | str):
-        self.model = runner.model
-        self.measured = width_cost == "auto" and isinstance(runner.model, torch.nn.Module)
-        self.per_token = 0.02 if width_cost == "auto" else float(width_cost)  # "auto" on a stand-in: nothing to time
-        self.table = width_costs(runner.model) if self.measured else None
-
-    def __call__(self, width: int) -> float:
-        return interpolate_cost(self.table, width) if self.measured else 1 + self.per_token * (width - 1)
-
-    def rows(self, rows: int, measure: bool = False) -> Callable[[int], float]:
-        """A batch's forward by each row's width, relative to one token each. Measured where `prepare` (or
-        `measure`) had it measured; else every token is taken to cost what the first does, so that only the room
-        the widest row leaves is filled (measuring takes seconds: a running server does not stop for it)."""
-        if rows == 1:
-            return self
-        if self.measured:
-            table = width_costs(self.model, rows, measure)
-            return (lambda width: interpolate_cost(table, width)) if table else float
-        return lambda width: self(rows * width) / self(rows)
 
 
 ROW = LosslessRow

@@ -12,6 +12,7 @@ import inspect
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -230,3 +231,28 @@ class DecodeOutput:
     settings: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)
     """Decoder-specific counts (e.g. drafts offered and accepted), reported with the result."""
+
+
+class ForwardCost:
+    """Relative cost of a forward by tokens fed (`cost(width)`, one row), and of a batch's forward by tokens each
+    row feeds (`rows(n)`): measured once per model and number of rows ("auto"), or linear in all tokens fed."""
+
+    def __init__(self, runner: ModelRunner, width_cost: float | str):
+        self.model = runner.model
+        self.measured = width_cost == "auto" and isinstance(runner.model, torch.nn.Module)
+        self.per_token = 0.02 if width_cost == "auto" else float(width_cost)  # "auto" on a stand-in: nothing to time
+        self.table = width_costs(runner.model) if self.measured else None
+
+    def __call__(self, width: int) -> float:
+        return interpolate_cost(self.table, width) if self.measured else 1 + self.per_token * (width - 1)
+
+    def rows(self, rows: int, measure: bool = False) -> Callable[[int], float]:
+        """A batch's forward by each row's width, relative to one token each. Measured where `prepare` (or
+        `measure`) had it measured; else every token is taken to cost what the first does, so that only the room
+        the widest row leaves is filled (measuring takes seconds: a running server does not stop for it)."""
+        if rows == 1:
+            return self
+        if self.measured:
+            table = width_costs(self.model, rows, measure)
+            return (lambda width: interpolate_cost(table, width)) if table else float
+        return lambda width: self(rows * width) / self(rows)
