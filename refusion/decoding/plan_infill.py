@@ -21,7 +21,8 @@ of a verification that commits them all, or beside a completion round that commi
 causal; otherwise `kv="exact"` feeds no round whose outcome is known); each slot's first
 completion draft, for every acceptance it may get, rides beside the global verification; each verify
 round carries the next round's draft for every outcome; parallel slots sit side by side in one
-sequence under a 4D mask (one cache).
+sequence under a 4D mask (one cache). A riding plan is kept only when its forward commits everything,
+so by default (`rides="auto"`, `Rides`) it rides only where its chance of that pays for its width.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ..attention import segment_mask
 from ..errors import RefusionError
 from .generation import EventCallback
 from .options import Option
-from .runner import DecodeOutput, ModelRunner
+from .runner import DecodeOutput, ForwardCost, ModelRunner
 from .sampling import choose, probability_of
 
 FUSE_LIMIT = 64
@@ -54,10 +55,63 @@ OPTIONS = (
            "causally in one more forward (the paper's ablation), or exact: the recomputed KV at no extra forward "
            "(the committed tokens ride at the head of the next plan; a lone slot keeps its own KV, which is causal)",
            str, choices=("reuse", "recompute", "exact")),
+    Option("rides", "auto", "when the next plan's masks ride a forward that may commit every selected slot: "
+           "where the chance that it does, learned in the decode, pays for their width (auto: forward costs "
+           "measured per model), or always. Layout only: the choices are the same", str, choices=("auto", "always")),
     Option("boundary", "free", "a slot written right after another selected slot: its first token is accepted "
            "as drafted (free, the paper's) or must pass the AR check against that slot's draft in the global "
            "verification, else waits for a later step (check; no extra forward)", str, choices=("free", "check")),
 )
+
+
+RIDE_PRIORS = {("verify", None): 0.1, ("verify", True): 0.8, ("verify", False): 0.03, ("round", 2): 0.3,
+               ("round", 3): 0.05}
+"""Prior chances that a forward commits every selected slot, by situation (`Rides`): about the shipped model's
+(`python3 benchmarks/ride_rates.py`, `benchmarks/bench/ride-rates.txt`)."""
+RIDE_PRIOR_WEIGHT = 4.0
+
+
+class Rides:
+    """Whether the next plan's masks ride a forward that may commit every selected slot.
+
+    "always": every such forward carries them. "auto": they ride where the chance that the forward commits
+    everything, times what a plan forward of their own would cost, exceeds what they add to this one.
+    Chances are learned in the decode from priors, by situation: a global verification first, after one
+    that committed all its drafts, or after one that did not (acceptance runs in streaks); a completion
+    round by the most tokens a slot still needs (one: sure). Costs by width are measured per model
+    (`ForwardCost`), so where wide forwards cost little (a GPU) everything rides.
+    """
+
+    def __init__(self, mode: str, runner):
+        self.cost = ForwardCost(runner, "auto") if mode == "auto" else None
+        self.seen: dict[tuple, tuple[int, int]] = {}  # situation -> (forwards that committed everything, forwards)
+
+    def chance(self, situation: tuple) -> float:
+        if situation == ("round", 1):
+            return 1.0
+        committed, seen = self.seen.get(situation, (0, 0))
+        return (committed + RIDE_PRIOR_WEIGHT * RIDE_PRIORS[situation]) / (seen + RIDE_PRIOR_WEIGHT)
+
+    def pay(self, situation: tuple, width: int, masks: int) -> bool:
+        """Whether `masks` more tokens in a forward of `width` tokens are worth their chance of saving a plan forward."""
+        if self.cost is None:
+            return True
+        return self.chance(situation) * self.cost(masks) > self.cost(width + masks) - self.cost(width)
+
+    def learn(self, situation: tuple, committed_everything: bool) -> None:
+        committed, seen = self.seen.get(situation, (0, 0))
+        self.seen[situation] = (committed + committed_everything, seen + 1)
+
+
+def round_situation(slots) -> tuple:
+    """A completion round's situation for `Rides`: the most tokens a slot still needs (1: the round surely ends it)."""
+    return ("round", min(3, max(1, *(slot.length - slot.accepted for slot in slots))))
+
+
+def prepare(runner: ModelRunner, options: dict, rows: int = 1) -> None:
+    """Measure the model's forward cost by width now (once per model), outside the decode's timing."""
+    if options["rides"] == "auto":
+        ForwardCost(runner, "auto")
 
 
 @dataclass
@@ -235,7 +289,7 @@ class Segment:
     kv: kv_cache.LayerKV | None = None  # a verify segment's own keys/values, set by the forward
 
 
-def completion_forward(runner, state, slots, drafting, verifying, k, mask_id, plan_starts=()):
+def completion_forward(runner, state, slots, drafting, verifying, k, mask_id, plan_starts=(), pays=lambda width: True):
     """One forward over every slot's segments, side by side in one sequence (each sees the cache and its own).
 
     `drafting` slots feed their accepted prefix and masks (a draft round). `verifying` slots feed
@@ -243,7 +297,8 @@ def completion_forward(runner, state, slots, drafting, verifying, k, mask_id, pl
     possible outcome a (accepted length after this verify) that sees the first a tokens: that group
     predicts exactly what the next draft round would, so no separate draft forward is needed.
     `plan_starts`, when this round may commit every slot: the masks of the next plan's slots after them,
-    seeing the verify rows (their reused KV) and each other causally, as a plan forward would.
+    seeing the verify rows (their reused KV) and each other causally, as a plan forward would; fed
+    where `pays(width of the round without them)`.
     Returns the segments with their logits; the cache is left as it was.
     """
     segments: list[Segment] = []
@@ -261,6 +316,8 @@ def completion_forward(runner, state, slots, drafting, verifying, k, mask_id, pl
             segments.append(Segment(slot, "outcome", [mask_id] * (k - outcome), slot.start + outcome, [(row, outcome)],
                                     outcome))
     rows = [(index, len(seg.ids)) for index, seg in enumerate(segments) if seg.kind == "verify"]
+    if plan_starts and not pays(sum(len(seg.ids) for seg in segments)):
+        plan_starts = ()
     for start in plan_starts:
         segments.append(Segment(None, "plan", [mask_id] * k, start, list(rows)))
         rows.append((len(segments) - 1, k))
@@ -323,7 +380,7 @@ def surely_last(slots, drafting, verifying, filled) -> bool:
 
 
 def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_ids, generator, emit, step, should_stop,
-                         first_drafts, next_plan=()):
+                         first_drafts, next_plan=(), rides: Rides | None = None):
     """Finish every selected slot (at most k rounds), then commit them in position order.
 
     `first_drafts` maps (slot start, accepted length) to the logits of that slot's first draft
@@ -331,7 +388,7 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
     `next_plan`: the slots the next step plans once these are committed. When the slots keep their
     own KV (`kv="reuse"`; `kv="exact"` with one slot, whose own KV is its causal KV) those masks ride
     every round that verifies all slots, kept when it leaves them all done (they saw each slot's
-    tokens as the cache will hold them). With `kv="exact"` and several slots a round whose outcome is
+    tokens as the cache will hold them), where `rides` says they pay. With `kv="exact"` and several slots a round whose outcome is
     known (each slot one token short) is not fed at all: their KV is computed by the next plan anyway.
     Returns (tokens, positions, EOS position or None, whether their KV is in the cache, the ridden
     plan's mask logits or None), or None, committing nothing, when `should_stop()` says so between rounds.
@@ -362,10 +419,13 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
             emit({"event": "round", "step": step, "slots": [s.start - state.prompt_len for s in slots],
                   "accepted": [s.accepted for s in slots]})
             continue
-        plan_starts = next_plan if own_kv and may_be_last(slots, drafting, verifying, filled) else ()
-        segments = completion_forward(runner, state, slots, drafting, verifying, k, mask_id, plan_starts)
+        situation = round_situation(slots) if may_be_last(slots, drafting, verifying, filled) else None
+        plan_starts = next_plan if own_kv and situation else ()
+        pays = lambda width: rides is None or rides.pay(situation, width, len(plan_starts) * k)  # noqa: E731
+        segments = completion_forward(runner, state, slots, drafting, verifying, k, mask_id, plan_starts, pays)
         a_round = any(slot.start in filled for slot in verifying)  # a draft verified (not only KV for a done slot)
-        plan_logits = torch.cat([seg.logits for seg in segments if seg.kind == "plan"]) if plan_starts else None
+        ridden = [seg.logits for seg in segments if seg.kind == "plan"]
+        plan_logits = torch.cat(ridden) if ridden else None
         for seg in segments:
             if seg.kind == "draft":
                 fill(seg.slot, seg.slot.accepted, seg.logits[seg.slot.accepted :], options["temperature"], generator)
@@ -377,6 +437,8 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
             if seg.kind == "outcome" and not seg.slot.done and seg.visible == seg.slot.accepted:
                 fill(seg.slot, seg.visible, seg.logits, options["temperature"], generator)
                 filled.add(seg.slot.start)
+        if situation and rides is not None:
+            rides.learn(situation, all(slot.done for slot in slots))
         if a_round:
             emit({"event": "round", "step": step, "slots": [s.start - state.prompt_len for s in slots],
                   "accepted": [s.accepted for s in slots]})
@@ -437,6 +499,7 @@ def decode(
     token_threshold: float,
     kv: str,
     boundary: str = "free",
+    rides: str = "auto",
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     emit: EventCallback = lambda event: None,
@@ -452,6 +515,8 @@ def decode(
     committed: dict[int, int] = {}  # absolute position -> token
     step = 0
     riding: tuple | None = None  # (slot starts, drafts, scores) of a plan computed inside the last verify forward
+    ride_policy = Rides(rides, runner)
+    verified_all: bool | None = None  # whether the last global verification committed every draft
 
     def block_slots(block: int) -> list[int]:
         start = P + block * block_len
@@ -501,12 +566,15 @@ def decode(
             before = kv_cache.length(state.cache)
             drafts_flat = torch.cat([slot.tokens for slot in slots]).unsqueeze(0)  # [1, m*k]
             positions_flat = torch.cat([torch.arange(s.start, s.start + k) for s in slots]).unsqueeze(0)
-            # The next plan's masks ride after the drafts: if every draft is committed, they predict
-            # exactly what a separate plan forward after those drafts would.
-            upcoming = next_slots(masked, selected, block)
-            ride_positions = mask_positions(upcoming, k) if upcoming else ()
-            # Beside them, each slot's first completion draft for every acceptance it may get.
+            # Beside the drafts, each slot's first completion draft for every acceptance it may get.
             rows = first_draft_rows(slots, k, mask_token_id)
+            # The next plan's masks ride after the drafts where that pays: if every draft is committed, they
+            # predict exactly what a separate plan forward after those drafts would.
+            upcoming = next_slots(masked, selected, block)
+            situation = ("verify", verified_all)
+            width = drafts_flat.shape[1] + sum(len(row) for _, _, row, _ in rows)
+            rides_here = upcoming and ride_policy.pay(situation, width, len(upcoming) * k)
+            ride_positions = mask_positions(upcoming, k) if rides_here else ()
             # With boundary="check", a slot that starts where the one before it ends is checked at its first token.
             checked = [i for i in range(1, len(slots)) if boundary == "check" and slots[i].start == slots[i - 1].start + k]
             prefix, per_slot, plan_logits, row_logits = verify_globally(
@@ -515,7 +583,9 @@ def decode(
             flat = drafts_flat[0].tolist()
             eos_hits = [i for i, t in enumerate(flat[:prefix]) if t in eos_token_ids]
             keep = eos_hits[0] + 1 if eos_hits else (prefix // k) * k
-            if keep == len(flat) and not eos_hits and plan_logits is not None:
+            verified_all = keep == len(flat) and not eos_hits
+            ride_policy.learn(situation, verified_all)
+            if verified_all and plan_logits is not None:
                 riding = (upcoming, *read_plan(plan_logits, len(upcoming), k, temperature, generator))
             if keep:  # whole leading slots (or up to an EOS) were accepted: their KV is exact
                 kv_cache.truncate(state.cache, before + keep)
@@ -537,7 +607,7 @@ def decode(
             upcoming = next_slots(masked, selected, block)
             completed = complete_in_parallel(
                 runner, state, slots, k, options, mask_token_id, eos_token_ids, generator, emit, step, should_stop,
-                first_drafts, upcoming,
+                first_drafts, upcoming, ride_policy,
             )
             if completed is None:
                 break
@@ -562,5 +632,5 @@ def decode(
         decode_order_positions=state.positions,
         cached=state.cached,
         settings={"slot_size": k, "blocks": blocks, "generation_length": length, "slot_threshold": slot_threshold,
-                  "token_threshold": token_threshold, "kv": kv, "boundary": boundary},
+                  "token_threshold": token_threshold, "kv": kv, "boundary": boundary, "rides": rides},
     )

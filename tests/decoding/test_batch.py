@@ -202,12 +202,15 @@ def test_lossless_batch_rows_equal_each_prompt_alone_on_real_models(kind, sampli
 
 # --- the other decoders, in lockstep ------------------------------------------------------------
 
+# rides="always": with "auto" which forwards carry the next plan hangs on forward costs timed per model
+# instance, so forward counts could differ between the batch's model and the ones decoding alone.
 OTHER_DECODERS = {
-    "refusion": dict(max_new_tokens=16, slot_size=4, blocks=2, slot_threshold=0.012, token_threshold=0.012),
+    "refusion": dict(max_new_tokens=16, slot_size=4, blocks=2, slot_threshold=0.012, token_threshold=0.012,
+                     rides="always"),
     "refusion-exact": dict(decoder="refusion", max_new_tokens=16, slot_size=2, slot_threshold=0.012,
-                           token_threshold=0.012, kv="exact"),
+                           token_threshold=0.012, kv="exact", rides="always"),
     "refusion-recompute": dict(decoder="refusion", max_new_tokens=12, slot_size=4, slot_threshold=0.012,
-                               token_threshold=0.5, kv="recompute"),
+                               token_threshold=0.5, kv="recompute", rides="always"),
     "mdm": dict(max_new_tokens=16, steps=8),
     "fast-dllm": dict(max_new_tokens=16, block_length=8),
 }

@@ -15,7 +15,9 @@ P = len(PROMPT)
 
 
 def run(oracle, **options):
-    options = {"decoder": "refusion", "trace": True, "return_state": True, **options}
+    # rides="always": every forward that may commit all slots carries the next plan, as the counts below assume
+    # ("auto" leaves a plan out where its chance does not pay for its width: tested on its own).
+    options = {"decoder": "refusion", "trace": True, "return_state": True, "rides": "always", **options}
     return refusion.generate(oracle, Tokenizer(), torch.tensor([PROMPT]), **options)
 
 
@@ -281,6 +283,36 @@ def test_a_plan_rides_the_completion_round_that_commits_every_slot():
     assert set(at([11, 12, MASK, MASK], P)) <= set(fed(oracle.calls[2]))
     assert oracle.calls[3].input_ids[0][:2] == [13, 14] and oracle.calls[3].past_length == P + 2
     assert cached_entries(result.state.cache) == [(t, p) for p, t in enumerate(PROMPT + draft)]
+
+
+def test_auto_rides_leave_out_a_plan_whose_chance_does_not_pay_for_its_width():
+    draft = [11, 12, 13, 14, 15, 16, 17, 18, 11, 12, 13, 14]
+    # Block of three 4-token slots, planned one at a time. Slot 0 fails at offset 1 in the global
+    # verification and needs 3 more tokens in its round; the slots after it pass at once.
+    mask_conf = [HIGH] * 4 + [0.5] * 4 + [LOW] * 4
+    ar_conf = [HIGH, LOW, HIGH, HIGH] + [HIGH] * 8
+    options = dict(max_new_tokens=12, slot_size=4, blocks=1, slot_threshold=0.6, token_threshold=0.5)
+    always = run(PositionOracle(draft, mask_conf=mask_conf, ar_conf=ar_conf), rides="always", **options)
+    auto = run(PositionOracle(draft, mask_conf=mask_conf, ar_conf=ar_conf), rides="auto", **options)
+    assert always.tokens == auto.tokens == draft and plans(always) == plans(auto) == [([0, 4, 8], [0]), ([4, 8], [4]),
+                                                                                    ([8], [8])]
+    # always: plan, verify slot 0 + plan, its round + plan, verify slot 1 + plan, verify slot 2.
+    # auto (a stand-in's forward costs 2% more per token fed): the first verification (prior chance 0.1), a
+    # round that needs 3 tokens (0.05) and a verification after one that failed (0.03) cost more in width than
+    # their plan would save, so each plan after the first is a forward of its own: plan, verify slot 0, its
+    # round, plan, verify slot 1, plan, verify slot 2.
+    assert (always.forward_passes, auto.forward_passes) == (5, 7)
+    assert always.settings["rides"] == "always" and auto.settings["rides"] == "auto"
+
+
+def test_auto_rides_carry_a_plan_where_its_chance_pays():
+    draft = [11, 12, 13, 14, 15, 16, 17, 18]
+    options = dict(max_new_tokens=8, slot_size=2, blocks=4, slot_threshold=0.5, token_threshold=0.5)
+    # Every verification commits its slot, and its chance (0.1 first, then 0.8 after one that committed
+    # everything) pays for the next block's two masks (4% of a forward here).
+    auto = run(PositionOracle(draft, mask_conf=[HIGH] * 8, ar_conf=[HIGH] * 8), rides="auto", **options)
+    assert auto.tokens == draft and plans(auto) == [([0], [0]), ([2], [2]), ([4], [4]), ([6], [6])]
+    assert auto.forward_passes == 5  # plan, then four verifications, each of the first three carrying the next plan
 
 
 def test_exact_kv_feeds_no_round_whose_outcome_is_known():
