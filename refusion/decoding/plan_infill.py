@@ -387,9 +387,10 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
     round, computed beside the global verification; a slot found there skips its own draft forward.
     `next_plan`: the slots the next step plans once these are committed. When the slots keep their
     own KV (`kv="reuse"`; `kv="exact"` with one slot, whose own KV is its causal KV) those masks ride
-    every round that verifies all slots, kept when it leaves them all done (they saw each slot's
-    tokens as the cache will hold them), where `rides` says they pay. With `kv="exact"` and several slots a round whose outcome is
-    known (each slot one token short) is not fed at all: their KV is computed by the next plan anyway.
+    a round that verifies all slots where `rides` says they pay, kept when it leaves them all done
+    (they saw each slot's tokens as the cache will hold them). With `kv="exact"` and several slots a
+    round whose outcome is known (each slot one token short) is not fed at all: their KV is computed
+    by the next plan anyway.
     Returns (tokens, positions, EOS position or None, whether their KV is in the cache, the ridden
     plan's mask logits or None), or None, committing nothing, when `should_stop()` says so between rounds.
     """
