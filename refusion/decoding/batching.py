@@ -81,14 +81,18 @@ def fill_width(ends: list[int], spares: list[Spare | None]) -> int:
     return max(range(floor, widest + 1), key=rate)  # the narrowest of equals
 
 
+def _seen(feed: Feed) -> torch.Tensor:
+    """Which of a feed's tokens each of them sees: its own layout, or causal."""
+    fed = len(feed.ids)
+    return feed.visible if feed.visible is not None else torch.ones(fed, fed, dtype=torch.bool).tril()
+
+
 def _inputs(feeds: list[Feed], starts: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The [rows, width] ids and positions, and [rows, width, width] which fed token sees which: each row's feed
     from its start column; padding elsewhere (a pad sees only itself: no row of the mask is all hidden)."""
     if len(feeds) == 1 and not starts[0]:
         feed = feeds[0]
-        fed = len(feed.ids)
-        visible = feed.visible if feed.visible is not None else torch.ones(fed, fed, dtype=torch.bool).tril()
-        return torch.tensor([feed.ids]), torch.tensor([feed.positions]), visible[None]
+        return torch.tensor([feed.ids]), torch.tensor([feed.positions]), _seen(feed)[None]
     width = max(start + len(feed.ids) for start, feed in zip(starts, feeds))
     ids = torch.zeros(len(feeds), width, dtype=torch.long)
     positions = torch.zeros(len(feeds), width, dtype=torch.long)
@@ -97,8 +101,7 @@ def _inputs(feeds: list[Feed], starts: list[int]) -> tuple[torch.Tensor, torch.T
         end = start + len(feed.ids)
         ids[b, start:end] = torch.tensor(feed.ids)
         positions[b, start:end] = torch.tensor(feed.positions)
-        fed = end - start
-        visible[b, start:end, start:end] = feed.visible if feed.visible is not None else torch.ones(fed, fed).tril().bool()
+        visible[b, start:end, start:end] = _seen(feed)
     return ids, positions, visible
 
 

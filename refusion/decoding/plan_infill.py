@@ -284,9 +284,13 @@ class Segment:
     ids: list[int]
     start: int  # position of its first token
     sees: list[tuple[int, int]] = field(default_factory=list)  # (earlier segment, how many of its tokens) it sees
-    visible: int = 0  # an outcome: how many of its verify row's tokens it sees, the accepted length it assumes
     logits: torch.Tensor | None = None  # set by the forward: [len(ids), V]
     kv: kv_cache.LayerKV | None = None  # a verify segment's own keys/values, set by the forward
+
+    @property
+    def visible(self) -> int:
+        """An outcome's accepted length: how many of its verify row's tokens it sees."""
+        return self.sees[0][1]
 
 
 def completion_forward(runner, state, slots, drafting, verifying, k, mask_id, plan_starts=(), pays=lambda width: True):
@@ -313,8 +317,7 @@ def completion_forward(runner, state, slots, drafting, verifying, k, mask_id, pl
             budget -= k - outcome
             if budget < 0:
                 break  # an outcome past the budget gets its draft from a forward of its own
-            segments.append(Segment(slot, "outcome", [mask_id] * (k - outcome), slot.start + outcome, [(row, outcome)],
-                                    outcome))
+            segments.append(Segment(slot, "outcome", [mask_id] * (k - outcome), slot.start + outcome, [(row, outcome)]))
     rows = [(index, len(seg.ids)) for index, seg in enumerate(segments) if seg.kind == "verify"]
     if plan_starts and not pays(sum(len(seg.ids) for seg in segments)):
         plan_starts = ()
@@ -395,6 +398,11 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
     plan's mask logits or None), or None, committing nothing, when `should_stop()` says so between rounds.
     """
     own_kv = options["kv"] == "reuse" or (options["kv"] == "exact" and len(slots) == 1)
+
+    def emit_round():
+        emit({"event": "round", "step": step, "slots": [s.start - state.prompt_len for s in slots],
+              "accepted": [s.accepted for s in slots]})
+
     eos_position = None
     plan_logits = None
     filled: set[int] = set()  # starts of slots whose tokens are a fresh draft waiting for its verify
@@ -417,8 +425,7 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
             for slot in verifying:
                 slot.accepted = slot.length
             filled.clear()
-            emit({"event": "round", "step": step, "slots": [s.start - state.prompt_len for s in slots],
-                  "accepted": [s.accepted for s in slots]})
+            emit_round()
             continue
         situation = round_situation(slots) if may_be_last(slots, drafting, verifying, filled) else None
         plan_starts = next_plan if own_kv and situation else ()
@@ -441,8 +448,7 @@ def complete_in_parallel(runner, state, slots, k, options, mask_id, eos_token_id
         if situation and rides is not None:
             rides.learn(situation, all(slot.done for slot in slots))
         if a_round:
-            emit({"event": "round", "step": step, "slots": [s.start - state.prompt_len for s in slots],
-                  "accepted": [s.accepted for s in slots]})
+            emit_round()
     tokens = [t for slot in slots for t in slot.tokens[: slot.length].tolist()]
     positions = [p for slot in slots for p in range(slot.start, slot.start + slot.length)]
     if own_kv:

@@ -144,8 +144,9 @@ def width_costs(model, rows: int = 1, measure: bool = True) -> dict[int, float] 
     costs less than a narrower one (what is left of the noise could say otherwise). Rows are measured
     as rows under the additive mask a batch is fed with, not as one row of their tokens: each attends
     to its own cache, and on this CPU (bf16, one thread) 16 rows of two tokens cost 1.45x 16 of one,
-    where one row of 32 tokens costs 1.3x one of 16 (`benchmarks/bench/cpu-costs.txt`). Kept on the model (per device, dtype and rows) so
-    that a process measures each once; `measure=False` only reads what was measured (None if nothing).
+    where one row of 32 tokens costs 1.3x one of 16 (`benchmarks/bench/cpu-costs.txt`). Kept on the model
+    (per device, dtype and rows) so that a process measures each once; `measure=False` only reads what was
+    measured (None if nothing).
     """
     device = model_device(model)
     dtype = next(model.parameters()).dtype
@@ -189,8 +190,8 @@ def build_kernels(model, most: int) -> None:
 
     On a CPU, bf16 matrix kernels are built for each new input shape the first time it is seen (on
     this AMD EPYC about 1.6 ms, most of a forward of a 2M-parameter model: `benchmarks/bench/cpu-costs.txt`),
-    and a decoder whose forwards vary in width meets many shapes. A long-running process has built them all; a benchmark builds
-    them before it times anything."""
+    and a decoder whose forwards vary in width meets many shapes. A long-running process has built them all;
+    a benchmark builds them before it times anything."""
     device = model_device(model)
     keyword = cache_keyword(model)
     cache = kv_cache.new_cache()
