@@ -138,8 +138,12 @@ def local_path(name: str) -> Path:
     return BUILTIN_CHECKPOINTS.get(name, Path(name).expanduser())
 
 
-def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype | str | None = None, device: str | None = None):
+def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype | str | None = None, device: str | None = None,
+         kernels: str | None = None):
     """Load (model, tokenizer) from a directory, a .gguf file, a built-in name or a hub id.
+
+    `kernels`: "invariant" or "native" (`refusion.invariant_kernels.use`); None leaves the choice to the first
+    decode, which takes "invariant".
 
     >>> model, tokenizer = load("smollm2-135m-instruct")  # doctest: +SKIP
     """
@@ -164,6 +168,10 @@ def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype | str | None = N
     if device:
         model.to(device)
     model.eval()
+    if kernels is not None:
+        from .invariant_kernels import use
+
+        use(model, kernels)
     return model, tokenizer
 
 

@@ -54,7 +54,7 @@ def bench_command(args: argparse.Namespace) -> None:
     prompts = read_prompts(args.prompts) if args.prompts else builtin_prompts()
     prompts = prompts[: args.limit] if args.limit else prompts
     dtype, device, threads = apply_runtime_options(args)
-    model, tokenizer = load(args.model, dtype=dtype, device=device)
+    model, tokenizer = load(args.model, dtype=dtype, device=device, kernels=args.kernels)
     result = run_bench(model, tokenizer, prompts, specs, max_new_tokens=args.max_new_tokens, chat=args.chat,
                        progress=not args.no_progress, batch_sizes=batch_sizes)
     result = {"machine": machine(next(model.parameters()).device, dtype, threads), "model": args.model,

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from .. import kv_cache
+from .. import invariant_kernels, kv_cache
 from ..attention import rows_mask
 
 
@@ -81,6 +81,7 @@ class ModelRunner:
 
     def __post_init__(self):
         self.device = model_device(self.model)
+        invariant_kernels.ensure(self.model)  # a token's logits the same whatever else its forward feeds
         self.cache_keyword = cache_keyword(self.model)
         try:
             self.dtype = next(self.model.parameters()).dtype

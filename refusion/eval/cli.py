@@ -54,7 +54,7 @@ def eval_command(args: argparse.Namespace) -> None:
     dtype, device, _ = apply_runtime_options(args)
     if processes is not None and args.device is None:
         device = str(processes.device)  # each process its own GPU, or the CPU
-    model, tokenizer = load(args.model, dtype=dtype, device=device)
+    model, tokenizer = load(args.model, dtype=dtype, device=device, kernels=args.kernels)
     decoder = resolve_decoder(options.pop("decoder"), model)
     if processes is None:
         result = evaluate(model, tokenizer, task, decoder=decoder, limit=args.limit, chat=args.chat, output=args.output,

@@ -41,7 +41,7 @@ def serve_command(args: argparse.Namespace) -> None:
 
     print(f"loading {args.model} ...", file=sys.stderr)
     dtype, device, _ = apply_runtime_options(args)
-    model, tokenizer = load(args.model, dtype=dtype, device=device)
+    model, tokenizer = load(args.model, dtype=dtype, device=device, kernels=args.kernels)
     defaults["decoder"] = resolve_decoder(defaults["decoder"], model)
     if defaults["decoder"] in NEEDS_MASK and getattr(model.config, "mask_token_id", None) is None:
         raise RefusionError(f"--decoder {defaults['decoder']} needs a model trained with a <|mask|> token; {args.model} has none "

@@ -1,0 +1,132 @@
+"""Kernels that compute a token alike whatever else its forward computes.
+
+On a CPU, PyTorch's fused attention blocks its sums over the keys by the shapes it is given: the same query over
+the same visible keys rounds differently when its forward fed more tokens, when masked keys sit between the
+visible ones (the branches of a lossless tree, a batch row's padding), or when it is one of more query rows.
+Some matrix kernels round a lone row unlike a row among others. In bf16 a decoder that verifies several tokens
+per forward then parts from `ar` at near-ties of the AR head, and a batch row from the same prompt alone.
+
+Invariant kernels: attention with float64 sums (the scores of bf16 queries and keys are exact in float64, and
+the softmax and value sums round at 2^-53, far below bf16's 2^-8, in any order), and the matrix kernels that
+round a lone row differently fed at least the rows that round alike (`rows_alike`, measured per weight shape).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .errors import RefusionError
+
+NAME = "refusion_invariant"
+
+
+def invariant_attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
+    """query [B, Hq, Q, D], key/value [B, Hkv, K, D], attention_mask [B, 1, Q, K] (additive float or bool) or None
+    (causal: the queries are the last keys) -> ([B, Q, Hq, D], None), as transformers' attention functions return."""
+    batch, heads, queries, dim = query.shape
+    kv_heads, keys = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    scaling = dim ** -0.5 if scaling is None else scaling
+    grouped = query.reshape(batch, kv_heads, groups * queries, dim).double()  # heads sharing keys, one after another
+    scores = torch.matmul(grouped, key.double().transpose(2, 3)).mul_(scaling).view(batch, kv_heads, groups, queries, keys)
+    hidden = _hidden(attention_mask, queries, keys, query.device)
+    if hidden is not None:
+        scores.masked_fill_(hidden[:, :, None], torch.finfo(torch.float64).min)  # not -inf: a row hiding all is no NaN
+    weights = torch.softmax(scores.view(batch, kv_heads, groups * queries, keys), dim=-1)
+    if dropout and module.training:
+        weights = F.dropout(weights, p=dropout)
+    output = torch.matmul(weights, value.double()).to(query.dtype)
+    return output.view(batch, heads, queries, dim).transpose(1, 2).contiguous(), None
+
+
+def _hidden(attention_mask, queries: int, keys: int, device) -> torch.Tensor | None:
+    """[B, 1, Q, K] bool, True where a query may not look; None where it sees every key."""
+    if attention_mask is None:
+        if queries == 1:
+            return None
+        return ~torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)[None, None]
+    if attention_mask.dtype == torch.bool:
+        return ~attention_mask[..., :keys]
+    return attention_mask[..., :keys] < 0
+
+
+AttentionInterface.register(NAME, invariant_attention)
+AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+def rows_alike(weight: torch.Tensor, bias: torch.Tensor | None, most: int = 16) -> int:
+    """The fewest rows a linear layer of this weight must be fed for each row to round as among many: 1 where
+    every row count rounds alike; measured on random rows against one product of all of them (fewer rows for
+    wide outputs such as the LM head's, to keep it under a second)."""
+    samples = max(64, min(1024, 2**22 // weight.shape[0]))
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(samples, weight.shape[1], generator=generator).to(weight.dtype)
+    reference = F.linear(rows, weight, bias)
+    needed = 1
+    for count in range(1, most + 1):
+        for start in range(0, samples - count + 1, count):
+            if not torch.equal(F.linear(rows[start:start + count], weight, bias), reference[start:start + count]):
+                needed = count + 1
+                break
+    return needed
+
+
+class _PaddedRows:
+    """A Linear's forward fed at least `rows` rows (zeros added, their outputs dropped)."""
+
+    def __init__(self, linear: torch.nn.Linear, rows: int):
+        self.linear, self.rows = linear, rows
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        count = inputs.numel() // inputs.shape[-1]
+        if count >= self.rows:
+            return F.linear(inputs, self.linear.weight, self.linear.bias)
+        flat = F.pad(inputs.reshape(count, -1), (0, 0, 0, self.rows - count))
+        return F.linear(flat, self.linear.weight, self.linear.bias)[:count].reshape(*inputs.shape[:-1], -1)
+
+
+KERNELS = ("invariant", "native")
+
+
+def use(model, kernels: str = "invariant") -> None:
+    """Give a bf16 (or fp16) model on a CPU the invariant kernels ("invariant") or PyTorch's own ("native": a few
+    percent faster, and decoders that feed different widths part at near-ties). In float32 the kernels' rounding
+    differences lie far below the logits' (lossless and `ar` write the same text), and on other devices, and for
+    stand-in models, nothing changes: their kernels are left as they are."""
+    if kernels not in KERNELS:
+        raise RefusionError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not isinstance(base, torch.nn.Module) or not hasattr(base, "set_attn_implementation"):
+        return
+    base._refusion_kernels = kernels
+    device = next(base.parameters()).device
+    attention = getattr(base.config, "_attn_implementation", None)
+    reduced = next(base.parameters()).dtype in (torch.bfloat16, torch.float16)
+    if kernels == "native" or device.type != "cpu" or not reduced:
+        if attention == NAME:
+            base.set_attn_implementation("sdpa")
+        for module in base.modules():
+            if isinstance(module.__dict__.get("forward"), _PaddedRows):
+                del module.forward
+        return
+    if attention in ("sdpa", "eager"):
+        base.set_attn_implementation(NAME)
+    rows_needed: dict = {}
+    with torch.no_grad():
+        for module in base.modules():
+            if type(module) is torch.nn.Linear and module.weight.dtype in (torch.bfloat16, torch.float16):
+                shape = (tuple(module.weight.shape), module.weight.dtype, module.bias is not None)
+                if shape not in rows_needed:
+                    rows_needed[shape] = rows_alike(module.weight, module.bias)
+                if rows_needed[shape] > 1:
+                    module.forward = _PaddedRows(module, rows_needed[shape])
+
+
+def ensure(model) -> None:
+    """The invariant kernels, unless the model's kernels were chosen already (`use`)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base, "_refusion_kernels", None) is None:
+        use(model)

@@ -1,0 +1,144 @@
+"""Invariant kernels: in bf16 on a CPU a token's logits do not hang on what else its forward feeds.
+
+The stand-in has the shipped model's layer shapes (hidden 576, MLP 1536, 9 query heads over 3 key/value heads),
+where PyTorch's own kernels do round by width (`benchmarks/width_rounding.py`), and two layers of random weights.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import refusion
+from refusion import invariant_kernels, kv_cache
+from refusion.attention import rows_mask, segment_mask
+from refusion.decoding.runner import ModelRunner
+from tests.tiny_models import char_tokenizer, tiny_model
+
+SHIPPED_SHAPES = dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
+                      num_hidden_layers=2, max_position_embeddings=1024)
+
+
+def shipped_shaped_model(kernels: str, vocab_size: int = 128):
+    model = tiny_model("llama", vocab_size=vocab_size, seed=3, **SHIPPED_SHAPES).to(torch.bfloat16)
+    invariant_kernels.use(model, kernels)
+    return model
+
+
+def sequence(length: int) -> torch.Tensor:
+    return torch.randint(0, 120, (1, length), generator=torch.Generator().manual_seed(1))
+
+
+def one_at_a_time(runner: ModelRunner, ids: torch.Tensor, context: int) -> list[torch.Tensor]:
+    """Each token after `context` fed alone: the logits `ar` computes."""
+    cache = kv_cache.new_cache()
+    runner(ids[:, :context], torch.arange(context)[None], cache, logits_to_keep=1)
+    return [runner(ids[:, p:p + 1], torch.tensor([[p]]), cache, logits_to_keep=1)[0, 0]
+            for p in range(context, ids.shape[1])]
+
+
+def widths_that_part(kernels: str) -> list[tuple]:
+    """Where a token fed among others (in chunks of each width, after masked tokens it does not see, or as the
+    second row of a left-padded batch) gets logits other than fed alone."""
+    torch.manual_seed(0)
+    model = shipped_shaped_model(kernels)
+    runner = ModelRunner(model)
+    context, total = 40, 64
+    ids = sequence(total)
+    alone = one_at_a_time(runner, ids, context)
+    parted = []
+    for width in (2, 3, 5, 8, 12, 24):
+        cache = kv_cache.new_cache()
+        runner(ids[:, :context], torch.arange(context)[None], cache, logits_to_keep=1)
+        for start in range(context, total, width):
+            fed = ids[:, start:start + width]
+            logits = runner(fed, torch.arange(start, start + fed.shape[1])[None], cache,
+                            logits_to_keep=torch.arange(fed.shape[1]))[0]
+            parted += [("width", width, start + i) for i in range(fed.shape[1])
+                       if not torch.equal(logits[i], alone[start + i - context])]
+    # Masked tokens between: token p+1 sees p but not the three filler tokens fed between them.
+    for p in range(context, total - 1, 5):
+        cache = kv_cache.new_cache()
+        runner(ids[:, :p], torch.arange(p)[None], cache, logits_to_keep=1)
+        fed = torch.cat([ids[:, p:p + 1], torch.full((1, 3), 7), ids[:, p + 1:p + 2]], dim=1)
+        mask = segment_mask(p, [(1, []), (3, [(0, 1)]), (1, [(0, 1)])], model.dtype)
+        logits = runner(fed, torch.tensor([[p, p + 1, p + 2, p + 3, p + 1]]), cache, mask,
+                        logits_to_keep=torch.tensor([0, 4]))[0]
+        parted += [("gap", p, which) for which, row in ((p, logits[0]), (p + 1, logits[1]))
+                   if not torch.equal(row, alone[which - context])]
+    # A batch row after 5 tokens of left padding, beside a longer prompt.
+    other = sequence(total + 5).roll(3, dims=1)
+    cache = kv_cache.new_cache()
+    padding = torch.zeros(2, context + 5, dtype=torch.bool)
+    padding[1, :5] = True
+    prefix = torch.stack([other[0, :context + 5], torch.cat([torch.zeros(5, dtype=torch.long), ids[0, :context]])])
+    positions = torch.stack([torch.arange(context + 5), torch.cat([torch.zeros(5, dtype=torch.long), torch.arange(context)])])
+    prefix_mask = rows_mask(torch.zeros(2, 0, dtype=torch.bool), (~padding)[:, None, :].expand(-1, context + 5, -1)
+                            & torch.ones(context + 5, context + 5, dtype=torch.bool).tril(), model.dtype)
+    runner(prefix, positions, cache, prefix_mask, logits_to_keep=1)
+    for step in range(total - context):
+        fed = torch.stack([other[0, context + 5 + step:context + 6 + step], ids[0, context + step:context + step + 1]])
+        mask = rows_mask(padding, torch.ones(2, 1, 1, dtype=torch.bool), model.dtype)
+        logits = runner(fed, torch.tensor([[context + 5 + step], [context + step]]), cache, mask, logits_to_keep=1)
+        if not torch.equal(logits[1, 0], alone[step]):
+            parted.append(("batch", step))
+        padding = torch.cat([padding, torch.zeros(2, 1, dtype=torch.bool)], dim=1)
+    return parted
+
+
+def test_a_token_gets_the_logits_it_gets_alone_at_every_width_gap_and_batch_row():
+    assert widths_that_part("invariant") == []
+
+
+def test_native_kernels_part_where_invariant_ones_do_not():
+    """Why the invariant kernels exist; on a CPU whose kernels happen to round alike there is nothing to show."""
+    if not widths_that_part("native"):
+        pytest.skip("this CPU's native bf16 kernels round every width alike")
+
+
+def test_invariant_attention_matches_sdpa_up_to_rounding_and_never_yields_nan():
+    torch.manual_seed(0)
+    module = torch.nn.Module().eval()
+    query, key, value = torch.randn(2, 6, 5, 16), torch.randn(2, 3, 9, 16), torch.randn(2, 3, 9, 16)
+    causal = torch.ones(5, 9, dtype=torch.bool).tril(4)
+    expected = F.scaled_dot_product_attention(query, key.repeat_interleave(2, 1), value.repeat_interleave(2, 1),
+                                              attn_mask=causal).transpose(1, 2)
+    for mask in (None, causal[None, None].expand(2, 1, 5, 9),
+                 torch.zeros(2, 1, 5, 9).masked_fill(~causal, torch.finfo(torch.float32).min)):
+        output, _ = invariant_kernels.invariant_attention(module, query, key, value, mask)
+        torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+    hides_all = torch.zeros(2, 1, 5, 9, dtype=torch.bool)
+    output, _ = invariant_kernels.invariant_attention(module, query, key, value, hides_all)
+    assert torch.isfinite(output).all()
+
+
+def test_kernels_are_chosen_per_model_and_native_restores_pytorchs_own():
+    model = shipped_shaped_model("invariant")
+    assert model.config._attn_implementation == invariant_kernels.NAME
+    invariant_kernels.use(model, "native")
+    assert model.config._attn_implementation == "sdpa"
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    float32 = tiny_model("llama")
+    ModelRunner(float32)  # the first decode's default: invariant, which float32 does not need
+    assert float32.config._attn_implementation == "sdpa"
+    with pytest.raises(refusion.RefusionError, match="kernels must be one of"):
+        invariant_kernels.use(float32, "fast")
+
+
+@pytest.mark.parametrize("decoder", ["ar", "lossless"])
+def test_in_bf16_lossless_writes_ars_text_and_batch_rows_their_text_alone(decoder):
+    """The LM head is scaled down so that the logits crowd together and bf16 near-ties are common: with PyTorch's
+    own kernels lossless and the batch part from `ar` here (on this project's CPU), with the invariant ones not."""
+    tokenizer = char_tokenizer(extra_specials=["<|mask|>"])
+    model = shipped_shaped_model("invariant", vocab_size=len(tokenizer))
+    model.config.mask_token_id = tokenizer.convert_tokens_to_ids("<|mask|>")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(0.03)
+    prompts = [tokenizer(text, return_tensors="pt").input_ids[0] for text in
+               ("the cat sat on the mat, the cat sat on", "abcabcabcabc", "1, 2, 3, 4, 5, 6")]
+    alone = [refusion.generate(model, tokenizer, ids, decoder="ar", max_new_tokens=40).tokens for ids in prompts]
+    mine = [refusion.generate(model, tokenizer, ids, decoder=decoder, max_new_tokens=40).tokens for ids in prompts]
+    together = [g.tokens for g in refusion.generate(model, tokenizer, prompts, decoder=decoder, max_new_tokens=40)]
+    assert mine == alone
+    assert together == alone
