@@ -107,14 +107,15 @@ def use(model, kernels: str = "invariant") -> None:
     reduced = next(base.parameters()).dtype in (torch.bfloat16, torch.float16)
     if kernels == "native" or device.type != "cpu" or not reduced:
         if attention == NAME:
-            base.set_attn_implementation("sdpa")
+            base.set_attn_implementation(getattr(base, "_refusion_native_attention", "sdpa"))
         for module in base.modules():
             if isinstance(module.__dict__.get("forward"), _PaddedRows):
                 del module.forward
         return
     if attention in ("sdpa", "eager"):
+        base._refusion_native_attention = attention
         base.set_attn_implementation(NAME)
-    rows_needed: dict = {}
+    rows_needed = base.__dict__.setdefault("_refusion_rows_needed", {})  # measured once per model
     with torch.no_grad():
         for module in base.modules():
             if type(module) is torch.nn.Linear and module.weight.dtype in (torch.bfloat16, torch.float16):
