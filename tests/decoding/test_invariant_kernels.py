@@ -20,8 +20,15 @@ SHIPPED_SHAPES = dict(hidden_size=576, intermediate_size=1536, num_attention_hea
                       num_hidden_layers=2, max_position_embeddings=1024)
 
 
+SCALE = 30.0
+
+
 def shipped_shaped_model(kernels: str, vocab_size: int = 128):
     model = tiny_model("llama", vocab_size=vocab_size, seed=3, **SHIPPED_SHAPES).to(torch.bfloat16)
+    with torch.no_grad():  # queries and keys as large as a trained model's: scores that fp32 sums would round
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(SCALE)
+            layer.self_attn.k_proj.weight.mul_(SCALE)
     invariant_kernels.use(model, kernels)
     return model
 
