@@ -20,15 +20,13 @@ SHIPPED_SHAPES = dict(hidden_size=576, intermediate_size=1536, num_attention_hea
                       num_hidden_layers=2, max_position_embeddings=1024)
 
 
-SCALE = 30.0
-
-
-def shipped_shaped_model(kernels: str, vocab_size: int = 128):
+def shipped_shaped_model(kernels: str, vocab_size: int = 128, attention_scale: float = 1.0):
+    """`attention_scale` 30 makes queries and keys as large as a trained model's, whose scores float32 sums round."""
     model = tiny_model("llama", vocab_size=vocab_size, seed=3, **SHIPPED_SHAPES).to(torch.bfloat16)
-    with torch.no_grad():  # queries and keys as large as a trained model's: scores that fp32 sums would round
+    with torch.no_grad():
         for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.mul_(SCALE)
-            layer.self_attn.k_proj.weight.mul_(SCALE)
+            layer.self_attn.q_proj.weight.mul_(attention_scale)
+            layer.self_attn.k_proj.weight.mul_(attention_scale)
     invariant_kernels.use(model, kernels)
     return model
 
@@ -49,7 +47,7 @@ def widths_that_part(kernels: str) -> list[tuple]:
     """Where a token fed among others (in chunks of each width, after masked tokens it does not see, or as the
     second row of a left-padded batch) gets logits other than fed alone."""
     torch.manual_seed(0)
-    model = shipped_shaped_model(kernels)
+    model = shipped_shaped_model(kernels, attention_scale=30.0)
     runner = ModelRunner(model)
     context, total = 40, 64
     ids = sequence(total)
