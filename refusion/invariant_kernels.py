@@ -6,9 +6,11 @@ visible ones (the branches of a lossless tree, a batch row's padding), or when i
 Some matrix kernels round a lone row unlike a row among others. In bf16 a decoder that verifies several tokens
 per forward then parts from `ar` at near-ties of the AR head, and a batch row from the same prompt alone.
 
-Invariant kernels: attention with float64 sums (the scores of bf16 queries and keys are exact in float64, and
-the softmax and value sums round at 2^-53, far below bf16's 2^-8, in any order), and the matrix kernels that
-round a lone row differently fed at least the rows that round alike (`rows_alike`, measured per weight shape).
+Invariant kernels: attention with float64 sums (the scores of bf16 queries and keys are exact in float64 at any
+magnitude a model's activations take, and the softmax and value sums round at 2^-53, far below bf16's 2^-8, in
+any order), and the matrix kernels that round a lone row differently fed at least the rows that round alike
+(`rows_alike`, measured per weight shape). They cost 3% of `ar`'s speed at batch 1, 10% of the lossless
+decoder's and 11-18% at batch 16 on this project's CPU (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -92,8 +94,8 @@ KERNELS = ("invariant", "native")
 
 
 def use(model, kernels: str = "invariant") -> None:
-    """Give a bf16 (or fp16) model on a CPU the invariant kernels ("invariant") or PyTorch's own ("native": a few
-    percent faster, and decoders that feed different widths part at near-ties). In float32 the kernels' rounding
+    """Give a bf16 (or fp16) model on a CPU the invariant kernels ("invariant") or PyTorch's own ("native": 3-18%
+    faster, and decoders that feed different widths or batches part at near-ties). In float32 the kernels' rounding
     differences lie far below the logits' (lossless and `ar` write the same text), and on other devices, and for
     stand-in models, nothing changes: their kernels are left as they are."""
     if kernels not in KERNELS:
@@ -112,7 +114,8 @@ def use(model, kernels: str = "invariant") -> None:
             if isinstance(module.__dict__.get("forward"), _PaddedRows):
                 del module.forward
         return
-    if attention in ("sdpa", "eager"):
+    softcapped = getattr(base.config, "attn_logit_softcapping", None) is not None  # not written out here
+    if attention in ("sdpa", "eager") and not softcapped:
         base._refusion_native_attention = attention
         base.set_attn_implementation(NAME)
     rows_needed = base.__dict__.setdefault("_refusion_rows_needed", {})  # measured once per model
