@@ -10,6 +10,7 @@ busy machine gets fewer threads. `--dtype` and `--threads` override both.
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 
@@ -71,3 +72,13 @@ def set_threads(threads: int | str | None) -> int:
         count = default_threads()
     torch.set_num_threads(count)
     return count
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), name)
+    except OSError:
+        return name

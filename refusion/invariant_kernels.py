@@ -15,12 +15,17 @@ decoder's and 11-18% at batch 16 on this project's CPU (BENCHMARKS.md).
 
 from __future__ import annotations
 
+import json
+
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .errors import RefusionError
+from .files import write_text
+from .hardware import cpu_name
+from .model import cache_dir
 
 NAME = "refusion_invariant"
 
@@ -118,15 +123,35 @@ def use(model, kernels: str = "invariant") -> None:
     if attention in ("sdpa", "eager") and not softcapped:
         base._refusion_native_attention = attention
         base.set_attn_implementation(NAME)
-    rows_needed = base.__dict__.setdefault("_refusion_rows_needed", {})  # measured once per model
     with torch.no_grad():
         for module in base.modules():
             if type(module) is torch.nn.Linear and module.weight.dtype in (torch.bfloat16, torch.float16):
-                shape = (tuple(module.weight.shape), module.weight.dtype, module.bias is not None)
-                if shape not in rows_needed:
-                    rows_needed[shape] = rows_alike(module.weight, module.bias)
-                if rows_needed[shape] > 1:
-                    module.forward = _PaddedRows(module, rows_needed[shape])
+                rows = _rows_alike_here(module.weight, module.bias)
+                if rows > 1:
+                    module.forward = _PaddedRows(module, rows)
+
+
+_MEASURED: dict[str, int] = {}
+
+
+def _rows_alike_here(weight: torch.Tensor, bias: torch.Tensor | None) -> int:
+    """`rows_alike` for this weight's shape on this machine: measured once per machine and torch version (about
+    1.5 s for the shipped model), then read from the cache directory."""
+    key = "|".join(map(str, (torch.__version__, cpu_name(), torch.get_num_threads(),
+                             tuple(weight.shape), weight.dtype, bias is not None)))
+    path = cache_dir() / "rows_alike.json"
+    if not _MEASURED and path.is_file():
+        try:
+            _MEASURED.update(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            pass  # unreadable: measured again
+    if key not in _MEASURED:
+        _MEASURED[key] = rows_alike(weight, bias)
+        try:
+            write_text(path, json.dumps(_MEASURED, indent=1))
+        except OSError:
+            pass  # a read-only cache: measured again next time
+    return _MEASURED[key]
 
 
 def ensure(model) -> None:

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from pathlib import Path
 
 import torch
 
 from ..files import staged_file, write_text
+from ..hardware import cpu_name
 
 
 def machine(device: torch.device, dtype: torch.dtype, threads: int) -> dict:
     """What the numbers were measured on."""
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    described = {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "device": str(device),
+    described = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads, "device": str(device),
                  "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
                  "transformers": transformers.__version__}
     if device.type == "cuda":

@@ -147,3 +147,22 @@ def test_in_bf16_lossless_writes_ars_text_and_batch_rows_their_text_alone(decode
     together = [g.tokens for g in refusion.generate(model, tokenizer, prompts, decoder=decoder, max_new_tokens=40)]
     assert mine == alone
     assert together == alone
+
+
+def test_rows_that_round_alike_are_measured_once_per_machine_then_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(invariant_kernels, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(invariant_kernels, "_MEASURED", {})
+    measured = []
+    monkeypatch.setattr(invariant_kernels, "rows_alike", lambda weight, bias: measured.append(weight.shape) or 3)
+    model = shipped_shaped_model("native")
+    invariant_kernels.use(model, "invariant")
+    shapes = {tuple(m.weight.shape) for m in model.modules() if type(m) is torch.nn.Linear}
+    assert len(measured) == len(shapes)  # one measurement per weight shape
+    padded = [m for m in model.modules() if isinstance(m.__dict__.get("forward"), invariant_kernels._PaddedRows)]
+    assert len(padded) == sum(type(m) is torch.nn.Linear for m in model.modules())
+    x = torch.randn(1, 1, 576, dtype=torch.bfloat16)
+    layer = model.model.layers[0].self_attn.q_proj
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight))  # padding rows leave the row's product
+    monkeypatch.setattr(invariant_kernels, "_MEASURED", {})  # a new process: read from the file
+    invariant_kernels.use(shipped_shaped_model("native"), "invariant")
+    assert len(measured) == len(shapes)
