@@ -30,8 +30,9 @@ with masks after it (or none at all, keeping the root masks' drafts) counts what
 expected to add, and the chain worth the most commits.
 
 Only the pending tokens' and the accepted chain tokens' KV is kept: the cache stays the exact
-causal cache of the text. Greedy output is token-identical to `ar` up to floating-point
-differences between forwards of different widths.
+causal cache of the text. Greedy output is token-identical to `ar` (in float32, and in bf16 on a CPU under
+the invariant kernels, `refusion.invariant_kernels`, the default: PyTorch's own bf16 kernels round a token
+differently by the width of its forward).
 
 How many chains (b) and how deep (d) adapt: the decoder counts how often candidates of each rank
 and depth were accepted and picks the (b, d) that maximises expected tokens per forward over the
