@@ -30,23 +30,41 @@ from .model import cache_dir
 NAME = "refusion_invariant"
 
 
+QUERY_CHUNK = 256
+"""Query rows per float64 product: a long prompt's scores stay a few hundred MB at most."""
+
+
 def invariant_attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
     """query [B, Hq, Q, D], key/value [B, Hkv, K, D], attention_mask [B, 1, Q, K] (additive float or bool) or None
-    (causal: the queries are the last keys) -> ([B, Q, Hq, D], None), as transformers' attention functions return."""
+    (causal: the queries are the last keys) -> ([B, Q, Hq, D], None), as transformers' attention functions return.
+
+    A long prompt's prefill pays float64's cost too (about 3.5x PyTorch's fused attention on a prompt of a few
+    thousand tokens): decoders feed a prompt in different company (a lossless first step adds drafts, a batch
+    its other rows), and every one of its tokens must round alike."""
+    queries, keys = query.shape[2], key.shape[2]
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    hidden = _hidden(attention_mask, queries, keys, query.device)
+    chunks = [_float64_attention(module, query[:, :, start:start + QUERY_CHUNK], key, value,
+                                 None if hidden is None else hidden[:, :, start:start + QUERY_CHUNK], scaling, dropout)
+              for start in range(0, queries, QUERY_CHUNK)]
+    output = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=2)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _float64_attention(module, query, key, value, hidden, scaling: float, dropout: float) -> torch.Tensor:
+    """[B, Hq, Q, D] attention with float64 sums; `hidden` [B, 1, Q, K] True where a query may not look, or None."""
     batch, heads, queries, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     groups = heads // kv_heads
-    scaling = dim ** -0.5 if scaling is None else scaling
     grouped = query.reshape(batch, kv_heads, groups * queries, dim).double()  # heads sharing keys, one after another
     scores = torch.matmul(grouped, key.double().transpose(2, 3)).mul_(scaling).view(batch, kv_heads, groups, queries, keys)
-    hidden = _hidden(attention_mask, queries, keys, query.device)
     if hidden is not None:
         scores.masked_fill_(hidden[:, :, None], torch.finfo(torch.float64).min)  # not -inf: a row hiding all is no NaN
     weights = torch.softmax(scores.view(batch, kv_heads, groups * queries, keys), dim=-1)
     if dropout and module.training:
         weights = F.dropout(weights, p=dropout)
     output = torch.matmul(weights, value.double()).to(query.dtype)
-    return output.view(batch, heads, queries, dim).transpose(1, 2).contiguous(), None
+    return output.view(batch, heads, queries, dim)
 
 
 def _hidden(attention_mask, queries: int, keys: int, device) -> torch.Tensor | None:

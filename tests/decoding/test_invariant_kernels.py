@@ -166,3 +166,14 @@ def test_rows_that_round_alike_are_measured_once_per_machine_then_read(tmp_path,
     monkeypatch.setattr(invariant_kernels, "_MEASURED", {})  # a new process: read from the file
     invariant_kernels.use(shipped_shaped_model("native"), "invariant")
     assert len(measured) == len(shapes)
+
+
+def test_long_feeds_are_attended_in_query_chunks_with_the_same_result():
+    torch.manual_seed(0)
+    module = torch.nn.Module().eval()
+    queries = invariant_kernels.QUERY_CHUNK + 44
+    query, key, value = torch.randn(1, 6, queries, 16), torch.randn(1, 3, queries, 16), torch.randn(1, 3, queries, 16)
+    expected = F.scaled_dot_product_attention(query, key.repeat_interleave(2, 1), value.repeat_interleave(2, 1),
+                                              is_causal=True).transpose(1, 2)
+    output, _ = invariant_kernels.invariant_attention(module, query, key, value, None)
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
