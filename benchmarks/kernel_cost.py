@@ -16,6 +16,7 @@ import torch
 
 import refusion
 from refusion.bench import builtin_prompts
+from refusion.files import write_text
 from refusion.hardware import set_threads
 from refusion.invariant_kernels import use
 from refusion.prompting import encode_prompt
@@ -61,8 +62,7 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(report + "\n")
+        write_text(args.output, report + "\n")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import torch
 import refusion
 from refusion.bench import builtin_prompts
 from refusion.decoding import plan_infill
+from refusion.files import write_text
 from refusion.hardware import resolve_dtype, set_threads
 from refusion.prompting import encode_prompt
 
@@ -62,8 +63,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.output:
-        with open(args.output, "w") as file:
-            file.write(text + "\n")
+        write_text(args.output, text + "\n")
 
 
 if __name__ == "__main__":

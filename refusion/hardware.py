@@ -9,6 +9,7 @@ busy machine gets fewer threads. `--dtype` and `--threads` override both.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
@@ -74,6 +75,7 @@ def set_threads(threads: int | str | None) -> int:
     return count
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_name() -> str:
     """The CPU's model name (from /proc/cpuinfo where there is one)."""
     name = platform.processor() or platform.machine()

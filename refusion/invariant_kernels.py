@@ -15,6 +15,7 @@ decoder's and 11-18% at batch 16 on this project's CPU (BENCHMARKS.md).
 
 from __future__ import annotations
 
+import functools
 import json
 
 import torch
@@ -24,8 +25,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .errors import RefusionError
 from .files import write_text
-from .hardware import cpu_name
-from .model import cache_dir
+from . import hardware, model as models  # modules, not names: hardware imports the decoders, which import this
 
 NAME = "refusion_invariant"
 
@@ -70,12 +70,16 @@ def _float64_attention(module, query, key, value, hidden, scaling: float, dropou
 def _hidden(attention_mask, queries: int, keys: int, device) -> torch.Tensor | None:
     """[B, 1, Q, K] bool, True where a query may not look; None where it sees every key."""
     if attention_mask is None:
-        if queries == 1:
-            return None
-        return ~torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)[None, None]
+        return None if queries == 1 else _causal_hidden(queries, keys, device)
     if attention_mask.dtype == torch.bool:
         return ~attention_mask[..., :keys]
     return attention_mask[..., :keys] < 0
+
+
+@functools.lru_cache(maxsize=16)
+def _causal_hidden(queries: int, keys: int, device) -> torch.Tensor:
+    """What the causal mask transformers leaves out hides: built once per shape, not once per layer."""
+    return ~torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)[None, None]
 
 
 AttentionInterface.register(NAME, invariant_attention)
@@ -127,10 +131,10 @@ def use(model, kernels: str = "invariant") -> None:
     if not isinstance(base, torch.nn.Module) or not hasattr(base, "set_attn_implementation"):
         return
     base._refusion_kernels = kernels
-    device = next(base.parameters()).device
+    parameter = next(base.parameters())
     attention = getattr(base.config, "_attn_implementation", None)
-    reduced = next(base.parameters()).dtype in (torch.bfloat16, torch.float16)
-    if kernels == "native" or device.type != "cpu" or not reduced:
+    reduced = parameter.dtype in (torch.bfloat16, torch.float16)
+    if kernels == "native" or parameter.device.type != "cpu" or not reduced:
         if attention == NAME:
             base.set_attn_implementation(getattr(base, "_refusion_native_attention", "sdpa"))
         for module in base.modules():
@@ -155,9 +159,9 @@ _MEASURED: dict[str, int] = {}
 def _rows_alike_here(weight: torch.Tensor, bias: torch.Tensor | None) -> int:
     """`rows_alike` for this weight's shape on this machine: measured once per machine and torch version (about
     1.5 s for the shipped model), then read from the cache directory."""
-    key = "|".join(map(str, (torch.__version__, cpu_name(), torch.get_num_threads(),
+    key = "|".join(map(str, (torch.__version__, hardware.cpu_name(), torch.get_num_threads(),
                              tuple(weight.shape), weight.dtype, bias is not None)))
-    path = cache_dir() / "rows_alike.json"
+    path = models.cache_dir() / "rows_alike.json"
     if not _MEASURED and path.is_file():
         try:
             _MEASURED.update(json.loads(path.read_text()))
