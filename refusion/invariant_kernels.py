@@ -10,17 +10,22 @@ Invariant kernels: attention with float64 sums (the scores of bf16 queries and k
 magnitude a model's activations take, and the softmax and value sums round at 2^-53, far below bf16's 2^-8, in
 any order), and the matrix kernels that round a lone row differently fed at least the rows that round alike
 (`rows_alike`, measured per weight shape). They cost 3% of `ar`'s speed at batch 1, 10% of the lossless
-decoder's and 11-18% at batch 16 on this project's CPU (BENCHMARKS.md).
+decoder's and 11-18% at batch 16 on this project's CPU (BENCHMARKS.md). A prompt of LONG_PREFIX tokens or more is
+cached by a forward of its own under PyTorch's attention, the same call wherever it goes: in float64 a prompt of
+3,000 tokens took 5-6x longer (`benchmarks/long_prompt.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import json
 
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .errors import RefusionError
@@ -33,14 +38,25 @@ NAME = "refusion_invariant"
 QUERY_CHUNK = 256
 """Query rows per float64 product: a long prompt's scores stay a few hundred MB at most."""
 
+LONG_PREFIX = 256
+"""A prompt with at least this many tokens before its last is cached by a forward of its own under PyTorch's
+attention (`caches_apart`): in float64 a prefill costs 1.6x that at 256 tokens, 3.2x at 1024 and 8x at 3000
+(shipped model, 2 threads), against one more forward of a token; apart, it is the same call for the same prompt
+in every decoder and batch, so its tokens still round alike wherever they go."""
+
+_NATIVE_NOW = contextvars.ContextVar("refusion_native_attention", default=False)
+
 
 def invariant_attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
     """query [B, Hq, Q, D], key/value [B, Hkv, K, D], attention_mask [B, 1, Q, K] (additive float or bool) or None
     (causal: the queries are the last keys) -> ([B, Q, Hq, D], None), as transformers' attention functions return.
 
-    A long prompt's prefill pays float64's cost too (about 3.5x PyTorch's fused attention on a prompt of a few
-    thousand tokens): decoders feed a prompt in different company (a lossless first step adds drafts, a batch
-    its other rows), and every one of its tokens must round alike."""
+    A prompt's prefill is float64 too, since decoders feed a prompt in different company (a lossless first step
+    adds drafts, a batch its other rows) and every one of its tokens must round alike; a long one, where that
+    would cost several times PyTorch's attention, is cached apart (`caches_apart`)."""
+    if _NATIVE_NOW.get():
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
     queries, keys = query.shape[2], key.shape[2]
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     hidden = _hidden(attention_mask, queries, keys, query.device)
@@ -80,6 +96,24 @@ def _hidden(attention_mask, queries: int, keys: int, device) -> torch.Tensor | N
 def _causal_hidden(queries: int, keys: int, device) -> torch.Tensor:
     """What the causal mask transformers leaves out hides: built once per shape, not once per layer."""
     return ~torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)[None, None]
+
+
+def caches_apart(model, prefix_tokens: int) -> bool:
+    """Whether a prompt with `prefix_tokens` tokens before its last is cached by a forward of its own, under
+    PyTorch's attention (`native_attention`): a long prompt of a model with the invariant attention."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    return prefix_tokens >= LONG_PREFIX and getattr(config, "_attn_implementation", None) == NAME
+
+
+@contextlib.contextmanager
+def native_attention():
+    """PyTorch's fused attention for the forwards inside, where a model has the invariant attention."""
+    token = _NATIVE_NOW.set(True)
+    try:
+        yield
+    finally:
+        _NATIVE_NOW.reset(token)
 
 
 AttentionInterface.register(NAME, invariant_attention)

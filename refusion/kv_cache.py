@@ -114,9 +114,14 @@ def move_columns(cache: DynamicCache, source: int, target: int, count: int) -> N
     truncate(cache, target + count)
 
 
-def add_rows(cache: DynamicCache, other: DynamicCache) -> None:
-    """Append the batch row of `other` (empty or not) to `cache`, the shorter one left-padded with zero entries."""
+def add_rows(cache: DynamicCache, other: DynamicCache, rows: int) -> None:
+    """Append the batch row of `other` (empty or not) to the `rows` rows of `cache` (with entries or none yet),
+    the shorter one left-padded with zero entries."""
     started = any(layer.is_initialized for layer in other.layers)
+    if started and not any(layer.is_initialized for layer in cache.layers):  # its rows: zero entries each
+        for index, layer in enumerate(other.layers):
+            heads, dim = layer.keys.shape[1], layer.keys.shape[3]
+            cache.update(layer.keys.new_zeros(rows, heads, 0, dim), layer.values.new_zeros(rows, heads, 0, dim), index)
     for index, layer in enumerate(cache.layers):
         keys, values = layer.keys, layer.values
         if started:

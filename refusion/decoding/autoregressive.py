@@ -12,10 +12,9 @@ from typing import Callable
 
 import torch
 
-from .. import kv_cache
 from .batching import Feed
 from .generation import EventCallback
-from .runner import DecodeOutput, ModelRunner
+from .runner import DecodeOutput, ModelRunner, first_cache
 from .sampling import choose
 
 OPTIONS: tuple = ()
@@ -33,9 +32,9 @@ def decode(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> DecodeOutput:
     prompt_len = prompt_ids.shape[1]
-    cache = kv_cache.new_cache()
-    input_ids = prompt_ids  # [1, P] then [1, 1]
-    positions = torch.arange(prompt_len).unsqueeze(0)
+    cache, start = first_cache(runner, prompt_ids[0].tolist())  # a long prompt's but its last token, cached apart
+    input_ids = prompt_ids[:, start:]  # [1, P] (or its last token) then [1, 1]
+    positions = torch.arange(start, prompt_len).unsqueeze(0)
     tokens: list[int] = []
     for step in range(max_new_tokens):
         logits = runner(input_ids, positions, cache, logits_to_keep=1)[:, -1]  # [1, V]

@@ -35,9 +35,9 @@ from typing import Callable
 
 import torch
 
-from .. import kv_cache
+from .. import invariant_kernels, kv_cache
 from ..attention import rows_mask
-from .runner import ModelRunner
+from .runner import ModelRunner, cache_prefix
 
 COMPACT_WASTE = 64
 """Re-pack the cache when its width exceeds the longest row's own entries by this many columns."""
@@ -125,6 +125,7 @@ class Batch:
     def _empty(self) -> None:
         self.cache = kv_cache.new_cache()
         self.padding = torch.zeros(0, 0, dtype=torch.bool)  # [rows, columns], True = not that row's entry
+        self.started = False  # a step has run
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -132,29 +133,31 @@ class Batch:
     def add(self, row) -> None:
         """Take a row in. Before the first step its whole prompt rides along that step (as it would alone);
         into a running batch, its prompt but the last token is cached by a forward of its own, so that
-        the running rows' steps never carry a long prompt's width."""
+        the running rows' steps never carry a long prompt's width; so is a long prompt before the first step,
+        where the invariant kernels would feed it in float64 (`invariant_kernels.caches_apart`)."""
         if not self.rows:
             self._empty()
-        if not self.padding.shape[1]:  # nothing cached yet
-            self.rows.append(row)
-            self.padding = torch.cat([self.padding, torch.ones(1, 0, dtype=torch.bool)])
-            return
         prefix = row.pending[:-1]
-        cache = kv_cache.new_cache()
-        if prefix:
-            self.runner(torch.tensor([prefix]), torch.arange(row.position, row.position + len(prefix))[None], cache,
-                        logits_to_keep=1)
-            row.forwards += 1
+        columns = self.padding.shape[1]
+        if not self.started and not invariant_kernels.caches_apart(self.runner.model, len(prefix)):
+            if columns:  # a long prompt was cached apart: this row has none of its entries
+                kv_cache.add_rows(self.cache, kv_cache.new_cache(), len(self.rows))
+            self.rows.append(row)
+            self.padding = torch.cat([self.padding, torch.ones(1, columns, dtype=torch.bool)])
+            return
+        cache = cache_prefix(self.runner, prefix, row.position)
+        row.forwards += bool(prefix)
         row.pending, row.position = row.pending[-1:], row.position + len(prefix)
-        width = max(self.padding.shape[1], len(prefix))
-        padding = torch.cat([torch.ones(len(self.rows), width - self.padding.shape[1], dtype=torch.bool), self.padding], 1)
+        width = max(columns, len(prefix))
+        padding = torch.cat([torch.ones(len(self.rows), width - columns, dtype=torch.bool), self.padding], 1)
         its_padding = torch.arange(width) < width - len(prefix)
-        kv_cache.add_rows(self.cache, cache)
+        kv_cache.add_rows(self.cache, cache, len(self.rows))
         self.padding = torch.cat([padding, its_padding[None]])
         self.rows.append(row)
 
     def step(self) -> list:
         """One forward for every row; returns the rows that finished (they have left the batch)."""
+        self.started = True
         feeds = [row.feed(len(self.rows)) for row in self.rows]
         # Each row's last pending token sits in one column (prompts of different lengths are padded on the left):
         # the logits read are then mostly in the same few columns, and the LM head runs only on those.

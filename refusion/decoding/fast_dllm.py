@@ -28,7 +28,7 @@ from . import masked_diffusion
 from .generation import EventCallback
 from .options import Option
 from .masked_diffusion import attention_mask_for, block_spans, finish, first_eos, is_bidirectional, predict
-from .runner import DecodeOutput, ModelRunner
+from .runner import DecodeOutput, ModelRunner, first_cache
 
 OPTIONS = (
     Option("threshold", 0.9, "fast-dllm: unmask every token above this confidence", float, 0.0, 1.0),
@@ -74,7 +74,7 @@ def decode(
     x = torch.cat([prompt_ids[0], torch.full((L,), mask_token_id, dtype=torch.long)])  # [P+L]
     bidirectional = is_bidirectional(runner.model)
     settings = {"attention": "bidirectional" if bidirectional else "causal"}
-    cache = kv_cache.new_cache()
+    cache = kv_cache.new_cache() if bidirectional else first_cache(runner, prompt_ids[0].tolist())[0]
     step = 0
     for block, (start, end) in enumerate(block_spans(L, block_length)):
         block_start, feed_to = P + start, P + (L if bidirectional else end)

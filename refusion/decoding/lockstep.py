@@ -57,7 +57,12 @@ class LockstepRunner(ModelRunner):
         self.model, self.suppress_token_id, self.stats = shared.model, shared.suppress_token_id, shared.stats
         self.device, self.dtype, self.cache_keyword = shared.device, shared.dtype, shared.cache_keyword
         self.forward_passes = 0
-        self.lane = lane
+        self.lane, self.shared = lane, shared
+
+    def alone(self, input_ids, position_ids, cache, logits_to_keep: int = 0):
+        """Straight to the model: while this decode's thread runs, every other decode waits on a call."""
+        self.forward_passes += 1
+        return self.shared.alone(input_ids, position_ids, cache, logits_to_keep)
 
     def __call__(self, input_ids, position_ids, cache, attention_mask=None, logits_to_keep: int = 0):
         self.forward_passes += 1

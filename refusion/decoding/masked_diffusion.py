@@ -30,7 +30,7 @@ from ..attention import bidirectional_mask
 from ..errors import RefusionError
 from .generation import EventCallback
 from .options import Option
-from .runner import DecodeOutput, ModelRunner
+from .runner import DecodeOutput, ModelRunner, first_cache
 from .sampling import choose
 
 OPTIONS = (
@@ -130,7 +130,7 @@ def denoise_step(runner, x, bidirectional, block_positions, count, temperature, 
         logits = runner(x.unsqueeze(0), torch.arange(total).unsqueeze(0), kv_cache.new_cache(), attention)[0]  # [P+L, V]
         first = 0
     else:
-        first = kv_cache.length(prompt_cache)  # 0 on the first step, then P
+        first = kv_cache.length(prompt_cache)  # 0 on the first step (a long prompt's P - 1: `first_cache`), then P
         logits = runner(x[first:].unsqueeze(0), torch.arange(first, total).unsqueeze(0), prompt_cache, None)[0]
         kv_cache.truncate(prompt_cache, prompt_len)
     tokens, confidence = predict(logits[(block_positions - first).to(logits.device)], temperature, generator)  # [n]
@@ -160,7 +160,7 @@ def decode(
     spans = block_spans(L, block_length)
     budgets = steps_per_block(steps or L, spans)
     settings = {"steps": sum(budgets), "block_length": block_length, "attention": "bidirectional" if bidirectional else "causal"}
-    prompt_cache = None if bidirectional else kv_cache.new_cache()
+    prompt_cache = None if bidirectional else first_cache(runner, prompt_ids[0].tolist())[0]
     step = 0
     for block, ((start, end), budget) in enumerate(zip(spans, budgets)):
         for count in transfer_counts(end - start, budget):

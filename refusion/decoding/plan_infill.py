@@ -37,7 +37,7 @@ from ..attention import segment_mask
 from ..errors import RefusionError
 from .generation import EventCallback
 from .options import Option
-from .runner import DecodeOutput, ForwardCost, ModelRunner
+from .runner import DecodeOutput, ForwardCost, ModelRunner, first_cache
 from .sampling import choose, probability_of
 
 FUSE_LIMIT = 64
@@ -517,8 +517,9 @@ def decode(
     block_len = length // blocks
     options = {"token_threshold": token_threshold, "kv": kv, "temperature": temperature}
     P = prompt_ids.shape[1]
-    # The prompt is pending: it rides with the first plan.
-    state = State(prompt_len=P, cache=kv_cache.new_cache(), tokens=prompt_ids[0].tolist(), positions=list(range(P)))
+    # The prompt is pending: it rides with the first plan (a long one's last token only: `first_cache`).
+    cache, cached = first_cache(runner, prompt_ids[0].tolist())
+    state = State(prompt_len=P, cache=cache, tokens=prompt_ids[0].tolist(), positions=list(range(P)), cached=cached)
     committed: dict[int, int] = {}  # absolute position -> token
     step = 0
     riding: tuple | None = None  # (slot starts, drafts, scores) of a plan computed inside the last verify forward

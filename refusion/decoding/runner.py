@@ -120,6 +120,33 @@ class ModelRunner:
         self.forward_passes += 1
         return logits
 
+    def alone(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache, logits_to_keep: int = 0) -> torch.Tensor:
+        """A forward of one row's own, never batched with others', under PyTorch's attention where the model has
+        the invariant kernels (`invariant_kernels.native_attention`): a long prompt's cache, fed by the same
+        call wherever the prompt goes."""
+        with invariant_kernels.native_attention():
+            return self(input_ids, position_ids, cache, logits_to_keep=logits_to_keep)
+
+
+def cache_prefix(runner: ModelRunner, prefix: list[int], position: int):
+    """A prompt's tokens but its last (`prefix`, the first at `position`) cached by a forward of their own: a
+    one-row cache (empty for no tokens). A long prompt of a model with the invariant kernels is fed alone under
+    PyTorch's attention (`invariant_kernels.caches_apart`, `ModelRunner.alone`): every decoder and batch caches it
+    by this same call."""
+    cache = kv_cache.new_cache()
+    if prefix:
+        call = runner.alone if invariant_kernels.caches_apart(runner.model, len(prefix)) else runner
+        call(torch.tensor([prefix]), torch.arange(position, position + len(prefix))[None], cache, logits_to_keep=1)
+    return cache
+
+
+def first_cache(runner: ModelRunner, prompt: list[int]):
+    """A decode's first cache and how many of the prompt's tokens it holds: all but the last where the prompt is
+    long and the model has the invariant kernels (`cache_prefix`); else none, and its first forward feeds the
+    whole prompt."""
+    start = len(prompt) - 1 if invariant_kernels.caches_apart(runner.model, len(prompt) - 1) else 0
+    return cache_prefix(runner, prompt[:start], 0), start
+
 
 CALIBRATION_WIDTHS = (1, 2, 4, 8, 16, 32, 64)
 BATCH_CALIBRATION_WIDTHS = (1, 2, 3, 4, 6, 8)

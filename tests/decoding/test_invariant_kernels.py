@@ -171,3 +171,57 @@ def test_long_feeds_are_attended_in_query_chunks_with_the_same_result():
                                               is_causal=True).transpose(1, 2)
     output, _ = invariant_kernels.invariant_attention(module, query, key, value, None)
     torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["ar", "lossless"])
+def test_a_long_prompt_is_cached_apart_under_pytorchs_attention_and_every_row_still_writes_its_text(
+        decoder, monkeypatch):
+    """A prompt of LONG_PREFIX tokens or more (but its last) is cached by a forward of its own under PyTorch's
+    attention, never in float64, wherever it goes: alone, beside short prompts (before or after them) and joining
+    a running batch, each row writes the text it writes alone, and lossless still writes `ar`'s."""
+    monkeypatch.setattr(invariant_kernels, "LONG_PREFIX", 30)
+    tokenizer = char_tokenizer(extra_specials=["<|mask|>"])
+    model = shipped_shaped_model("invariant", vocab_size=len(tokenizer))
+    model.config.mask_token_id = tokenizer.convert_tokens_to_ids("<|mask|>")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(0.03)
+    float64_rows = []
+    float64 = invariant_kernels._float64_attention
+    monkeypatch.setattr(invariant_kernels, "_float64_attention",
+                        lambda module, query, *rest: float64_rows.append(query.shape[2]) or float64(module, query, *rest))
+    long, short = [tokenizer(text, return_tensors="pt").input_ids[0] for text in
+                   ("the cat sat on the mat, the dog sat on the log, the cat", "abcabcabc")]
+    assert len(long) - 1 >= 30 > len(short)
+    ar_long = refusion.generate(model, tokenizer, long, decoder="ar", max_new_tokens=24)
+    ar_short = refusion.generate(model, tokenizer, short, decoder="ar", max_new_tokens=24)
+    assert ar_long.forward_passes == len(ar_long.tokens) + 1  # the prompt but its last token, then one per token
+    refusion.generate(model, tokenizer, short, decoder=decoder, max_new_tokens=2)  # lossless times its widths once
+    float64_rows.clear()
+    mine = refusion.generate(model, tokenizer, long, decoder=decoder, max_new_tokens=24)
+    assert mine.tokens == ar_long.tokens
+    assert float64_rows and max(float64_rows) < 30  # the long prompt never went through float64 attention
+    for prompts in ([short, long, short], [long, short]):
+        together = refusion.generate(model, tokenizer, prompts, decoder=decoder, max_new_tokens=24)
+        assert [g.tokens for g in together] == [(ar_long if p is long else ar_short).tokens for p in prompts]
+
+
+@pytest.mark.parametrize("decoder", ["refusion", "mdm", "fast-dllm"])
+def test_a_long_prompt_is_cached_apart_by_the_other_decoders_too_and_batch_rows_still_write_their_text(
+        decoder, monkeypatch):
+    """Their rows share forwards in lockstep; a long prompt is cached by a forward of its own all the same."""
+    monkeypatch.setattr(invariant_kernels, "LONG_PREFIX", 30)
+    tokenizer = char_tokenizer(extra_specials=["<|mask|>"])
+    model = shipped_shaped_model("invariant", vocab_size=len(tokenizer))
+    model.config.mask_token_id = tokenizer.convert_tokens_to_ids("<|mask|>")
+    float64_rows = []
+    float64 = invariant_kernels._float64_attention
+    monkeypatch.setattr(invariant_kernels, "_float64_attention",
+                        lambda module, query, *rest: float64_rows.append(query.shape[2]) or float64(module, query, *rest))
+    long, short = [tokenizer(text, return_tensors="pt").input_ids[0] for text in
+                   ("the cat sat on the mat, the dog sat on the log, the cat", "abcabcabc")]
+    alone = {len(short): refusion.generate(model, tokenizer, short, decoder=decoder, max_new_tokens=16).tokens}
+    float64_rows.clear()  # after the first decode, which may time the model's forwards once
+    alone[len(long)] = refusion.generate(model, tokenizer, long, decoder=decoder, max_new_tokens=16).tokens
+    assert float64_rows and max(float64_rows) < len(long) - 1  # the long prompt never went through float64 attention
+    together = refusion.generate(model, tokenizer, [short, long], decoder=decoder, max_new_tokens=16)
+    assert [g.tokens for g in together] == [alone[len(short)], alone[len(long)]]

@@ -1,0 +1,76 @@
+"""What a long prompt costs under each kind of kernel: seconds per request (prefill and a few tokens) for each
+decoder, in one process, the settings taking turns.
+
+    python3 benchmarks/long_prompt.py --threads 2 --output benchmarks/bench/long-prompt.txt
+
+Settings: PyTorch's own kernels (`native`); the invariant kernels, where a prompt of
+`invariant_kernels.LONG_PREFIX` tokens or more is cached apart under PyTorch's attention (`invariant`, the
+default); and the invariant kernels with every prompt fed in float64 (`invariant, float64 prefill`: how they
+were before prompts were cached apart). The prompt is "word " repeated (as `benchmarks/load_test.py`'s bounded
+requests); each row also says whether its text equals the `invariant` row's `ar` text.
+"""
+
+import argparse
+import time
+
+import torch
+
+import refusion
+from refusion import invariant_kernels
+from refusion.files import write_text
+from refusion.hardware import set_threads
+
+SETTINGS = ("native", "invariant", "invariant, float64 prefill")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="refusion-smollm2-135m")
+    parser.add_argument("--threads", default="2")
+    parser.add_argument("--words", default="250,1000,3000", help="prompt lengths, in repeated words")
+    parser.add_argument("--decoders", default="ar,lossless,refusion,mdm,fast-dllm")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    model, tokenizer = refusion.load(args.model, dtype=torch.bfloat16)
+    decoders = args.decoders.split(",")
+    long_prefix = invariant_kernels.LONG_PREFIX
+    for setting in SETTINGS:  # warm-up: kernels chosen, forward costs measured, outside the timing
+        _use(model, setting, long_prefix)
+        for decoder in decoders:
+            refusion.generate(model, tokenizer, tokenizer("Hello there.")["input_ids"], decoder=decoder, max_new_tokens=4)
+    lines = [f"python3 benchmarks/long_prompt.py --threads {args.threads} --words {args.words} --decoders "
+             f"{args.decoders} --max-new-tokens {args.max_new_tokens}  ({args.model}, bf16, torch {torch.__version__}; "
+             f"prompts of {long_prefix}+ tokens cached apart)",
+             "| prompt tokens | decoder | " + " | ".join(f"{s} s" for s in SETTINGS) + " | settings whose text equals the invariant `ar` text |",
+             "|---|---|" + "---|" * len(SETTINGS) + "---|"]
+    for words in map(int, args.words.split(",")):
+        ids = tokenizer("word " * words)["input_ids"]
+        reference = None
+        for decoder in decoders:
+            seconds, texts = {}, {}
+            for setting in SETTINGS:
+                _use(model, setting, long_prefix)
+                started = time.perf_counter()
+                result = refusion.generate(model, tokenizer, ids, decoder=decoder, max_new_tokens=args.max_new_tokens)
+                seconds[setting], texts[setting] = time.perf_counter() - started, result.tokens
+            reference = texts["invariant"] if decoder == "ar" else reference
+            equal = ", ".join(s for s in SETTINGS if reference is not None and texts[s] == reference) or "none"
+            lines.append(f"| {len(ids)} | {decoder} | " + " | ".join(f"{seconds[s]:.2f}" for s in SETTINGS) +
+                         f" | {equal} |")
+            print(lines[-1], flush=True)
+    invariant_kernels.LONG_PREFIX = long_prefix
+    report = "\n".join(lines)
+    print(report)
+    if args.output:
+        write_text(args.output, report + "\n")
+
+
+def _use(model, setting: str, long_prefix: int) -> None:
+    invariant_kernels.use(model, setting.split(",")[0])
+    invariant_kernels.LONG_PREFIX = long_prefix if setting == "invariant" else 10**9
+
+
+if __name__ == "__main__":
+    main()
