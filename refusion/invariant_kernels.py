@@ -12,7 +12,7 @@ any order), and the matrix kernels that round a lone row differently fed at leas
 (`rows_alike`, measured per weight shape). They cost 3% of `ar`'s speed at batch 1, 10% of the lossless
 decoder's and 11-18% at batch 16 on this project's CPU (BENCHMARKS.md). A prompt of LONG_PREFIX tokens or more is
 cached by a forward of its own under PyTorch's attention, the same call wherever it goes: in float64 a prompt of
-3,000 tokens took 5-6x longer (`benchmarks/long_prompt.py`).
+3,000 tokens took 4.6-6.5x longer (`benchmarks/long_prompt.py`).
 """
 
 from __future__ import annotations
