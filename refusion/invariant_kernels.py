@@ -12,7 +12,7 @@ any order), and the matrix kernels that round a lone row differently fed at leas
 (`rows_alike`, measured per weight shape). They cost 3% of `ar`'s speed at batch 1, 10% of the lossless
 decoder's and 11-18% at batch 16 on this project's CPU (BENCHMARKS.md). A prompt of LONG_PREFIX tokens or more is
 cached by a forward of its own under PyTorch's attention, the same call wherever it goes: in float64 a prompt of
-3,000 tokens took 4.6-6.5x longer (`benchmarks/long_prompt.py`).
+3,000 tokens took 4.9-6.4x longer per request (`benchmarks/long_prompt.py`).
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ QUERY_CHUNK = 256
 
 LONG_PREFIX = 256
 """A prompt with at least this many tokens before its last is cached by a forward of its own under PyTorch's
-attention (`caches_apart`): in float64 a prefill costs 1.6x that at 256 tokens, 3.2x at 1024 and 8x at 3000
-(shipped model, 2 threads), against one more forward of a token; apart, it is the same call for the same prompt
-in every decoder and batch, so its tokens still round alike wherever they go."""
+attention (`caches_apart`): in float64 a prefill costs 1.24x that at 128 tokens (about what one more forward
+of a token costs), 1.46x at 256, 4.7x at 1,024 and 7.8x at 3,000 (shipped model, 2 threads:
+`benchmarks/long_prompt.py`); apart, it is the same call for the same prompt in every decoder and batch, so its
+tokens still round alike wherever they go."""
 
 _NATIVE_NOW = contextvars.ContextVar("refusion_native_attention", default=False)
 
@@ -191,8 +192,8 @@ _MEASURED: dict[str, int] = {}
 
 
 def _rows_alike_here(weight: torch.Tensor, bias: torch.Tensor | None) -> int:
-    """`rows_alike` for this weight's shape on this machine: measured once per machine and torch version (about
-    1.5 s for the shipped model), then read from the cache directory."""
+    """`rows_alike` for this weight's shape on this machine: measured once per machine, torch version and thread
+    count, then read from the cache directory."""
     key = "|".join(map(str, (torch.__version__, hardware.cpu_name(), torch.get_num_threads(),
                              tuple(weight.shape), weight.dtype, bias is not None)))
     path = models.cache_dir() / "rows_alike.json"

@@ -31,6 +31,18 @@ def shipped_shaped_model(kernels: str, vocab_size: int = 128, attention_scale: f
     return model
 
 
+def bf16_stand_in(crowded: bool):
+    """(model, tokenizer): the shipped-shape stand-in with a character tokenizer and a mask token; `crowded`
+    scales the LM head down so that the logits crowd together and bf16 near-ties are common."""
+    tokenizer = char_tokenizer(extra_specials=["<|mask|>"])
+    model = shipped_shaped_model("invariant", vocab_size=len(tokenizer))
+    model.config.mask_token_id = tokenizer.convert_tokens_to_ids("<|mask|>")
+    if crowded:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(0.03)
+    return model, tokenizer
+
+
 def sequence(length: int) -> torch.Tensor:
     return torch.randint(0, 120, (1, length), generator=torch.Generator().manual_seed(1))
 
@@ -92,6 +104,20 @@ def widths_that_part(kernels: str) -> list[tuple]:
     return parted
 
 
+def float64_rows_seen(monkeypatch) -> list[int]:
+    """A list that collects the query rows of every float64 attention call from here on."""
+    rows = []
+    float64 = invariant_kernels._float64_attention
+    monkeypatch.setattr(invariant_kernels, "_float64_attention",
+                        lambda module, query, *rest: rows.append(query.shape[2]) or float64(module, query, *rest))
+    return rows
+
+
+def long_and_short(tokenizer) -> list[torch.Tensor]:
+    return [tokenizer(text, return_tensors="pt").input_ids[0]
+            for text in ("the cat sat on the mat, the dog sat on the log, the cat", "abcabcabc")]
+
+
 def test_a_token_gets_the_logits_it_gets_alone_at_every_width_gap_and_batch_row():
     assert widths_that_part("invariant") == []
 
@@ -129,11 +155,7 @@ def test_kernels_are_chosen_per_model_and_native_restores_pytorchs_own():
 def test_in_bf16_lossless_writes_ars_text_and_batch_rows_their_text_alone(decoder):
     """The LM head is scaled down so that the logits crowd together and bf16 near-ties are common: with PyTorch's
     own kernels lossless and the batch part from `ar` here (on this project's CPU), with the invariant ones not."""
-    tokenizer = char_tokenizer(extra_specials=["<|mask|>"])
-    model = shipped_shaped_model("invariant", vocab_size=len(tokenizer))
-    model.config.mask_token_id = tokenizer.convert_tokens_to_ids("<|mask|>")
-    with torch.no_grad():
-        model.lm_head.weight.mul_(0.03)
+    model, tokenizer = bf16_stand_in(crowded=True)
     prompts = [tokenizer(text, return_tensors="pt").input_ids[0] for text in
                ("the cat sat on the mat, the cat sat on", "abcabcabcabc", "1, 2, 3, 4, 5, 6")]
     alone = [refusion.generate(model, tokenizer, ids, decoder="ar", max_new_tokens=40).tokens for ids in prompts]
@@ -177,20 +199,12 @@ def test_long_feeds_are_attended_in_query_chunks_with_the_same_result():
 def test_a_long_prompt_is_cached_apart_under_pytorchs_attention_and_every_row_still_writes_its_text(
         decoder, monkeypatch):
     """A prompt of LONG_PREFIX tokens or more (but its last) is cached by a forward of its own under PyTorch's
-    attention, never in float64, wherever it goes: alone, beside short prompts (before or after them) and joining
-    a running batch, each row writes the text it writes alone, and lossless still writes `ar`'s."""
+    attention, never in float64, wherever it goes: alone and beside short prompts (before or after them), each
+    row writes the text it writes alone, and lossless still writes `ar`'s."""
     monkeypatch.setattr(invariant_kernels, "LONG_PREFIX", 30)
-    tokenizer = char_tokenizer(extra_specials=["<|mask|>"])
-    model = shipped_shaped_model("invariant", vocab_size=len(tokenizer))
-    model.config.mask_token_id = tokenizer.convert_tokens_to_ids("<|mask|>")
-    with torch.no_grad():
-        model.lm_head.weight.mul_(0.03)
-    float64_rows = []
-    float64 = invariant_kernels._float64_attention
-    monkeypatch.setattr(invariant_kernels, "_float64_attention",
-                        lambda module, query, *rest: float64_rows.append(query.shape[2]) or float64(module, query, *rest))
-    long, short = [tokenizer(text, return_tensors="pt").input_ids[0] for text in
-                   ("the cat sat on the mat, the dog sat on the log, the cat", "abcabcabc")]
+    model, tokenizer = bf16_stand_in(crowded=True)
+    float64_rows = float64_rows_seen(monkeypatch)
+    long, short = long_and_short(tokenizer)
     assert len(long) - 1 >= 30 > len(short)
     ar_long = refusion.generate(model, tokenizer, long, decoder="ar", max_new_tokens=24)
     ar_short = refusion.generate(model, tokenizer, short, decoder="ar", max_new_tokens=24)
@@ -210,15 +224,9 @@ def test_a_long_prompt_is_cached_apart_by_the_other_decoders_too_and_batch_rows_
         decoder, monkeypatch):
     """Their rows share forwards in lockstep; a long prompt is cached by a forward of its own all the same."""
     monkeypatch.setattr(invariant_kernels, "LONG_PREFIX", 30)
-    tokenizer = char_tokenizer(extra_specials=["<|mask|>"])
-    model = shipped_shaped_model("invariant", vocab_size=len(tokenizer))
-    model.config.mask_token_id = tokenizer.convert_tokens_to_ids("<|mask|>")
-    float64_rows = []
-    float64 = invariant_kernels._float64_attention
-    monkeypatch.setattr(invariant_kernels, "_float64_attention",
-                        lambda module, query, *rest: float64_rows.append(query.shape[2]) or float64(module, query, *rest))
-    long, short = [tokenizer(text, return_tensors="pt").input_ids[0] for text in
-                   ("the cat sat on the mat, the dog sat on the log, the cat", "abcabcabc")]
+    model, tokenizer = bf16_stand_in(crowded=False)
+    float64_rows = float64_rows_seen(monkeypatch)
+    long, short = long_and_short(tokenizer)
     alone = {len(short): refusion.generate(model, tokenizer, short, decoder=decoder, max_new_tokens=16).tokens}
     float64_rows.clear()  # after the first decode, which may time the model's forwards once
     alone[len(long)] = refusion.generate(model, tokenizer, long, decoder=decoder, max_new_tokens=16).tokens
