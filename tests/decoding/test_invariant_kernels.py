@@ -219,6 +219,31 @@ def test_a_long_prompt_is_cached_apart_under_pytorchs_attention_and_every_row_st
         assert [g.tokens for g in together] == [(ar_long if p is long else ar_short).tokens for p in prompts]
 
 
+@pytest.mark.parametrize("decoder", ["ar", "lossless"])
+def test_a_long_prompt_joining_a_running_batch_is_cached_apart_and_writes_its_text_alone(decoder, monkeypatch):
+    """The server's continuous batching: a long prompt joins after a short row's second step."""
+    from refusion.decoding.batching import Batch
+    from refusion.decoding.dispatch import open_row
+
+    monkeypatch.setattr(invariant_kernels, "LONG_PREFIX", 30)
+    model, tokenizer = bf16_stand_in(crowded=True)
+    long, short = long_and_short(tokenizer)
+    alone = [refusion.generate(model, tokenizer, prompt, decoder=decoder, max_new_tokens=16).tokens
+             for prompt in (short, long)]
+    float64_rows = float64_rows_seen(monkeypatch)
+    runner = ModelRunner(model, suppress_token_id=model.config.mask_token_id)
+    opened = [open_row(model, tokenizer, runner, prompt, decoder=decoder, max_new_tokens=16) for prompt in (short, long)]
+    batch = Batch(runner)
+    batch.add(opened[0].state)
+    batch.step(), batch.step()
+    assert len(batch) == 1  # still running: the long prompt joins it
+    batch.add(opened[1].state)
+    while len(batch):
+        batch.step()
+    assert [row.result().tokens for row in opened] == alone
+    assert max(float64_rows) < len(long) - 1  # the long prompt never went through float64 attention
+
+
 @pytest.mark.parametrize("decoder", ["refusion", "mdm", "fast-dllm"])
 def test_a_long_prompt_is_cached_apart_by_the_other_decoders_too_and_batch_rows_still_write_their_text(
         decoder, monkeypatch):
