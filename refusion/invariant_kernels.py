@@ -21,6 +21,7 @@ import contextlib
 import contextvars
 import functools
 import json
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -58,45 +59,75 @@ def invariant_attention(module, query, key, value, attention_mask, scaling=None,
     if _NATIVE_NOW.get():
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    queries, keys = query.shape[2], key.shape[2]
-    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    hidden = _hidden(attention_mask, queries, keys, query.device)
-    chunks = [_float64_attention(module, query[:, :, start:start + QUERY_CHUNK], key, value,
-                                 None if hidden is None else hidden[:, :, start:start + QUERY_CHUNK], scaling, dropout)
-              for start in range(0, queries, QUERY_CHUNK)]
-    output = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=2)
-    return output.transpose(1, 2).contiguous(), None
-
-
-def _float64_attention(module, query, key, value, hidden, scaling: float, dropout: float) -> torch.Tensor:
-    """[B, Hq, Q, D] attention with float64 sums; `hidden` [B, 1, Q, K] True where a query may not look, or None."""
     batch, heads, queries, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
-    groups = heads // kv_heads
-    grouped = query.reshape(batch, kv_heads, groups * queries, dim).double()  # heads sharing keys, one after another
-    scores = torch.matmul(grouped, key.double().transpose(2, 3)).mul_(scaling).view(batch, kv_heads, groups, queries, keys)
-    if hidden is not None:
-        scores.masked_fill_(hidden[:, :, None], torch.finfo(torch.float64).min)  # not -inf: a row hiding all is no NaN
-    weights = torch.softmax(scores.view(batch, kv_heads, groups * queries, keys), dim=-1)
+    scaling = dim ** -0.5 if scaling is None else scaling
+    # Heads sharing keys one after another, as one matrix per key head: [B * Hkv, K, D].
+    key64 = key.reshape(batch * kv_heads, keys, dim).double().transpose(1, 2)
+    value64 = value.reshape(batch * kv_heads, keys, dim).double()
+    output = torch.empty(batch, queries, heads, dim, dtype=query.dtype, device=query.device)
+    for start in range(0, queries, QUERY_CHUNK):
+        stop = min(queries, start + QUERY_CHUNK)
+        bias = _hiding_bias(attention_mask, start, stop, queries, keys, (batch, kv_heads, heads // kv_heads),
+                            query.device)
+        output[:, start:stop] = _float64_attention(module, query[:, :, start:stop], key64, value64, bias, scaling,
+                                                   dropout).transpose(1, 2)
+    return output, None
+
+
+def _float64_attention(module, query, key64, value64, bias, scaling: float, dropout: float) -> torch.Tensor:
+    """[B, Hq, Q, D] attention with float64 sums over key64 [B * Hkv, D, K] and value64 [B * Hkv, K, D]; `bias`
+    [B * Hkv, Hq / Hkv * Q, K] float64, 0 where a query may look and the lowest float where not, or None where
+    every query sees every key."""
+    batch, heads, queries, dim = query.shape
+    kv_heads = key64.shape[0] // batch
+    grouped = query.reshape(batch * kv_heads, heads // kv_heads * queries, dim).double()
+    if bias is None:
+        scores = torch.bmm(grouped, key64).mul_(scaling)
+    else:  # the scaling and the mask in the product's own pass: alpha * sum + 0 is what mul_ gives
+        scores = torch.baddbmm(bias, grouped, key64, alpha=scaling)
+    weights = torch.softmax(scores, dim=-1)
     if dropout and module.training:
         weights = F.dropout(weights, p=dropout)
-    output = torch.matmul(weights, value.double()).to(query.dtype)
-    return output.view(batch, heads, queries, dim)
+    return torch.bmm(weights, value64).to(query.dtype).view(batch, heads, queries, dim)
 
 
-def _hidden(attention_mask, queries: int, keys: int, device) -> torch.Tensor | None:
-    """[B, 1, Q, K] bool, True where a query may not look; None where it sees every key."""
+_LAST_BIAS = threading.local()
+"""The bias of the last mask seen: every layer of a forward gets the same mask, so it is built once a forward."""
+
+
+def _hiding_bias(attention_mask, start: int, stop: int, queries: int, keys: int, heads: tuple[int, int, int],
+                 device) -> torch.Tensor | None:
+    """The bias of queries start .. stop for `_float64_attention`, `heads` being (batch, key heads, query heads per
+    key head); None where every query sees every key."""
     if attention_mask is None:
-        return None if queries == 1 else _causal_hidden(queries, keys, device)
-    if attention_mask.dtype == torch.bool:
-        return ~attention_mask[..., :keys]
-    return attention_mask[..., :keys] < 0
+        return None if queries == 1 else _causal_bias(start, stop, queries, keys, heads, device)
+    # A mask changed in place is a new mask: its version counter moved.
+    key = (start, stop, keys, heads, attention_mask._version)
+    last = getattr(_LAST_BIAS, "entry", None)
+    if last is None or last[0] is not attention_mask:
+        last = _LAST_BIAS.entry = (attention_mask, {})
+    if key not in last[1]:
+        hidden = ~attention_mask[..., :keys] if attention_mask.dtype == torch.bool else attention_mask[..., :keys] < 0
+        last[1][key] = _bias(hidden[:, :, start:stop], heads, device)
+    return last[1][key]
+
+
+def _bias(hidden: torch.Tensor, heads: tuple[int, int, int], device) -> torch.Tensor:
+    """[B or 1, 1, Q, K] True where hidden -> [B * Hkv, Hq / Hkv * Q, K] float64: 0, or the lowest float where
+    hidden (not -inf: a row hiding all is no NaN)."""
+    batch, kv_heads, groups = heads
+    queries, keys = hidden.shape[2], hidden.shape[3]
+    bias = torch.zeros(hidden.shape, dtype=torch.float64, device=device).masked_fill_(
+        hidden, torch.finfo(torch.float64).min)
+    return bias[:, :, None].expand(batch, kv_heads, groups, queries, keys).reshape(batch * kv_heads, -1, keys)
 
 
 @functools.lru_cache(maxsize=16)
-def _causal_hidden(queries: int, keys: int, device) -> torch.Tensor:
-    """What the causal mask transformers leaves out hides: built once per shape, not once per layer."""
-    return ~torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)[None, None]
+def _causal_bias(start: int, stop: int, queries: int, keys: int, heads: tuple[int, int, int], device) -> torch.Tensor:
+    """What the causal mask transformers leaves out hides, as a bias: built once per shape, not once per layer."""
+    hidden = ~torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)[None, None]
+    return _bias(hidden[:, :, start:stop], heads, device)
 
 
 def caches_apart(model, prefix_tokens: int) -> bool:
