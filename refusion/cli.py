@@ -71,14 +71,15 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_runtime_options(args: argparse.Namespace):
-    """Set the thread count; return (dtype, device, threads) for `load`."""
+    """Set the thread count and keep freed memory for reuse; return (dtype, device, threads) for `load`."""
     import torch
 
     from .checks import device as check_device
-    from .hardware import resolve_dtype, set_threads
+    from .hardware import keep_freed_memory, resolve_dtype, set_threads
 
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = set_threads(args.threads)
+    keep_freed_memory()
     return resolve_dtype(args.dtype, device), device, threads
 
 
