@@ -4,19 +4,72 @@ Decoders treat the cache as an opaque object and call these helpers: its length,
 keeping chosen entries or batch rows, taking the keys/values of a span a forward just appended, and appending
 precomputed keys/values. Per-layer tensors are `[B, H, S, D]`. Keys are stored after RoPE, so
 slicing or reordering along S keeps every cached entry exact.
+
+Each layer holds its entries in a buffer with room to grow (`GrowingLayer`): appending writes after the
+last entry and truncating moves where the entries end, where transformers' own layer copies every cached
+entry of every row at every append.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 # One entry per layer: (keys, values), each [B, H, S, D].
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose `keys`/`values` are the first entries of buffers with room to grow: an append writes
+    into the room (the buffers grow by half when full), a crop leaves a shorter view of the same buffers. Keys or
+    values replaced by other tensors (a gather, a batch row added) are copied into new buffers at the next
+    append."""
+
+    ROOM = 64  # entries of room at least, beyond what an append needs, when buffers are made
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._buffers = None
+
+    def reset(self) -> None:
+        self._buffers = None
+        super().reset()
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length = self.keys.shape[2] if self.keys.dim() == 4 else 0
+        needed = length + key_states.shape[2]
+        buffers = self._buffers
+        if buffers is None or not (_heads_view(self.keys, buffers[0]) and _heads_view(self.values, buffers[1])) \
+                or buffers[0].shape[2] < needed:
+            room = needed + max(self.ROOM, needed // 2)
+            buffers = []
+            for old, new in ((self.keys, key_states), (self.values, value_states)):
+                buffer = new.new_empty(new.shape[0], new.shape[1], room, new.shape[3])
+                if length:
+                    buffer[:, :, :length] = old
+                buffers.append(buffer)
+            self._buffers = buffers
+        keys, values = self._buffers
+        keys[:, :, length:needed] = key_states
+        values[:, :, length:needed] = value_states
+        self.keys, self.values = keys[:, :, :needed], values[:, :, :needed]
+        return self.keys, self.values
+
+
+def _heads_view(tensor: torch.Tensor, buffer: torch.Tensor) -> bool:
+    """Whether `tensor` is the first entries of `buffer` (as `update` and `crop` leave it)."""
+    return (tensor.dim() == 4 and tensor.data_ptr() == buffer.data_ptr() and tensor.stride() == buffer.stride()
+            and tensor.shape[:2] == buffer.shape[:2] and tensor.shape[3] == buffer.shape[3])
+
+
 def new_cache() -> DynamicCache:
-    return DynamicCache()
+    """An empty cache of `GrowingLayer`s (transformers adds a layer per layer of the model as it fills)."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = GrowingLayer
+    return cache
 
 
 def length(cache: DynamicCache) -> int:
@@ -68,8 +121,10 @@ def layer_tensors(cache: DynamicCache) -> LayerKV:
 
 
 def segment(cache: DynamicCache, start: int, count: int) -> LayerKV:
-    """The keys/values of cached tokens start .. start+count-1: [B, H, count, D] per layer (views)."""
-    return [(layer.keys[..., start : start + count, :], layer.values[..., start : start + count, :]) for layer in cache.layers]
+    """The keys/values of cached tokens start .. start+count-1: [B, H, count, D] per layer (copies: an append
+    after a truncation writes where they were)."""
+    return [(layer.keys[..., start : start + count, :].clone(), layer.values[..., start : start + count, :].clone())
+            for layer in cache.layers]
 
 
 def gather_columns(cache: DynamicCache, index: torch.Tensor) -> None:
