@@ -13,7 +13,7 @@ import torch
 
 import refusion
 from refusion import kv_cache
-from refusion.decoding import lossless
+from refusion.decoding import lossless, runner
 from refusion.decoding.draft_table import DraftTable
 from tests.decoding.oracle import EOS, MASK, PROMPT, VOCAB, PositionOracle, Tokenizer, cached_entries
 from tests.tiny_models import char_tokenizer, tiny_model
@@ -503,3 +503,23 @@ def test_a_batch_widens_for_drafts_by_what_its_rows_forwards_cost(widening, wide
     assert [r.tokens for r in results] == [refusion.generate(model, tokenizer, p, decoder="ar", max_new_tokens=12).tokens
                                            for p in prompts]
     assert (max(decoding) > 1) == wider
+
+
+def test_a_cost_table_measured_flat_does_not_make_wide_trees_look_free():
+    """A noisy machine can measure a forward of 8 tokens a row no dearer than one of 1. Past the widest width
+    measured, a forward is priced in proportion to its tokens, so rows do not feed their widest trees (over a
+    hundred tokens each) as if they cost nothing."""
+    assert runner.interpolate_cost({1: 1.0, 8: 1.0}, 64) == 8.0
+    assert runner.interpolate_cost({1: 1.0, 2: 1.2, 64: 3.0}, 128) == 6.0
+    tokenizer = char_tokenizer()
+    model = tiny_model("llama", vocab_size=128, seed=5)
+    model.config.mask_token_id = 127
+    key = (str(model.device), model.dtype)
+    flat = {1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0}
+    model._refusion_width_costs = {key: flat, (*key, 2): flat}
+    widths = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]),
+                                    with_kwargs=True)
+    prompts = [refusion.encode_prompt(tokenizer, "abcabcabcabcabc")[0], refusion.encode_prompt(tokenizer, "abcabcab")[0]]
+    refusion.generate(model, tokenizer, prompts, decoder="lossless", max_new_tokens=24)
+    assert max(widths[1:]) <= 24
