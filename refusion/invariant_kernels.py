@@ -9,8 +9,8 @@ per forward then parts from `ar` at near-ties of the AR head, and a batch row fr
 Invariant kernels: attention with float64 sums (the scores of bf16 queries and keys are exact in float64 at any
 magnitude a model's activations take, and the softmax and value sums round at 2^-53, far below bf16's 2^-8, in
 any order), and the matrix kernels that round a lone row differently fed at least the rows that round alike
-(`rows_alike`, measured per weight shape). They cost 3% of `ar`'s speed at batch 1, 10% of the lossless
-decoder's and 11-18% at batch 16 on this project's CPU (BENCHMARKS.md). A prompt of LONG_PREFIX tokens or more is
+(`rows_alike`, measured per weight shape). They cost 1% of `ar`'s speed at batch 1, 8% of the lossless
+decoder's and 8-11% at batch 16 on this project's CPU (BENCHMARKS.md). A prompt of LONG_PREFIX tokens or more is
 cached by a forward of its own under PyTorch's attention, the same call wherever it goes: in float64 a prompt of
 3,000 tokens took 4.9-6.4x longer per request (`benchmarks/long_prompt.py`).
 """
