@@ -27,18 +27,15 @@ class GrowingLayer(DynamicLayer):
     append."""
 
     ROOM = 64  # entries of room at least, beyond what an append needs, when buffers are made
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
-        self._buffers = None
+    _buffers = None
 
     def reset(self) -> None:
         self._buffers = None
         super().reset()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
+        if not self.is_initialized:  # transformers' own initialization (its signature varies by version)
+            super().update(key_states[:, :, :0], value_states[:, :, :0], *args, **kwargs)
         length = self.keys.shape[2] if self.keys.dim() == 4 else 0
         needed = length + key_states.shape[2]
         buffers = self._buffers
