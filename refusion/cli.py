@@ -66,7 +66,7 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kernels", default="invariant", choices=["invariant", "native"],
                        help="invariant (default): a bf16 model on a CPU computes each token alike whatever else a "
                             "forward feeds, so every decoder and batch size writes the text `ar` writes alone; "
-                            "native: PyTorch's own kernels, 3-18%% faster, "
+                            "native: PyTorch's own kernels, 1-11%% faster, "
                             "parting at bf16 near-ties (BENCHMARKS.md)")
 
 

@@ -88,7 +88,7 @@ def keep_freed_memory() -> bool:
 
     By default glibc maps a large block afresh for each allocation and trims its heap as soon as much is free, so
     a batch's forward, whose per-layer temporaries run to megabytes, faults its memory in page by page every
-    time: 42,000-198,000 page faults for 16 rows of 48 tokens on the shipped model, against 16,000-18,000 (the
+    time: 42,000-198,000 page faults for 16 rows of 48 tokens on the shipped model, against 15,600-18,300 (the
     heap's first growth) with freed memory kept (`python3 benchmarks/allocator.py`). Both settings or neither:
     fixing the trim threshold alone also fixes the map threshold at 128 kB, and every block past it is mapped
     afresh. Returns whether they were applied (glibc on Linux only)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import json
 import threading
 
@@ -93,24 +92,31 @@ def _float64_attention(module, query, key64, value64, bias, scaling: float, drop
 
 
 _LAST_BIAS = threading.local()
-"""The bias of the last mask seen: every layer of a forward gets the same mask, so it is built once a forward."""
+"""The biases of the last mask seen, by query chunk: every layer of a forward gets the same mask, so they are built
+at its first layer and dropped when another mask (or another shape of forward) comes."""
 
 
 def _hiding_bias(attention_mask, start: int, stop: int, queries: int, keys: int, heads: tuple[int, int, int],
                  device) -> torch.Tensor | None:
     """The bias of queries start .. stop for `_float64_attention`, `heads` being (batch, key heads, query heads per
-    key head); None where every query sees every key."""
-    if attention_mask is None:
-        return None if queries == 1 else _causal_bias(start, stop, queries, keys, heads, device)
+    key head); None where every query sees every key. No mask: causal, the queries being the last keys."""
+    if attention_mask is None and queries == 1:
+        return None
     # A mask changed in place is a new mask: its version counter moved.
-    key = (start, stop, keys, heads, attention_mask._version)
+    forward = (queries, keys, heads, None if attention_mask is None else attention_mask._version)
     last = getattr(_LAST_BIAS, "entry", None)
-    if last is None or last[0] is not attention_mask:
-        last = _LAST_BIAS.entry = (attention_mask, {})
-    if key not in last[1]:
-        hidden = ~attention_mask[..., :keys] if attention_mask.dtype == torch.bool else attention_mask[..., :keys] < 0
-        last[1][key] = _bias(hidden[:, :, start:stop], heads, device)
-    return last[1][key]
+    if last is None or last[0] is not attention_mask or last[1] != forward:
+        last = _LAST_BIAS.entry = (attention_mask, forward, {})
+    biases = last[2]
+    if start not in biases:
+        if attention_mask is None:
+            hidden = ~torch.ones(stop - start, keys, dtype=torch.bool, device=device).tril(keys - queries + start)
+            hidden = hidden[None, None]
+        else:
+            chunk = attention_mask[:, :, start:stop, :keys]
+            hidden = ~chunk if chunk.dtype == torch.bool else chunk < 0
+        biases[start] = _bias(hidden, heads, device)
+    return biases[start]
 
 
 def _bias(hidden: torch.Tensor, heads: tuple[int, int, int], device) -> torch.Tensor:
@@ -121,13 +127,6 @@ def _bias(hidden: torch.Tensor, heads: tuple[int, int, int], device) -> torch.Te
     bias = torch.zeros(hidden.shape, dtype=torch.float64, device=device).masked_fill_(
         hidden, torch.finfo(torch.float64).min)
     return bias[:, :, None].expand(batch, kv_heads, groups, queries, keys).reshape(batch * kv_heads, -1, keys)
-
-
-@functools.lru_cache(maxsize=16)
-def _causal_bias(start: int, stop: int, queries: int, keys: int, heads: tuple[int, int, int], device) -> torch.Tensor:
-    """What the causal mask transformers leaves out hides, as a bias: built once per shape, not once per layer."""
-    hidden = ~torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)[None, None]
-    return _bias(hidden[:, :, start:stop], heads, device)
 
 
 def caches_apart(model, prefix_tokens: int) -> bool:
@@ -187,7 +186,7 @@ KERNELS = ("invariant", "native")
 
 
 def use(model, kernels: str = "invariant") -> None:
-    """Give a bf16 (or fp16) model on a CPU the invariant kernels ("invariant") or PyTorch's own ("native": 3-18%
+    """Give a bf16 (or fp16) model on a CPU the invariant kernels ("invariant") or PyTorch's own ("native": 1-11%
     faster, and decoders that feed different widths or batches part at near-ties). In float32 the kernels' rounding
     differences lie far below the logits' (lossless and `ar` write the same text), and on other devices, and for
     stand-in models, nothing changes: their kernels are left as they are."""

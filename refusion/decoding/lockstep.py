@@ -209,7 +209,8 @@ def batched_forward(runner: ModelRunner, calls: list[Call]) -> None:
     where = {offset: i for i, offset in enumerate(union)}
     logits = runner(ids, positions, stacked, mask[:, None].to(runner.device),
                     logits_to_keep=torch.tensor(union, device=runner.device))
-    fed_kv = kv_cache.segment(stacked, columns, width)
+    # What the forward fed, as views: the stacked cache is dropped unchanged once each call's cache has its copy.
+    fed_kv = [(k[:, :, columns:], v[:, :, columns:]) for k, v in kv_cache.layer_tensors(stacked)]
     for r, (call, read) in enumerate(zip(calls, reads)):
         kv_cache.append(call.cache, [(k[r : r + 1, :, : call.width], v[r : r + 1, :, : call.width]) for k, v in fed_kv])
         call.logits = logits[r : r + 1, [where[offset] for offset in read]]
