@@ -30,7 +30,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .errors import RefusionError
 from .files import write_text
-from . import hardware, model as models  # modules, not names: hardware imports the decoders, which import this
+from . import hardware, kv_cache, model as models  # modules, not names: hardware imports the decoders, which import this
 
 NAME = "refusion_invariant"
 
@@ -46,6 +46,7 @@ of a token costs), 1.46x at 256, 4.7x at 1,024 and 7.8x at 3,000 (shipped model,
 tokens still round alike wherever they go."""
 
 _NATIVE_NOW = contextvars.ContextVar("refusion_native_attention", default=False)
+_PACKED = contextvars.ContextVar("refusion_packed_segments", default=None)
 
 
 def invariant_attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
@@ -54,23 +55,30 @@ def invariant_attention(module, query, key, value, attention_mask, scaling=None,
 
     A prompt's prefill is float64 too, since decoders feed a prompt in different company (a lossless first step
     adds drafts, a batch its other rows) and every one of its tokens must round alike; a long one, where that
-    would cost several times PyTorch's attention, is cached apart (`caches_apart`)."""
+    would cost several times PyTorch's attention, is cached apart (`caches_apart`). Inside `packed`, each
+    segment's queries attend to that segment's keys alone."""
     if _NATIVE_NOW.get():
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     batch, heads, queries, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     scaling = dim ** -0.5 if scaling is None else scaling
-    # Heads sharing keys one after another, as one matrix per key head: [B * Hkv, K, D].
-    key64 = key.reshape(batch * kv_heads, keys, dim).double().transpose(1, 2)
-    value64 = value.reshape(batch * kv_heads, keys, dim).double()
+    segments = _PACKED.get()
+    if segments is None or keys != queries:  # one segment: every key (a packed forward has no cache before it)
+        segments = ((0, queries),)
     output = torch.empty(batch, queries, heads, dim, dtype=query.dtype, device=query.device)
-    for start in range(0, queries, QUERY_CHUNK):
-        stop = min(queries, start + QUERY_CHUNK)
-        bias = _hiding_bias(attention_mask, start, stop, queries, keys, (batch, kv_heads, heads // kv_heads),
-                            query.device)
-        output[:, start:stop] = _float64_attention(module, query[:, :, start:stop], key64, value64, bias, scaling,
-                                                   dropout).transpose(1, 2)
+    all_keys64, all_values64 = kv_cache.float64_entries(key, value)  # kept in float64 by the cache where it can
+    for first, end in segments:
+        span = end - first + keys - queries  # this segment's keys: its own, and any cache before the forward
+        # Heads sharing keys one after another, as one matrix per key head: [B * Hkv, K, D].
+        key64 = all_keys64[:, :, first:first + span].reshape(batch * kv_heads, span, dim).transpose(1, 2)
+        value64 = all_values64[:, :, first:first + span].reshape(batch * kv_heads, span, dim)
+        for start in range(first, end, QUERY_CHUNK):
+            stop = min(end, start + QUERY_CHUNK)
+            bias = _hiding_bias(attention_mask, (queries, keys), first, start, stop, end - first, span,
+                                (batch, kv_heads, heads // kv_heads), query.device)
+            output[:, start:stop] = _float64_attention(module, query[:, :, start:stop], key64, value64, bias, scaling,
+                                                       dropout).transpose(1, 2)
     return output, None
 
 
@@ -96,24 +104,26 @@ _LAST_BIAS = threading.local()
 at its first layer and dropped when another mask (or another shape of forward) comes."""
 
 
-def _hiding_bias(attention_mask, start: int, stop: int, queries: int, keys: int, heads: tuple[int, int, int],
-                 device) -> torch.Tensor | None:
-    """The bias of queries start .. stop for `_float64_attention`, `heads` being (batch, key heads, query heads per
-    key head); None where every query sees every key. No mask: causal, the queries being the last keys."""
+def _hiding_bias(attention_mask, fed: tuple[int, int], first: int, start: int, stop: int, queries: int, keys: int,
+                 heads: tuple[int, int, int], device) -> torch.Tensor | None:
+    """The bias of queries start .. stop for `_float64_attention`, over the `keys` keys from column `first` (the
+    segment of `queries` queries that begins there) of a forward of `fed` (queries, keys), `heads` being (batch,
+    key heads, query heads per key head); None where every query sees every key. No mask: causal, the queries
+    being the last keys."""
     if attention_mask is None and queries == 1:
         return None
     # A mask changed in place is a new mask: its version counter moved.
-    forward = (queries, keys, heads, None if attention_mask is None else attention_mask._version)
+    forward = (fed, heads, None if attention_mask is None else attention_mask._version)
     last = getattr(_LAST_BIAS, "entry", None)
     if last is None or last[0] is not attention_mask or last[1] != forward:
         last = _LAST_BIAS.entry = (attention_mask, forward, {})
     biases = last[2]
     if start not in biases:
         if attention_mask is None:
-            hidden = ~torch.ones(stop - start, keys, dtype=torch.bool, device=device).tril(keys - queries + start)
+            hidden = ~torch.ones(stop - start, keys, dtype=torch.bool, device=device).tril(keys - queries + start - first)
             hidden = hidden[None, None]
         else:
-            chunk = attention_mask[:, :, start:stop, :keys]
+            chunk = attention_mask[:, :, start:stop, first:first + keys]
             hidden = ~chunk if chunk.dtype == torch.bool else chunk < 0
         biases[start] = _bias(hidden, heads, device)
     return biases[start]
@@ -145,6 +155,25 @@ def native_attention():
         yield
     finally:
         _NATIVE_NOW.reset(token)
+
+
+def packs(model) -> bool:
+    """Whether several prompts are best fed laid end to end in one row (`packed`) rather than padded to the longest:
+    under the invariant attention, which attends each segment alone and so costs no more than padding's rows."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(base, "config", None), "_attn_implementation", None) == NAME
+
+
+@contextlib.contextmanager
+def packed(segments: list[tuple[int, int]]):
+    """Forwards inside feed one row holding several sequences laid end to end, (start, end) each, with no cache
+    before them: each segment's tokens attend to that segment's alone, as if fed in a forward of its own (the
+    mask still says which of them each sees). Only the invariant attention reads this (`packs`)."""
+    token = _PACKED.set(tuple(segments))
+    try:
+        yield
+    finally:
+        _PACKED.reset(token)
 
 
 AttentionInterface.register(NAME, invariant_attention)

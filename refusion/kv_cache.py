@@ -12,6 +12,8 @@ entry of every row at every append.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
@@ -24,13 +26,20 @@ class GrowingLayer(DynamicLayer):
     """A DynamicLayer whose `keys`/`values` are the first entries of buffers with room to grow: an append writes
     into the room (the buffers grow by half when full), a crop leaves a shorter view of the same buffers. Keys or
     values replaced by other tensors (a gather, a batch row added) are copied into new buffers at the next
-    append."""
+    append.
+
+    It also keeps its entries in float64 for the invariant attention (`float64_entries`), converting only what
+    changed since the last forward: converting a batch's whole cache at every layer of every forward was a tenth of
+    a 16-row forward."""
 
     ROOM = 64  # entries of room at least, beyond what an append needs, when buffers are made
     _buffers = None
+    _mirrors = None  # float64 buffers, made at the first `float64_entries`
+    _mirrored = 0  # leading entries in which the float64 buffers equal the buffers
+    _versions = None  # the buffers' version counters after this layer's own last write
 
     def reset(self) -> None:
-        self._buffers = None
+        self._buffers = self._mirrors = None
         super().reset()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -48,12 +57,54 @@ class GrowingLayer(DynamicLayer):
                 if length:
                     buffer[:, :, :length] = old
                 buffers.append(buffer)
-            self._buffers = buffers
+            self._buffers, self._mirrors = buffers, None
         keys, values = self._buffers
+        self._mirrored = min(self._mirrored, length) if self._versions == _versions(self._buffers) else 0
         keys[:, :, length:needed] = key_states
         values[:, :, length:needed] = value_states
+        self._versions = _versions(self._buffers)
         self.keys, self.values = keys[:, :, :needed], values[:, :, :needed]
+        _LAST_UPDATED.layer = self
         return self.keys, self.values
+
+    def written_from(self, column: int) -> None:
+        """The keys and values from `column` on were each written once in place by another hand (`keep_tail_columns`,
+        `move_columns`): only those are converted to float64 again, unless the buffers were written more than that
+        (then all are)."""
+        if self._versions is None or not _heads_view(self.keys, self._buffers[0]):
+            return
+        if _versions(self._buffers) == (self._versions[0] + 1, self._versions[1] + 1):
+            self._mirrored = min(self._mirrored, column)
+            self._versions = _versions(self._buffers)
+
+    def float64_entries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) [B, H, S, D] in float64, as of this layer's last `update`."""
+        length = self.keys.shape[2]
+        if self._versions != _versions(self._buffers):  # written in place since, unannounced: convert it all
+            self._mirrored, self._versions = 0, _versions(self._buffers)
+        if self._mirrors is None:
+            self._mirrors = [buffer.new_empty(buffer.shape, dtype=torch.float64) for buffer in self._buffers]
+            self._mirrored = 0
+        for buffer, mirror in zip(self._buffers, self._mirrors):
+            mirror[:, :, self._mirrored:length] = buffer[:, :, self._mirrored:length]
+        self._mirrored = length
+        return self._mirrors[0][:, :, :length], self._mirrors[1][:, :, :length]
+
+
+_LAST_UPDATED = threading.local()
+
+
+def float64_entries(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`keys`, `values` [B, H, S, D] in float64: read from the float64 copies of the `GrowingLayer` whose update
+    just returned them, or converted here."""
+    layer = getattr(_LAST_UPDATED, "layer", None)
+    if layer is not None and layer.keys is keys and layer.values is values:
+        return layer.float64_entries()
+    return keys.double(), values.double()
+
+
+def _versions(buffers) -> tuple[int, int] | None:
+    return None if buffers is None else (buffers[0]._version, buffers[1]._version)
 
 
 def _heads_view(tensor: torch.Tensor, buffer: torch.Tensor) -> bool:
@@ -128,7 +179,8 @@ def gather_columns(cache: DynamicCache, index: torch.Tensor) -> None:
     """Keep, for each batch row b, the cached tokens at `index[b]` ([B, K], in that order).
 
     What rows of a batch keep of one forward differs by row (how many drafts each accepted); a row
-    that keeps fewer repeats an entry, which its owner marks as padding.
+    that keeps fewer repeats an entry, which its owner marks as padding. A cache of one row gives every row of
+    `index` its entries (sequences fed end to end in one row become rows of their own).
     """
     for layer in cache.layers:
         if layer.is_initialized:
@@ -138,7 +190,7 @@ def gather_columns(cache: DynamicCache, index: torch.Tensor) -> None:
 def _gather_tokens(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """[B, H, S, D] -> [B, H, K, D]: for each batch row b, the tokens at `index[b]` ([B, K])."""
     expanded = index.to(tensor.device)[:, None, :, None].expand(-1, tensor.shape[1], -1, tensor.shape[-1])
-    return tensor.gather(2, expanded)
+    return tensor.expand(index.shape[0], -1, -1, -1).gather(2, expanded)
 
 
 def keep_tail_columns(cache: DynamicCache, start: int, index: torch.Tensor) -> None:
@@ -152,6 +204,7 @@ def keep_tail_columns(cache: DynamicCache, start: int, index: torch.Tensor) -> N
         if layer.is_initialized:
             for tensor in (layer.keys, layer.values):
                 tensor[:, :, start:start + count] = _gather_tokens(tensor[:, :, start:], index)
+            _written_from(layer, start)
     truncate(cache, start + count)
 
 
@@ -163,7 +216,13 @@ def move_columns(cache: DynamicCache, source: int, target: int, count: int) -> N
             for tensor in (layer.keys, layer.values):
                 moved = tensor[:, :, source:source + count]
                 tensor[:, :, target:target + count] = moved.clone() if source < target + count else moved
+            _written_from(layer, target)
     truncate(cache, target + count)
+
+
+def _written_from(layer, column: int) -> None:
+    if isinstance(layer, GrowingLayer):
+        layer.written_from(column)
 
 
 def add_rows(cache: DynamicCache, other: DynamicCache, rows: int) -> None:

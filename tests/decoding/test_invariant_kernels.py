@@ -165,6 +165,53 @@ def test_in_bf16_lossless_writes_ars_text_and_batch_rows_their_text_alone(decode
     assert together == alone
 
 
+def test_packed_segments_attend_each_to_itself_exactly_as_alone(monkeypatch):
+    """Sequences laid end to end in one row (`packed`): each segment's output is bitwise what the segment gets fed
+    alone, under a causal mask or a layout of its own, and its sums span its own keys only."""
+    keys_summed = []
+    float64 = invariant_kernels._float64_attention
+    monkeypatch.setattr(invariant_kernels, "_float64_attention", lambda module, query, key64, *rest: keys_summed.append(
+        key64.shape[2]) or float64(module, query, key64, *rest))
+    torch.manual_seed(0)
+    module = torch.nn.Module().eval()
+    lengths = (5, 1, 9, 3)
+    query = torch.randn(1, 6, sum(lengths), 16).to(torch.bfloat16)
+    key, value = (torch.randn(1, 3, sum(lengths), 16).to(torch.bfloat16) for _ in range(2))
+    layouts = [torch.ones(n, n, dtype=torch.bool).tril() for n in lengths]
+    layouts[2][5:, 2:5] = False  # a tree: the last tokens do not see a branch fed before them
+    starts = [0, 5, 6, 15]
+    packed_mask = torch.block_diag(*layouts)[None, None]
+    with invariant_kernels.packed([(start, start + n) for start, n in zip(starts, lengths)]):
+        together, _ = invariant_kernels.invariant_attention(module, query, key, value, packed_mask)
+    assert keys_summed == list(lengths)
+    for start, n, layout in zip(starts, lengths, layouts):
+        piece = slice(start, start + n)
+        alone, _ = invariant_kernels.invariant_attention(module, query[:, :, piece], key[:, :, piece],
+                                                         value[:, :, piece], layout[None, None])
+        assert torch.equal(together[:, piece], alone)
+    unpacked, _ = invariant_kernels.invariant_attention(module, query, key, value, packed_mask)
+    assert torch.equal(unpacked, together)  # the mask alone hides the same keys: packing only skips their work
+
+
+@pytest.mark.parametrize("decoder", ["ar", "lossless"])
+def test_a_batchs_first_step_feeds_its_prompts_end_to_end_and_every_row_writes_its_text_alone(decoder, monkeypatch):
+    """Under the invariant attention a batch's first forward feeds one row holding every prompt, not one padded
+    row per prompt; the rows' texts are those they write alone."""
+    model, tokenizer = bf16_stand_in(crowded=True)
+    prompts = [tokenizer(text, return_tensors="pt").input_ids[0] for text in
+               ("the cat sat on the mat, the cat sat on", "abc", "1, 2, 3, 4, 5, 6")]
+    alone = [refusion.generate(model, tokenizer, ids, decoder=decoder, max_new_tokens=30).tokens for ids in prompts]
+    fed = []
+    forward = ModelRunner.__call__
+    monkeypatch.setattr(ModelRunner, "__call__",
+                        lambda self, ids, *rest, **named: fed.append(tuple(ids.shape)) or forward(self, ids, *rest, **named))
+    together = refusion.generate(model, tokenizer, prompts, decoder=decoder, max_new_tokens=30)
+    assert [g.tokens for g in together] == alone
+    assert fed[0][0] == 1 and fed[0][1] >= sum(len(ids) for ids in prompts)
+    if decoder == "ar":
+        assert fed[0] == (1, sum(len(ids) for ids in prompts)) and fed[1] == (len(prompts), 1)
+
+
 def test_rows_that_round_alike_are_measured_once_per_machine_then_read(tmp_path, monkeypatch):
     monkeypatch.setenv("REFUSION_CACHE", str(tmp_path))
     monkeypatch.setattr(invariant_kernels, "_MEASURED", {})
