@@ -70,8 +70,8 @@ def invariant_attention(module, query, key, value, attention_mask, scaling=None,
     all_keys64, all_values64 = kv_cache.float64_entries(key, value)  # kept in float64 by the cache where it can
     for first, end in segments:
         span = end - first + keys - queries  # this segment's keys: its own, and any cache before the forward
-        # Heads sharing keys one after another, as one matrix per key head: [B * Hkv, K, D].
-        key64 = all_keys64[:, :, first:first + span].reshape(batch * kv_heads, span, dim).transpose(1, 2)
+        # Heads sharing keys one after another, as one matrix per key head: [B * Hkv, D, K] and [B * Hkv, K, D].
+        key64 = all_keys64[:, :, :, first:first + span].reshape(batch * kv_heads, dim, span)
         value64 = all_values64[:, :, first:first + span].reshape(batch * kv_heads, span, dim)
         for start in range(first, end, QUERY_CHUNK):
             stop = min(end, start + QUERY_CHUNK)

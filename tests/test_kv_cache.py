@@ -106,4 +106,4 @@ def test_the_float64_entries_kept_for_the_invariant_attention_follow_every_chang
             keys, values = cache.update(appended, appended, index)
             keys64, values64 = kv_cache.float64_entries(keys, values)
             assert keys64.dtype == torch.float64
-            assert torch.equal(keys64, keys.double()) and torch.equal(values64, values.double())
+            assert torch.equal(keys64, keys.double().transpose(2, 3)) and torch.equal(values64, values.double())
