@@ -178,3 +178,26 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     run = subprocess.run([sys.executable, "-m", "refusion", "bench", *args], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
     assert len([line for line in run.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_passes_take_turns_with_every_batch_size_and_count_in_the_speeds(model_and_tokenizer, monkeypatch):
+    import refusion.bench.runner as bench_runner
+
+    model, tokenizer = model_and_tokenizer
+    prompts = ["Add 2 and 3.", "Name a colour.", "Hi"]
+    sizes = []
+    generate = bench_runner.generate
+    monkeypatch.setattr(bench_runner, "generate", lambda model, tokenizer, ids, **options: sizes.append(
+        len(ids) if isinstance(ids, list) else 1) or generate(model, tokenizer, ids, **options))
+    once = run_bench(model, tokenizer, prompts, [DecoderSpec("ar")], max_new_tokens=6, progress=False,
+                     batch_sizes=[1, 2], warmup=False)
+    sizes.clear()
+    twice = run_bench(model, tokenizer, prompts, [DecoderSpec("ar")], max_new_tokens=6, progress=False,
+                      batch_sizes=[1, 2], warmup=False, passes=2)
+    assert sizes == [1, 1, 1, 2, 1] * 2  # each pass: the prompts one at a time, then two at a time
+    assert twice["outputs"] == once["outputs"]
+    for first, both in zip(once["rows"], twice["rows"]):
+        assert both["prompts"] == 3 and both["passes"] == 2
+        assert both["new_tokens"] == 2 * first["new_tokens"]
+    with pytest.raises(RefusionError, match="passes"):
+        run_bench(model, tokenizer, prompts, [DecoderSpec("ar")], passes=0)

@@ -23,6 +23,10 @@ aggregate (all new tokens / wall time of all calls), latency is each request's b
 stay per request, and "identical to ar" compares with `ar` at batch 1 (run too when not listed).
 Every decoder decodes a group together (see `refusion.generate`). Default: 1.
 
+--passes 3 runs all of it three times over, every batch size taking its turn within each pass, and
+counts every pass in the speeds: batch sizes otherwise run one after another, and a slow spell of
+the machine during one of them moves the ratios between them (texts are the first pass's).
+
 --decoders takes specs separated by commas, options after a colon, in refusion.generate's names:
   ar,lossless,refusion                      the three decoders at their defaults
   refusion:kv=recompute,refusion:slot_size=8,blocks=2,lossless:branches=2,depth=3
@@ -46,6 +50,8 @@ def bench_command(args: argparse.Namespace) -> None:
         raise RefusionError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
     if args.limit is not None and args.limit < 1:
         raise RefusionError(f"--limit must be a positive integer, got {args.limit}")
+    if args.passes < 1:
+        raise RefusionError(f"--passes must be a positive integer, got {args.passes}")
     if args.output:
         output_dir(args.output)
     batch_sizes = parse_batch_sizes(args.batch_sizes)
@@ -56,7 +62,7 @@ def bench_command(args: argparse.Namespace) -> None:
     dtype, device, threads = apply_runtime_options(args)
     model, tokenizer = load(args.model, dtype=dtype, device=device, kernels=args.kernels)
     result = run_bench(model, tokenizer, prompts, specs, max_new_tokens=args.max_new_tokens, chat=args.chat,
-                       progress=not args.no_progress, batch_sizes=batch_sizes)
+                       progress=not args.no_progress, batch_sizes=batch_sizes, passes=args.passes)
     result = {"machine": machine(next(model.parameters()).device, dtype, threads), "model": args.model,
               "max_new_tokens": args.max_new_tokens, **result}
     if args.output:
@@ -80,6 +86,9 @@ def register(subparsers) -> None:
     bench.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     bench.add_argument("--batch-sizes", default="1", metavar="B,...",
                        help="send the prompts this many at a time, one row per setting and size (default 1)")
+    bench.add_argument("--passes", type=int, default=1,
+                       help="run everything this many times over, every batch size taking its turn in each pass; "
+                            "speeds count every pass (default 1)")
     bench.add_argument("--max-new-tokens", type=int, default=96, help="generation budget per prompt (default 96)")
     bench.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                        help="send prompts through the tokenizer's chat template (default: on when it has one)")

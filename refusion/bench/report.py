@@ -38,7 +38,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['device']}"
         + (f" ({m['gpu']})" if "gpu" in m else "") + f", {m['dtype']}; torch {m['torch']}, transformers {m['transformers']}.",
-        f"Model: {result['model']}; {len(result['prompts'])} prompts, at most {result['max_new_tokens']} new tokens, {_batches(result)}.",
+        f"Model: {result['model']}; {len(result['prompts'])} prompts, at most {result['max_new_tokens']} new tokens, {_batches(result)}"
+        + (f", {result['passes']} passes (speeds over all of them)" if result.get("passes", 1) > 1 else "") + ".",
         "",
         "| decoder | batch | lossless | tokens/s | vs ar (same batch) | latency ms (mean / p95) | tokens/forward | forwards "
         "| drafts accepted/forward | ms/forward by tokens fed | engine overhead | peak MB | identical to ar "

@@ -250,17 +250,22 @@ def output_key(label: str, batch_size: int) -> str:
 
 
 def run_bench(model, tokenizer, prompts: list[str], specs: list[DecoderSpec], *, max_new_tokens: int = 96,
-              chat: bool = True, warmup: bool = True, progress: bool = True, batch_sizes: list[int] = (1,)) -> dict:
-    """Run every spec over every prompt at every batch size; returns {"rows": [...], "outputs": {key: [text, ...]}}.
+              chat: bool = True, warmup: bool = True, progress: bool = True, batch_sizes: list[int] = (1,),
+              passes: int = 1) -> dict:
+    """Run every spec over every prompt at every batch size, `passes` times over; returns {"rows": [...],
+    "outputs": {key: [text, ...]}}.
 
     Rows come batch size by batch size, specs in order within each. An `ar` row is run first when
     `specs` has none (every ratio needs it), and `ar` also runs at batch 1 when `batch_sizes` lacks
-    1 (identical-to-ar compares with it). `outputs` is keyed by `output_key(label, batch_size)`.
+    1 (identical-to-ar compares with it). `outputs` is keyed by `output_key(label, batch_size)`: the first
+    pass's texts (a row's speed counts every pass).
     """
     from tqdm.auto import tqdm
 
     from ..prompting import encode_prompt
 
+    if passes < 1:
+        raise RefusionError(f"passes must be a positive integer, got {passes}")
     if not any(spec.decoder == "ar" and not spec.options for spec in specs):
         specs = [DecoderSpec("ar"), *specs]
     batch_sizes = list(batch_sizes) or [1]
@@ -269,37 +274,41 @@ def run_bench(model, tokenizer, prompts: list[str], specs: list[DecoderSpec], *,
         plan.insert(0, (DecoderSpec("ar"), 1))
     encoded = [encode_prompt(tokenizer, prompt, chat=chat) for prompt in prompts]
     device = next(model.parameters()).device
+    sizes = list(dict.fromkeys(size for _, size in plan))  # in plan order
+    specs_at = {size: [spec for spec, s in plan if s == size] for size in sizes}
+    groups_at = {size: [encoded[start:start + size] for start in range(0, len(encoded), size)] for size in sizes}
 
     def call(group: list[torch.Tensor], spec: DecoderSpec, size: int, **kwargs) -> list:
         if size == 1:
             return [generate(model, tokenizer, group[0], decoder=spec.decoder, **spec.options, **kwargs)]
         return generate(model, tokenizer, [ids[0] for ids in group], decoder=spec.decoder, **spec.options, **kwargs)
 
-    if warmup:  # untimed: every width a decode may feed at batch 1
+    if warmup:  # untimed: every width a decode may feed at batch 1, and each group's first step (CPU kernels are
+        # built per input shape)
         build_kernels(model, max(KERNEL_WIDTHS, max(ids.shape[1] for ids in encoded) + KERNEL_WIDTHS_PAST_PROMPT))
-    rows, outputs, tokens_by_key = [], {}, {}
-    for size in dict.fromkeys(size for _, size in plan):  # in plan order
-        specs_here = [spec for spec, s in plan if s == size]
-        groups = [encoded[start:start + size] for start in range(0, len(encoded), size)]
-        if warmup:  # untimed: each group's first step (CPU kernels are built per input shape)
-            for spec in specs_here:
-                for group in groups:
+        for size in sizes:
+            for spec in specs_at[size]:
+                for group in groups_at[size]:
                     asked = []
                     call(group, spec, size, max_new_tokens=max_new_tokens, should_stop=lambda: bool(asked) or asked.append(1))
-            lossless.forget(model)  # what the warm-ups' first steps saw is no sample of how drafts fare later
-        # Every setting takes its turn on a group before the next group: a machine that slows down or
-        # speeds up over the run (shared machines drift by 10% or more) weighs on every row alike.
-        calls: list[list] = [[] for _ in specs_here]
-        peaks = [0.0] * len(specs_here)
-        desc = "decoding" if size == 1 else f"decoding at batch {size}"
-        turns = [(group, i) for group in groups for i in range(len(specs_here))]
-        for group, i in tqdm(turns, desc=desc, disable=not progress, leave=False):
-            with PeakMemory(device) as memory:
-                calls[i].append(call(group, specs_here[i], size, max_new_tokens=max_new_tokens))
-            peaks[i] = max(peaks[i], memory.peak_mb)
-        for i, spec in enumerate(specs_here):
-            generations = [g for c in calls[i] for g in c]
-            row = summarise(spec, calls[i], peaks[i], max_new_tokens, batch_size=size)
+        lossless.forget(model)  # what the warm-ups' first steps saw is no sample of how drafts fare later
+    # Every setting takes its turn on a group before the next group, and with several passes every batch size
+    # takes its turn within each pass: a machine that slows down or speeds up over the run (shared machines drift
+    # by 10% or more) weighs on every row alike.
+    calls = {(size, i): [] for size in sizes for i in range(len(specs_at[size]))}
+    peaks = dict.fromkeys(calls, 0.0)
+    turns = [(size, group, i) for _ in range(passes) for size in sizes for group in groups_at[size]
+             for i in range(len(specs_at[size]))]
+    for size, group, i in tqdm(turns, desc="decoding", disable=not progress, leave=False):
+        with PeakMemory(device) as memory:
+            calls[size, i].append(call(group, specs_at[size][i], size, max_new_tokens=max_new_tokens))
+        peaks[size, i] = max(peaks[size, i], memory.peak_mb)
+    rows, outputs, tokens_by_key = [], {}, {}
+    for size in sizes:
+        for i, spec in enumerate(specs_at[size]):
+            row = summarise(spec, calls[size, i], peaks[size, i], max_new_tokens, batch_size=size)
+            generations = [g for c in calls[size, i][:len(groups_at[size])] for g in c]  # the first pass
+            row["prompts"], row["passes"] = len(generations), passes
             loglik = [ar_loglik(model, ids, g.tokens) for ids, g in zip(encoded, generations)]
             total, count = sum(s for s, _ in loglik), sum(n for _, n in loglik)
             row["ar_loglik_per_token"] = round(total / count, 4) if count else None
@@ -317,4 +326,5 @@ def run_bench(model, tokenizer, prompts: list[str], specs: list[DecoderSpec], *,
         gaps = sorted(g for g in gaps if g is not None)
         # Where the text leaves ar's: how close the AR head's two choices were (logits), median and largest.
         row["divergence_logit_gap"] = {"median": round(gaps[len(gaps) // 2], 4), "max": round(gaps[-1], 4)} if gaps else None
-    return {"rows": rows, "outputs": outputs, "prompts": prompts, "batch_sizes": sorted({size for _, size in plan})}
+    return {"rows": rows, "outputs": outputs, "prompts": prompts, "batch_sizes": sorted({size for _, size in plan}),
+            "passes": passes}
