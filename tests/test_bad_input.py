@@ -281,12 +281,21 @@ BUILD_DATA = [
     ("dtype-unknown", ["build-data", "--output", "{new}", "--dtype", "half-ish"], "argument --dtype: invalid choice"),
     ("device-unknown", ["build-data", "--output", "{new}", "--model", "{plain}", "--device", "bogus"], "unknown device 'bogus'"),
     ("model-not-a-model", ["build-data", "--output", "{new}", "--model", "{notmodel}", "--count", "2"], "is not a model directory"),
+    ("families-unknown", ["build-data", "--output", "{new}", "--families", "poems", "--instructions-only"], "unknown family 'poems'"),
+    ("families-weight-text", ["build-data", "--output", "{new}", "--families", "chat=many", "--instructions-only"],
+     "the weight of chat must be a number"),
+    ("families-weight-zero", ["build-data", "--output", "{new}", "--families", "chat=0", "--instructions-only"],
+     "the weight of chat must be a positive number"),
+    ("families-weight-nan", ["build-data", "--output", "{new}", "--families", "chat=nan", "--instructions-only"],
+     "the weight of chat must be a positive number"),
+    ("families-empty", ["build-data", "--output", "{new}", "--families", ",", "--instructions-only"], "names no family"),
 ]
 
 BENCH_ARGS = ["bench", "--model", "{masked}"]
 BENCH = [(name, BENCH_ARGS + extra, message) for name, extra, message in [
     ("decoder-unknown", ["--decoders", "beam"], "unknown decoder 'beam' in --decoders"),
     ("decoders-empty", ["--decoders", ","], "--decoders names no decoder"),
+    ("passes-zero", ["--passes", "0"], "--passes must be a positive integer"),
     ("option-without-value", ["--decoders", "refusion:slot_size"], "options are written key=value"),
     ("option-without-decoder", ["--decoders", "slot_size=4"], "has no decoder name before it"),
     ("option-of-another-decoder", ["--decoders", "ar:slot_size=4"], "decoder 'ar' does not take slot_size"),

@@ -154,20 +154,79 @@ def open_question(rng: random.Random) -> str:
     ])
 
 
+THINGS = ["rivers", "mountains", "musical instruments", "board games", "vegetables", "birds", "programming languages",
+          "breakfast foods", "sports", "flowers", "insects", "kitchen tools", "famous painters", "desserts", "trees",
+          "dog breeds", "cloud types", "renewable energy sources", "spices", "card games", "constellations",
+          "ancient civilizations", "gemstones", "houseplants", "winter activities", "rainforest animals", "fabrics"]
+TASKS = ["start running", "learn a new language", "keep a houseplant alive", "write a cover letter", "study for an exam",
+         "make new friends in a new city", "cook rice", "save money on groceries", "prepare for a job interview",
+         "stay focused while working from home", "plan a birthday party", "care for a goldfish", "clean a laptop keyboard",
+         "start journaling", "reduce screen time", "organize a small closet", "give a short speech", "bake bread"]
+SUBJECTS = ["a rainy afternoon in a city", "an old lighthouse", "a busy market", "a quiet library", "a snowy forest",
+            "a mountain lake at dawn", "a train station at night", "a garden in spring", "a desert at noon",
+            "a crowded concert", "a small fishing village", "a thunderstorm"]
+PEOPLE = ["a friend", "a neighbour", "a teacher", "my team", "a cousin", "a coach", "my manager", "a classmate"]
+REASONS = ["a new job", "watering my plants", "a great year", "finishing the project early", "a birthday gift",
+           "extra practice", "a day off", "sharing notes"]
+WHEN = ["on a budget", "in one week", "as a complete beginner", "without special equipment", "with a busy schedule",
+        "in ten minutes a day"]
+AUDIENCES = ["beginner", "child", "student", "retiree", "busy parent", "teenager"]
+
+
+def chat_message(rng: random.Random) -> str:
+    """Everyday assistant requests: advice, short messages, descriptions, recommendations."""
+    task, subject, thing, topic = rng.choice(TASKS), rng.choice(SUBJECTS), rng.choice(THINGS), rng.choice(TOPICS)
+    person, reason, when, audience = rng.choice(PEOPLE), rng.choice(REASONS), rng.choice(WHEN), rng.choice(AUDIENCES)
+    return rng.choice([
+        f"How do I {task} {when}?",
+        f"I keep failing to {task}. Any advice for a {audience}?",
+        f"Write a {rng.choice(['short', 'warm', 'two-line', 'brief'])} note to {person} about {reason}.",
+        f"Draft a polite email to {person} about {reason}.",
+        f"Paint a picture in words of {subject}, in {rng.choice(['two', 'three', 'four', 'five'])} sentences.",
+        f"Suggest a hobby for a {audience} who likes {thing}.",
+        f"What should a {audience} know about {topic}?",
+        f"Explain {topic} to a {audience}.",
+        f"Could you share a surprising detail about {thing}?",
+        f"Give me advice: I need to {task} {when}.",
+    ])
+
+
+def list_request(rng: random.Random) -> str:
+    """Requests whose answer is a list: numbered, bulleted, one per line."""
+    count = rng.choice(["two", "three", "four", "five", "six", "seven", 3, 4, 5, 6, 8, 10])
+    thing, task = rng.choice(THINGS), rng.choice(TASKS)
+    return rng.choice([
+        f"Name {count} {thing}.",
+        f"Give {count} examples of {thing}, one per line.",
+        f"Make a numbered list of {count} {thing}.",
+        f"List the steps to {task}.",
+        f"What do I need to {task}? Give a checklist.",
+        f"Write {count} bullet points about {thing}.",
+        f"Rank {count} {thing} from most to least common.",
+    ])
+
+
 FAMILIES: dict[str, tuple[float, Callable[[random.Random], str]]] = {
     "word_problem": (0.35, word_problem),
     "algebra": (0.15, algebra_problem),
     "code": (0.25, code_task),
     "multiple_choice": (0.15, multiple_choice),
     "open": (0.10, open_question),
+    "chat": (0.0, chat_message),  # not in the default mix, which the shipped adapter was trained on: `families=`
+    "list": (0.0, list_request),
 }
 
 
-def build_instructions(count: int, seed: int = 0) -> list[dict]:
-    """`count` distinct instructions as {"id", "family", "query"} records, deterministic for a seed."""
+def build_instructions(count: int, seed: int = 0, families: dict[str, float] | None = None) -> list[dict]:
+    """`count` distinct instructions as {"id", "family", "query"} records, deterministic for a seed; `families`
+    maps family names to weights (default: each family's weight in FAMILIES)."""
+    weighting = families or {name: weight for name, (weight, _) in FAMILIES.items() if weight}
+    unknown = sorted(set(weighting) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown instruction families {', '.join(unknown)}; known: {', '.join(FAMILIES)}")
     rng = random.Random(seed)
-    names = list(FAMILIES)
-    weights = [FAMILIES[name][0] for name in names]
+    names = list(weighting)
+    weights = [weighting[name] for name in names]
     seen: set[str] = set()
     records = []
     for _ in range(count * 50):
