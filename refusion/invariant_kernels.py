@@ -30,7 +30,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .errors import RefusionError
 from .files import write_text
-from . import hardware, kv_cache, model as models  # modules, not names: hardware imports the decoders, which import this
+from . import hardware, model as models  # modules, not names: hardware imports the decoders, which import this
 
 NAME = "refusion_invariant"
 
@@ -67,12 +67,11 @@ def invariant_attention(module, query, key, value, attention_mask, scaling=None,
     if segments is None or keys != queries:  # one segment: every key (a packed forward has no cache before it)
         segments = ((0, queries),)
     output = torch.empty(batch, queries, heads, dim, dtype=query.dtype, device=query.device)
-    all_keys64, all_values64 = kv_cache.float64_entries(key, value)  # kept in float64 by the cache where it can
     for first, end in segments:
         span = end - first + keys - queries  # this segment's keys: its own, and any cache before the forward
-        # Heads sharing keys one after another, as one matrix per key head: [B * Hkv, D, K] and [B * Hkv, K, D].
-        key64 = all_keys64[:, :, :, first:first + span].reshape(batch * kv_heads, dim, span)
-        value64 = all_values64[:, :, first:first + span].reshape(batch * kv_heads, span, dim)
+        # Heads sharing keys one after another, as one matrix per key head: [B * Hkv, K, D].
+        key64 = key[:, :, first:first + span].reshape(batch * kv_heads, span, dim).double().transpose(1, 2)
+        value64 = value[:, :, first:first + span].reshape(batch * kv_heads, span, dim).double()
         for start in range(first, end, QUERY_CHUNK):
             stop = min(end, start + QUERY_CHUNK)
             bias = _hiding_bias(attention_mask, (queries, keys), first, start, stop, end - first, span,

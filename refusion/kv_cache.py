@@ -12,8 +12,6 @@ entry of every row at every append.
 
 from __future__ import annotations
 
-import threading
-
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
@@ -26,20 +24,13 @@ class GrowingLayer(DynamicLayer):
     """A DynamicLayer whose `keys`/`values` are the first entries of buffers with room to grow: an append writes
     into the room (the buffers grow by half when full), a crop leaves a shorter view of the same buffers. Keys or
     values replaced by other tensors (a gather, a batch row added) are copied into new buffers at the next
-    append.
-
-    It also keeps its entries in float64 for the invariant attention (`float64_entries`), converting only what
-    changed since the last forward, the keys transposed (a product over them then reads each key's dimension
-    in a row: a third faster a layer where each batch row feeds a token)."""
+    append."""
 
     ROOM = 64  # entries of room at least, beyond what an append needs, when buffers are made
     _buffers = None
-    _mirrors = None  # float64 buffers, made at the first `float64_entries`
-    _mirrored = 0  # leading entries in which the float64 buffers equal the buffers
-    _versions = None  # the buffers' version counters after this layer's own last write
 
     def reset(self) -> None:
-        self._buffers = self._mirrors = None
+        self._buffers = None
         super().reset()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -57,57 +48,12 @@ class GrowingLayer(DynamicLayer):
                 if length:
                     buffer[:, :, :length] = old
                 buffers.append(buffer)
-            self._buffers, self._mirrors = buffers, None
+            self._buffers = buffers
         keys, values = self._buffers
-        self._mirrored = min(self._mirrored, length) if self._versions == _versions(self._buffers) else 0
         keys[:, :, length:needed] = key_states
         values[:, :, length:needed] = value_states
-        self._versions = _versions(self._buffers)
         self.keys, self.values = keys[:, :, :needed], values[:, :, :needed]
-        _LAST_UPDATED.layer = self
         return self.keys, self.values
-
-    def written_from(self, column: int) -> None:
-        """The keys and values from `column` on were each written once in place by another hand (`keep_tail_columns`,
-        `move_columns`): only those are converted to float64 again, unless the buffers were written more than that
-        (then all are)."""
-        if self._versions is None or not _heads_view(self.keys, self._buffers[0]):
-            return
-        if _versions(self._buffers) == (self._versions[0] + 1, self._versions[1] + 1):
-            self._mirrored = min(self._mirrored, column)
-            self._versions = _versions(self._buffers)
-
-    def float64_entries(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(keys [B, H, D, S], values [B, H, S, D]) in float64, as of this layer's last `update`."""
-        length = self.keys.shape[2]
-        if self._versions != _versions(self._buffers):  # written in place since, unannounced: convert it all
-            self._mirrored, self._versions = 0, _versions(self._buffers)
-        keys, values = self._buffers
-        if self._mirrors is None:
-            self._mirrors = (keys.new_empty(keys.shape, dtype=torch.float64).transpose(2, 3),
-                             values.new_empty(values.shape, dtype=torch.float64))
-            self._mirrored = 0
-        new = slice(self._mirrored, length)
-        self._mirrors[0][:, :, :, new] = keys[:, :, new].transpose(2, 3)
-        self._mirrors[1][:, :, new] = values[:, :, new]
-        self._mirrored = length
-        return self._mirrors[0][:, :, :, :length], self._mirrors[1][:, :, :length]
-
-
-_LAST_UPDATED = threading.local()
-
-
-def float64_entries(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`keys` [B, H, S, D] as [B, H, D, S] and `values` [B, H, S, D], in float64: read from the float64 copies of the
-    `GrowingLayer` whose update just returned them, or converted here."""
-    layer = getattr(_LAST_UPDATED, "layer", None)
-    if layer is not None and layer.keys is keys and layer.values is values:
-        return layer.float64_entries()
-    return keys.double().transpose(2, 3), values.double()
-
-
-def _versions(buffers) -> tuple[int, int] | None:
-    return None if buffers is None else (buffers[0]._version, buffers[1]._version)
 
 
 def _heads_view(tensor: torch.Tensor, buffer: torch.Tensor) -> bool:
@@ -207,7 +153,6 @@ def keep_tail_columns(cache: DynamicCache, start: int, index: torch.Tensor) -> N
         if layer.is_initialized:
             for tensor in (layer.keys, layer.values):
                 tensor[:, :, start:start + count] = _gather_tokens(tensor[:, :, start:], index)
-            _written_from(layer, start)
     truncate(cache, start + count)
 
 
@@ -219,13 +164,7 @@ def move_columns(cache: DynamicCache, source: int, target: int, count: int) -> N
             for tensor in (layer.keys, layer.values):
                 moved = tensor[:, :, source:source + count]
                 tensor[:, :, target:target + count] = moved.clone() if source < target + count else moved
-            _written_from(layer, target)
     truncate(cache, target + count)
-
-
-def _written_from(layer, column: int) -> None:
-    if isinstance(layer, GrowingLayer):
-        layer.written_from(column)
 
 
 def add_rows(cache: DynamicCache, other: DynamicCache, rows: int) -> None:

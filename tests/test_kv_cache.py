@@ -76,34 +76,3 @@ def test_a_segment_taken_before_a_truncation_keeps_its_entries_when_others_are_a
     kv_cache.truncate(cache, 5)
     kv_cache.append(cache, [(torch.zeros(1, 1, 4, 1), torch.zeros(1, 1, 4, 1))] * 2)
     assert [keys[0, 0, :, 0].tolist() for keys, _ in taken] == [[6.0, 7.0, 8.0]] * 2
-
-
-def overwrite(cache, column: int, value: float) -> None:
-    """A write in place that no helper announces."""
-    for layer in cache.layers:
-        layer.keys[:, :, column] = value
-        layer.values[:, :, column] = value
-
-
-def test_the_float64_entries_kept_for_the_invariant_attention_follow_every_change_to_the_entries():
-    """After every helper, and after writes in place that no helper announced, a forward's append (an update)
-    leaves float64 entries equal to the entries converted."""
-    cache = numbered_cache(3, 5)
-    writes = [lambda c: kv_cache.truncate(c, 3),
-              lambda c: kv_cache.append(c, [(torch.full((3, 1, 70, 1), 7.0), torch.full((3, 1, 70, 1), 7.0))] * 2),
-              lambda c: kv_cache.truncate(c, 40),
-              lambda c: kv_cache.keep_tail_columns(c, 38, torch.tensor([[0, 2], [1, 2], [2, 2]])),
-              lambda c: kv_cache.move_columns(c, 30, 2, 5),
-              lambda c: overwrite(c, 1, -5.0),
-              lambda c: overwrite(c, 0, -6.0) or kv_cache.move_columns(c, 4, 3, 2),  # announced, after unannounced
-              lambda c: kv_cache.select_rows(c, torch.tensor([2, 0])),
-              lambda c: kv_cache.gather_columns(c, torch.tensor([[0, 2, 1], [1, 1, 0]]))]
-    for number, write in enumerate(writes):
-        write(cache)
-        rows = cache.layers[0].keys.shape[0]
-        appended = torch.full((rows, 1, 1, 1), float(number))
-        for index, layer in enumerate(cache.layers):
-            keys, values = cache.update(appended, appended, index)
-            keys64, values64 = kv_cache.float64_entries(keys, values)
-            assert keys64.dtype == torch.float64
-            assert torch.equal(keys64, keys.double().transpose(2, 3)) and torch.equal(values64, values.double())
