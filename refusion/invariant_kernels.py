@@ -119,8 +119,8 @@ def _hiding_bias(attention_mask, fed: tuple[int, int], first: int, start: int, s
     biases = last[2]
     if start not in biases:
         if attention_mask is None:
-            hidden = ~torch.ones(stop - start, keys, dtype=torch.bool, device=device).tril(keys - queries + start - first)
-            hidden = hidden[None, None]
+            visible = torch.ones(stop - start, keys, dtype=torch.bool, device=device)
+            hidden = ~visible.tril(keys - queries + start - first)[None, None]
         else:
             chunk = attention_mask[:, :, start:stop, first:first + keys]
             hidden = ~chunk if chunk.dtype == torch.bool else chunk < 0
@@ -158,7 +158,7 @@ def native_attention():
 
 def packs(model) -> bool:
     """Whether several prompts are best fed laid end to end in one row (`packed`) rather than padded to the longest:
-    under the invariant attention, which attends each segment alone and so costs no more than padding's rows."""
+    under the invariant attention, which attends each segment alone, so that no work is spent on padding."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return getattr(getattr(base, "config", None), "_attn_implementation", None) == NAME
 

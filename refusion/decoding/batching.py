@@ -19,7 +19,9 @@ where what every row's drafts add pays for it.
 Rows' feeds are laid side by side in a [rows, width] batch, each row's last pending token in the
 same column (a shorter prompt is padded on its left), so that the logits read fall in a few
 columns and the LM head runs only on those; one additive mask hides from each row the cache
-entries and fed tokens that are not its own. The cache is shared: a column holds
+entries and fed tokens that are not its own. Under the invariant attention the first step (nothing
+cached yet, every prompt fed whole) lays the feeds end to end in one row instead, each attending to
+its own alone: no padding is fed. The cache is shared: a column holds
 one entry per row, and `padding` marks the entries that are not that row's (its feed was shorter,
 it kept fewer tokens, or it joined with a shorter prompt). Columns that are padding in every row
 are cut, and a finished row's cache row is dropped, so that finished rows stop costing work.

@@ -1,9 +1,11 @@
 """A large, varied set of instructions generated from templates, for self-distillation.
 
-The families mirror the *kinds* of questions the benchmarks ask (multi-step arithmetic, algebra,
+The default families mirror the *kinds* of questions the benchmarks ask (multi-step arithmetic, algebra,
 Python functions, multiple choice, open questions) and reuse the benchmark prompts' instruction
-lines, so that the converted model practises the answer formats it will be measured on. No text
-comes from any benchmark: every question is built here from a seed. Knows nothing about models.
+lines, so that the converted model practises the answer formats it will be measured on. Two more,
+chosen by name, are everyday requests (chat: advice, messages, descriptions; list), for instance for
+a draft table of what the model writes in conversation. No text comes from any benchmark: every
+question is built here from a seed. Knows nothing about models.
 """
 
 from __future__ import annotations
