@@ -6,7 +6,8 @@
 #   at most 256 tokens, finished or not: what the model writes), made by
 #     refusion build-data --output DIR --count 2000 --seed S --families chat,list --max-new-tokens 256 \
 #         --batch-size 16 --dtype bfloat16
-#   for each seed S the file's records name (one core, about 35 minutes a seed).
+#   for seeds 1 and 2 (one core, about 35 minutes a seed; the file keeps seed 2's answers to instructions seed 1
+#   had not drawn, 495 of its 2,000).
 # None of the bench's built-in prompts is among their instructions.
 #   bash benchmarks/draft_table_smollm2.sh
 set -euo pipefail
