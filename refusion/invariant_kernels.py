@@ -141,9 +141,7 @@ def _bias(hidden: torch.Tensor, heads: tuple[int, int, int], device) -> torch.Te
 def caches_apart(model, prefix_tokens: int) -> bool:
     """Whether a prompt with `prefix_tokens` tokens before its last is cached by a forward of its own, under
     PyTorch's attention (`native_attention`): a long prompt of a model with the invariant attention."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(base, "config", None)
-    return prefix_tokens >= LONG_PREFIX and getattr(config, "_attn_implementation", None) == NAME
+    return prefix_tokens >= LONG_PREFIX and _attends_invariantly(model)
 
 
 @contextlib.contextmanager
@@ -159,6 +157,11 @@ def native_attention():
 def packs(model) -> bool:
     """Whether several prompts are best fed laid end to end in one row (`packed`) rather than padded to the longest:
     under the invariant attention, which attends each segment alone, so that no work is spent on padding."""
+    return _attends_invariantly(model)
+
+
+def _attends_invariantly(model) -> bool:
+    """Whether the model's attention is the invariant one (`use`)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return getattr(getattr(base, "config", None), "_attn_implementation", None) == NAME
 

@@ -200,7 +200,8 @@ class Batch:
         ids = torch.tensor([[token for feed in feeds for token in feed.ids]])
         positions = torch.tensor([[position for feed in feeds for position in feed.positions]])
         visible = torch.block_diag(*(_seen(feed) for feed in feeds))
-        mask = rows_mask(self.padding[:1], visible[None], self.runner.dtype, self.runner.device)
+        nothing_cached = torch.zeros(1, 0, dtype=torch.bool)
+        mask = rows_mask(nothing_cached, visible[None], self.runner.dtype, self.runner.device)
         read = [start + offset for start, feed in zip(bounds, feeds) for offset in feed.read]
         with invariant_kernels.packed(list(zip(bounds, bounds[1:]))):
             logits = self.runner(ids, positions, self.cache, mask,
