@@ -30,7 +30,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .errors import RefusionError
 from .files import write_text
-from . import hardware, model as models  # modules, not names: hardware imports the decoders, which import this
+from . import hardware, kv_cache, model as models  # modules, not names: hardware imports the decoders, which import this
 
 NAME = "refusion_invariant"
 
@@ -56,10 +56,16 @@ def invariant_attention(module, query, key, value, attention_mask, scaling=None,
     A prompt's prefill is float64 too, since decoders feed a prompt in different company (a lossless first step
     adds drafts, a batch its other rows) and every one of its tokens must round alike; a long one, where that
     would cost several times PyTorch's attention, is cached apart (`caches_apart`). Inside `packed`, each
-    segment's queries attend to that segment's keys alone."""
+    segment's queries attend to that segment's keys alone; inside `kv_cache.packed_rows`, the packed queries of a
+    batch's rows attend as rows, each to its own cache."""
     if _NATIVE_NOW.get():
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
+    layout = kv_cache.packed_layout()
+    if layout is not None and query.shape[0] == 1 < key.shape[0]:  # the rows' tokens packed: attend as rows
+        output, _ = invariant_attention(module, layout.spread(query), key, value, attention_mask, scaling, dropout,
+                                        **kwargs)
+        return layout.pack(output), None
     batch, heads, queries, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     scaling = dim ** -0.5 if scaling is None else scaling

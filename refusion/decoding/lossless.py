@@ -58,6 +58,7 @@ from typing import Callable
 
 import torch
 
+from .. import invariant_kernels
 from ..attention import segment_visibility
 from ..errors import RefusionError
 from .batching import Batch, Feed, Spare
@@ -311,8 +312,8 @@ class LosslessRow:
         self.lookup_offered = self.lookup_accepted = self.table_offered = self.table_accepted = 0
         self.done = False
 
-    def feed(self, rows: int) -> Feed:
-        cost = self._cost_in_batch(1 if self.seeded else rows) if self.forward_cost is not None else None
+    def feed(self, rows: int, packed: bool = False) -> Feed:
+        cost = self._cost_in_batch(1 if self.seeded else rows, packed) if self.forward_cost is not None else None
         if self.adaptive:
             self.shape.cost = cost
         remaining = self.max_new_tokens - len(self.text)
@@ -466,15 +467,18 @@ class LosslessRow:
         """The node whose masks hold the next forward's candidates: the last accepted token, else the root."""
         return ("chain", rank, len(path) - 1) if path else ("root",)
 
-    def _cost_in_batch(self, rows: int) -> Callable[[int], float]:
-        """A tree of w tokens per row, priced against one token per row: what it adds to the whole forward.
+    def _cost_in_batch(self, rows: int, packed: bool) -> Callable[[int], float]:
+        """A tree of w tokens, priced against one token per row: what it adds to the whole forward, where every row
+        is fed w tokens (rows side by side) or where only this one is (rows packed end to end).
 
     So a large batch spends its width on rows, not on drafts (on this CPU a forward's cost grows with
     every token it feeds; on a GPU far more slowly). Remembered per batch size: `choose` prices every
     shape at every step."""
-        if rows not in self.priced:
-            self.priced[rows] = functools.lru_cache(maxsize=None)(self.forward_cost.rows(rows))
-        return self.priced[rows]
+        key = (rows, packed and rows > 1)
+        if key not in self.priced:
+            cost = self.forward_cost.packed(rows) if key[1] else self.forward_cost.rows(rows)
+            self.priced[key] = functools.lru_cache(maxsize=None)(cost)
+        return self.priced[key]
 
     def output(self, cache=None) -> DecodeOutput:
         text = self.text
@@ -629,7 +633,9 @@ def prepare(runner: ModelRunner, options: dict, rows: int = 1) -> None:
     """Measure the model's forward cost by width now (once per model and batch size), outside the decode's timing."""
     if options["width_cost"] == "auto" and "auto" in (options["branches"], options["depth"], options["lookup"],
                                                       options["draft_table"]):
-        cost = ForwardCost(runner, "auto")
+        cost = ForwardCost(runner, "auto")  # measures one row's table, all that packed rows need
+        if invariant_kernels.packs(runner.model):
+            return
         for bucket in range(1, rows + 1):  # rows leave as they finish: every smaller batch is priced too
             cost.rows(bucket, measure=True)
 
