@@ -31,6 +31,8 @@ class PackedRows:
     """[rows, width]: the packed token at each entry (a row with fewer tokens repeats its last, as padding)."""
     slots: torch.Tensor
     """[tokens]: the entry, b * width + w, of each packed token."""
+    lengths: tuple[int, ...]
+    """Each row's tokens."""
 
     @classmethod
     def of(cls, lengths: list[int]) -> "PackedRows":
@@ -40,7 +42,7 @@ class PackedRows:
             index.append([first + min(w, count - 1) for w in range(width)])
             slots += range(b * width, b * width + count)
             first += count
-        return cls(torch.tensor(index), torch.tensor(slots))
+        return cls(torch.tensor(index), torch.tensor(slots), tuple(lengths))
 
     def spread(self, states: torch.Tensor) -> torch.Tensor:
         """[1, H, tokens, D] -> [rows, H, width, D]."""

@@ -196,9 +196,10 @@ class Batch:
         feeds = [row.feed(len(self.rows), packed) for row in self.rows]
         if packed and not self.padding.shape[1]:
             self._packed_first_step(feeds)
-        elif packed:
+        elif packed and (len({len(feed.ids) for feed in feeds}) > 1 or any(getattr(row, "spare", None)
+                                                                           for row in self.rows)):
             self._packed_step(feeds)
-        else:
+        else:  # side by side (rows feeding as many tokens each, `ar`'s: no padding to skip, nor spreading to pay)
             self._padded_step(feeds)
         finished = [row for row in self.rows if row.done]
         if finished:

@@ -468,8 +468,8 @@ class LosslessRow:
         return ("chain", rank, len(path) - 1) if path else ("root",)
 
     def _cost_in_batch(self, rows: int, packed: bool) -> Callable[[int], float]:
-        """A tree of w tokens, priced against one token per row: what it adds to the whole forward, where every row
-        is fed w tokens (rows side by side) or where only this one is (rows packed end to end).
+        """A tree of w tokens, priced against one token per row: what the whole forward costs where every row is
+        fed w tokens, side by side (the batch's own table) or packed end to end (all the tokens as one row's).
 
     So a large batch spends its width on rows, not on drafts (on this CPU a forward's cost grows with
     every token it feeds; on a GPU far more slowly). Remembered per batch size: `choose` prices every
