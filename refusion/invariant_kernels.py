@@ -30,7 +30,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .errors import RefusionError
 from .files import write_text
-from . import hardware, kv_cache, model as models  # modules, not names: hardware imports the decoders, which import this
+from . import hardware, model as models  # modules, not names: hardware imports the decoders, which import this
 
 NAME = "refusion_invariant"
 
@@ -56,14 +56,10 @@ def invariant_attention(module, query, key, value, attention_mask, scaling=None,
     A prompt's prefill is float64 too, since decoders feed a prompt in different company (a lossless first step
     adds drafts, a batch its other rows) and every one of its tokens must round alike; a long one, where that
     would cost several times PyTorch's attention, is cached apart (`caches_apart`). Inside `packed`, each
-    segment's queries attend to that segment's keys alone; inside `kv_cache.packed_rows`, the packed queries of a
-    batch's rows attend as rows, each to its own cache."""
+    segment's queries attend to that segment's keys alone."""
     if _NATIVE_NOW.get():
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    layout = kv_cache.packed_layout()
-    if layout is not None and query.shape[0] == 1 < key.shape[0]:  # the rows' tokens packed: attend as rows
-        return _attend_as_rows(module, query, key, value, attention_mask, layout, scaling, dropout, **kwargs)
     batch, heads, queries, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     scaling = dim ** -0.5 if scaling is None else scaling
@@ -85,54 +81,6 @@ def invariant_attention(module, query, key, value, attention_mask, scaling=None,
     return output, None
 
 
-def _attend_as_rows(module, query, key, value, attention_mask, layout, scaling, dropout, **kwargs):
-    """Packed queries of a batch's rows (`kv_cache.packed_rows`) attend as rows, each to its own keys, rows fed
-    alike many tokens together (`_alike_rows`): in float64 the products cost every query row they are given, and
-    one row's tree of 9 tokens among rows of one would make every row 9 (at 16 rows, that attention took longer
-    than the rest of the forward)."""
-    spread = layout.spread(query)  # [rows, Hq, W, D]
-    rows, heads, width, dim = spread.shape
-    output = spread.new_empty(rows, width, heads, dim)
-    for group, fed in _alike_rows(layout.lengths):
-        columns = key.shape[2] - width + fed  # past them: padding of every row in the group
-        if fed == width and len(group) == rows:
-            part, _ = invariant_attention(module, spread, key, value, attention_mask, scaling, dropout, **kwargs)
-        else:
-            index = torch.tensor(group, device=key.device)
-            part, _ = invariant_attention(module, spread[index, :, :fed], key[index, :, :columns],
-                                          value[index, :, :columns], _group_mask(attention_mask, group, fed, columns),
-                                          scaling, dropout, **kwargs)
-        output[group, :fed] = part
-    return layout.pack(output), None
-
-
-def _alike_rows(lengths: tuple[int, ...]) -> list[tuple[list[int], int]]:
-    """Rows grouped by the tokens they feed, rounded up to a power of two (few groups, no row padded to more than
-    twice its own): (rows, tokens fed by the widest of them) each."""
-    groups: dict[int, list[int]] = {}
-    for row, fed in enumerate(lengths):
-        groups.setdefault((fed - 1).bit_length(), []).append(row)
-    return [(rows, max(lengths[row] for row in rows)) for _, rows in sorted(groups.items())]
-
-
-_GROUP_MASKS = threading.local()
-"""The last forward's masks by group of rows: every layer slices the same ones."""
-
-
-def _group_mask(attention_mask, group: list[int], fed: int, columns: int):
-    """The rows of a group's mask, cut to its queries and keys: one tensor per forward and group, so that every
-    layer finds its bias built (`_hiding_bias`)."""
-    if attention_mask is None:
-        return None
-    key = (tuple(group), fed, columns)
-    last = getattr(_GROUP_MASKS, "entry", None)
-    if last is None or last[0] is not attention_mask or last[1] != attention_mask._version:
-        last = _GROUP_MASKS.entry = (attention_mask, attention_mask._version, {})
-    if key not in last[2]:
-        last[2][key] = attention_mask[torch.tensor(group, device=attention_mask.device), :, :fed, :columns]
-    return last[2][key]
-
-
 def _float64_attention(module, query, key64, value64, bias, scaling: float, dropout: float) -> torch.Tensor:
     """[B, Hq, Q, D] attention with float64 sums over key64 [B * Hkv, D, K] and value64 [B * Hkv, K, D]; `bias`
     [B * Hkv, Hq / Hkv * Q, K] float64, 0 where a query may look and the lowest float where not, or None where
@@ -151,10 +99,8 @@ def _float64_attention(module, query, key64, value64, bias, scaling: float, drop
 
 
 _LAST_BIAS = threading.local()
-"""The biases of the last masks seen, by query chunk: every layer of a forward gets the same masks (one, or one per
-group of rows), so they are built at its first layer and dropped when other masks come."""
-
-BIASES_KEPT = 8
+"""The biases of the last mask seen, by query chunk: every layer of a forward gets the same mask, so they are built
+at its first layer and dropped when another mask (or another shape of forward) comes."""
 
 
 def _hiding_bias(attention_mask, fed: tuple[int, int], first: int, start: int, stop: int, queries: int, keys: int,
@@ -167,13 +113,9 @@ def _hiding_bias(attention_mask, fed: tuple[int, int], first: int, start: int, s
         return None
     # A mask changed in place is a new mask: its version counter moved.
     forward = (fed, heads, None if attention_mask is None else attention_mask._version)
-    entries = getattr(_LAST_BIAS, "entries", None)
-    if entries is None:
-        entries = _LAST_BIAS.entries = []
-    last = next((entry for entry in entries if entry[0] is attention_mask and entry[1] == forward), None)
-    if last is None:
-        last = (attention_mask, forward, {})
-        entries[:] = entries[-(BIASES_KEPT - 1):] + [last]
+    last = getattr(_LAST_BIAS, "entry", None)
+    if last is None or last[0] is not attention_mask or last[1] != forward:
+        last = _LAST_BIAS.entry = (attention_mask, forward, {})
     biases = last[2]
     if start not in biases:
         if attention_mask is None:

@@ -12,66 +12,12 @@ entry of every row at every append.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from dataclasses import dataclass
-
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 # One entry per layer: (keys, values), each [B, H, S, D].
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]
-
-@dataclass(frozen=True)
-class PackedRows:
-    """Where the tokens of a forward that feeds a batch's rows end to end in one row go as rows side by side."""
-
-    index: torch.Tensor
-    """[rows, width]: the packed token at each entry (a row with fewer tokens repeats its last, as padding)."""
-    slots: torch.Tensor
-    """[tokens]: the entry, b * width + w, of each packed token."""
-    lengths: tuple[int, ...]
-    """Each row's tokens."""
-
-    @classmethod
-    def of(cls, lengths: list[int]) -> "PackedRows":
-        """Rows of these many tokens, packed in this order."""
-        width, index, slots, first = max(lengths), [], [], 0
-        for b, count in enumerate(lengths):
-            index.append([first + min(w, count - 1) for w in range(width)])
-            slots += range(b * width, b * width + count)
-            first += count
-        return cls(torch.tensor(index), torch.tensor(slots), tuple(lengths))
-
-    def spread(self, states: torch.Tensor) -> torch.Tensor:
-        """[1, H, tokens, D] -> [rows, H, width, D]."""
-        return states[0][:, self.index.to(states.device)].transpose(0, 1)
-
-    def pack(self, states: torch.Tensor) -> torch.Tensor:
-        """[rows, width, ...] -> [1, tokens, ...]: each packed token's own entry."""
-        return states.flatten(0, 1)[self.slots.to(states.device)][None]
-
-
-_PACKED_ROWS = contextvars.ContextVar("refusion_packed_rows", default=None)
-
-
-@contextlib.contextmanager
-def packed_rows(layout: PackedRows):
-    """Forwards inside feed the new tokens of a batch's rows end to end in one row (`layout`), so that the matrix
-    products compute no padding, while the cache and the attention see them as rows side by side: the cache keeps
-    row b's tokens from its first new column on, padded to the widest row (its owner hides and discards the
-    padding). Only the invariant attention reads this besides the cache."""
-    token = _PACKED_ROWS.set(layout)
-    try:
-        yield
-    finally:
-        _PACKED_ROWS.reset(token)
-
-
-def packed_layout() -> PackedRows | None:
-    """The `packed_rows` layout of the forward running, or None where its tokens are laid out as rows."""
-    return _PACKED_ROWS.get()
 
 
 class GrowingLayer(DynamicLayer):
@@ -88,9 +34,6 @@ class GrowingLayer(DynamicLayer):
         super().reset()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        layout = packed_layout()
-        if layout is not None and key_states.shape[0] == 1:  # a packed forward's tokens are cached as rows
-            key_states, value_states = layout.spread(key_states), layout.spread(value_states)
         if not self.is_initialized:  # transformers' own initialization (its signature varies by version)
             super().update(key_states[:, :, :0], value_states[:, :, :0], *args, **kwargs)
         length = self.keys.shape[2] if self.keys.dim() == 4 else 0

@@ -76,17 +76,3 @@ def test_a_segment_taken_before_a_truncation_keeps_its_entries_when_others_are_a
     kv_cache.truncate(cache, 5)
     kv_cache.append(cache, [(torch.zeros(1, 1, 4, 1), torch.zeros(1, 1, 4, 1))] * 2)
     assert [keys[0, 0, :, 0].tolist() for keys, _ in taken] == [[6.0, 7.0, 8.0]] * 2
-
-
-def test_a_packed_forwards_tokens_are_cached_as_rows_from_the_first_new_column():
-    """Rows of 2, 3 and 1 new tokens fed end to end in one row (`packed_rows`): each row's own, in order, after its
-    cached entries; a shorter row's room repeats its last token (padding its owner hides); packing the rows back
-    gives the packed tokens."""
-    cache = numbered_cache(rows=3, columns=2, layers=1)
-    layout = kv_cache.PackedRows.of([2, 3, 1])
-    new = (1000 + torch.arange(6)).float()[None, None, :, None]  # packed tokens 1000 .. 1005
-    with kv_cache.packed_rows(layout):
-        cache.update(new.clone(), new.clone(), 0)
-    assert columns_of(cache) == [[[0, 1, 1000, 1001, 1001], [100, 101, 1002, 1003, 1004], [200, 201, 1005, 1005, 1005]]]
-    rows = kv_cache.layer_tensors(cache)[0][0][:, 0, 2:, 0]  # [rows, width]
-    assert layout.pack(rows).tolist() == [[1000.0, 1001.0, 1002.0, 1003.0, 1004.0, 1005.0]]

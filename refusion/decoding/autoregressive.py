@@ -68,7 +68,7 @@ class ArRow:
         self.forwards = 0
         self.done = False
 
-    def feed(self, rows: int, packed: bool = False) -> Feed:
+    def feed(self, rows: int) -> Feed:
         fed = len(self.pending)
         return Feed(self.pending, list(range(self.position, self.position + fed)), None, [fed - 1])
 

@@ -4,37 +4,27 @@ A row is one prompt's decoder state (`autoregressive.ArRow`, `lossless.LosslessR
 `pending`, its committed tokens whose KV is not cached yet (the whole prompt at first), and
 `position`, the position of the first of them, and it answers two calls per step:
 
-- `feed(rows, packed)` -> `Feed`: the tokens it feeds this step (its pending tokens first), their true
+- `feed(rows)` -> `Feed`: the tokens it feeds this step (its pending tokens first), their true
   positions, which of them see which, and the offsets whose logits it reads. `rows` is how many
-  rows share the forward and `packed` how they are laid out (below), for a row that sizes its work by
-  what the forward costs;
+  rows share the forward, for a row that sizes its work by what the forward costs;
 - `take(logits)` with the logits it asked for, in that order: it decides, reports through its own
   callbacks, sets `done` when it has finished, and returns the offsets of the fed tokens whose KV
   the cache keeps (in order: its exact causal cache of the text).
 
 A row may also offer `spare` after `feed`: drafts it can add to its feed at no model work (`Spare`),
-and then answers `fill(tokens)` with its feed grown by that many of them; the batch decides how many.
+and then answers `fill(tokens)` with its feed grown by that many of them. Rows are fed at the widest
+row's width, so a shorter row's room costs nothing: the batch fills it, and widens the whole forward
+where what every row's drafts add pays for it.
 
 Rows' feeds are laid side by side in a [rows, width] batch, each row's last pending token in the
 same column (a shorter prompt is padded on its left), so that the logits read fall in a few
 columns and the LM head runs only on those; one additive mask hides from each row the cache
-entries and fed tokens that are not its own. Every row is fed at the widest row's width, so a
-shorter row's room costs nothing: the batch fills it with spare drafts, and widens the whole forward
-where what every row's drafts add pays for it (`fill_width`).
-
-Under the invariant attention, which attends each row to its own keys in float64 whatever the layout,
-the rows' feeds are laid end to end in one row instead ("packed"), so that the matrix products, most
-of a forward, compute no padding: the first step (nothing cached yet, every prompt fed whole) attends
-each prompt to itself alone (`invariant_kernels.packed`); later steps spread the packed tokens back
-into rows for the cache and the attention (`kv_cache.packed_rows`). A packed row's draft costs what
-its token adds to the forward, not a column of every row: the best drafts of all rows are added while
-they pay (`fill_packed`). On the 16 bench prompts, lossless rows fed 16-21 tokens a step packed where
-side by side they were fed 16 rows at the widest row's width.
-
-The cache is shared: a column holds one entry per row, and `padding` marks the entries that are not
-that row's (its feed was shorter, it kept fewer tokens, or it joined with a shorter prompt). Columns
-that are padding in every row are cut, and a finished row's cache row is dropped, so that finished
-rows stop costing work.
+entries and fed tokens that are not its own. Under the invariant attention the first step (nothing
+cached yet, every prompt fed whole) lays the feeds end to end in one row instead, each attending to
+its own alone: no padding is fed. The cache is shared: a column holds
+one entry per row, and `padding` marks the entries that are not that row's (its feed was shorter,
+it kept fewer tokens, or it joined with a shorter prompt). Columns that are padding in every row
+are cut, and a finished row's cache row is dropped, so that finished rows stop costing work.
 
 A row may join a running batch between steps (the server's continuous batching): its prompt but
 the last token is fed in a forward of its own, and its cache row is added to the batch's. Knows nothing about tokenizers.
@@ -42,7 +32,6 @@ the last token is fed in a forward of its own, and its cache row is added to the
 
 from __future__ import annotations
 
-import collections
 import itertools
 from dataclasses import dataclass
 from typing import Callable
@@ -93,26 +82,6 @@ def fill_width(ends: list[int], spares: list[Spare | None]) -> int:
         return tokens / cost(fed)
 
     return max(range(floor, widest + 1), key=rate)  # the narrowest of equals
-
-
-def fill_packed(fed: list[int], spares: list[Spare | None]) -> list[int]:
-    """How many of its spare drafts each row adds to a forward that packs the rows' tokens end to end (rows feeding
-    `fed` tokens each): the best drafts of all rows first, as many as make the tokens all rows are expected to
-    commit per unit of the forward's cost grow. Packed, `Spare.cost` prices the forward by the tokens it feeds over
-    its rows (`ForwardCost.packed`)."""
-    cost = next(spare.cost for spare in spares if spare)
-    rows, tokens_fed = len(fed), sum(fed)
-    offers = sorted(((gain, b) for b, spare in enumerate(spares) if spare for gain in spare.gains),
-                    key=lambda offer: -offer[0])  # stable: each row's in its own order, best first
-    expected = sum(spare.expected if spare else 1.0 for spare in spares)
-    best, best_rate = 0, expected / cost(tokens_fed / rows)
-    for added, (gain, _) in enumerate(offers, 1):
-        expected += gain
-        rate = expected / cost((tokens_fed + added) / rows)
-        if rate > best_rate:
-            best, best_rate = added, rate
-    counts = collections.Counter(b for _, b in offers[:best])
-    return [counts[b] for b in range(rows)]
 
 
 def _seen(feed: Feed) -> torch.Tensor:
@@ -192,14 +161,10 @@ class Batch:
     def step(self) -> list:
         """One forward for every row; returns the rows that finished (they have left the batch)."""
         self.started = True
-        packed = len(self.rows) > 1 and invariant_kernels.packs(self.runner.model)
-        feeds = [row.feed(len(self.rows), packed) for row in self.rows]
-        if packed and not self.padding.shape[1]:
-            self._packed_first_step(feeds)
-        elif packed and (len({len(feed.ids) for feed in feeds}) > 1 or any(getattr(row, "spare", None)
-                                                                           for row in self.rows)):
+        feeds = [row.feed(len(self.rows)) for row in self.rows]
+        if len(feeds) > 1 and not self.padding.shape[1] and invariant_kernels.packs(self.runner.model):
             self._packed_step(feeds)
-        else:  # side by side (rows feeding as many tokens each, `ar`'s: no padding to skip, nor spreading to pay)
+        else:
             self._padded_step(feeds)
         finished = [row for row in self.rows if row.done]
         if finished:
@@ -227,7 +192,7 @@ class Batch:
             keeps = self._take(logits, starts, feeds, read)
         self._keep(columns, keeps)
 
-    def _packed_first_step(self, feeds: list[Feed]) -> None:
+    def _packed_step(self, feeds: list[Feed]) -> None:
         """The first step of rows with nothing cached: their feeds laid end to end in one row, each attending to its
         own alone (`invariant_kernels.packed`), so that no padding is fed (16 bench prompts: 671 tokens, not 912);
         then each row's kept entries become its cache row."""
@@ -246,29 +211,6 @@ class Batch:
         index = torch.tensor([keep + keep[:1] * (most - len(keep)) for keep in keeps])  # repeats: padding
         kv_cache.gather_columns(self.cache, index)
         self.padding = torch.arange(most)[None] >= torch.tensor([len(keep) for keep in keeps])[:, None]
-
-    def _packed_step(self, feeds: list[Feed]) -> None:
-        """A step of rows with a cache: their feeds laid end to end in one row for the matrix products, which compute
-        no padding, and spread as rows side by side for the cache and the attention (`kv_cache.packed_rows`), each
-        row's from the first new column. Each row adds the drafts that pay for their tokens in the whole forward
-        (`fill_packed`), not as many as the widest row leaves room for."""
-        spares = [getattr(row, "spare", None) for row in self.rows]
-        if any(spares):
-            counts = fill_packed([len(feed.ids) for feed in feeds], spares)
-            feeds = [row.fill(count) if count else feed for row, feed, count in zip(self.rows, feeds, counts)]
-        lengths = [len(feed.ids) for feed in feeds]
-        bounds = list(itertools.accumulate(lengths, initial=0))
-        columns = self.padding.shape[1]
-        ids = torch.tensor([[token for feed in feeds for token in feed.ids]])
-        positions = torch.tensor([[position for feed in feeds for position in feed.positions]])
-        _, _, visible = _inputs(feeds, [0] * len(feeds))
-        mask = rows_mask(self.padding, visible, self.runner.dtype, self.runner.device)
-        read = [start + offset for start, feed in zip(bounds, feeds) for offset in feed.read]
-        with kv_cache.packed_rows(kv_cache.PackedRows.of(lengths)):
-            logits = self.runner(ids, positions, self.cache, mask,
-                                 logits_to_keep=torch.tensor(read, device=self.runner.device))
-        keeps = self._take(logits.expand(len(feeds), -1, -1), bounds, feeds, read)
-        self._keep(columns, [[column - start for column in keep] for start, keep in zip(bounds, keeps)])
 
     def _take(self, logits: torch.Tensor, starts: list[int], feeds: list[Feed], read: list[int]) -> list[list[int]]:
         """Each row takes the logits it asked for (row b of `logits` [B, len(read), V], read at `starts[b]` plus its

@@ -58,7 +58,6 @@ from typing import Callable
 
 import torch
 
-from .. import invariant_kernels
 from ..attention import segment_visibility
 from ..errors import RefusionError
 from .batching import Batch, Feed, Spare
@@ -312,8 +311,8 @@ class LosslessRow:
         self.lookup_offered = self.lookup_accepted = self.table_offered = self.table_accepted = 0
         self.done = False
 
-    def feed(self, rows: int, packed: bool = False) -> Feed:
-        cost = self._cost_in_batch(1 if self.seeded else rows, packed) if self.forward_cost is not None else None
+    def feed(self, rows: int) -> Feed:
+        cost = self._cost_in_batch(1 if self.seeded else rows) if self.forward_cost is not None else None
         if self.adaptive:
             self.shape.cost = cost
         remaining = self.max_new_tokens - len(self.text)
@@ -467,18 +466,15 @@ class LosslessRow:
         """The node whose masks hold the next forward's candidates: the last accepted token, else the root."""
         return ("chain", rank, len(path) - 1) if path else ("root",)
 
-    def _cost_in_batch(self, rows: int, packed: bool) -> Callable[[int], float]:
-        """A tree of w tokens, priced against one token per row: what the whole forward costs where every row is
-        fed w tokens, side by side (the batch's own table) or packed end to end (all the tokens as one row's).
+    def _cost_in_batch(self, rows: int) -> Callable[[int], float]:
+        """A tree of w tokens per row, priced against one token per row: what it adds to the whole forward.
 
     So a large batch spends its width on rows, not on drafts (on this CPU a forward's cost grows with
     every token it feeds; on a GPU far more slowly). Remembered per batch size: `choose` prices every
     shape at every step."""
-        key = (rows, packed and rows > 1)
-        if key not in self.priced:
-            cost = self.forward_cost.packed(rows) if key[1] else self.forward_cost.rows(rows)
-            self.priced[key] = functools.lru_cache(maxsize=None)(cost)
-        return self.priced[key]
+        if rows not in self.priced:
+            self.priced[rows] = functools.lru_cache(maxsize=None)(self.forward_cost.rows(rows))
+        return self.priced[rows]
 
     def output(self, cache=None) -> DecodeOutput:
         text = self.text
@@ -633,9 +629,7 @@ def prepare(runner: ModelRunner, options: dict, rows: int = 1) -> None:
     """Measure the model's forward cost by width now (once per model and batch size), outside the decode's timing."""
     if options["width_cost"] == "auto" and "auto" in (options["branches"], options["depth"], options["lookup"],
                                                       options["draft_table"]):
-        cost = ForwardCost(runner, "auto")  # measures one row's table, all that packed rows need
-        if invariant_kernels.packs(runner.model):
-            return
+        cost = ForwardCost(runner, "auto")
         for bucket in range(1, rows + 1):  # rows leave as they finish: every smaller batch is priced too
             cost.rows(bucket, measure=True)
 

@@ -288,9 +288,3 @@ class ForwardCost:
             table = width_costs(self.model, rows, measure)
             return (lambda width: interpolate_cost(table, width)) if table else float
         return lambda width: self(rows * width) / self(rows)
-
-    def packed(self, rows: int) -> Callable[[int], float]:
-        """A forward of `rows` rows' tokens packed end to end in one row, by the tokens each row feeds (a fraction
-        where rows feed different numbers: `width` is the tokens fed over `rows`), relative to one token each:
-        priced as one row of all of them."""
-        return lambda width: self(rows * width) / self(rows)

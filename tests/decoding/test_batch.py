@@ -317,19 +317,3 @@ def test_rows_that_join_a_running_batch_get_what_they_get_alone(decoder, tokeniz
     assert sorted(results) == list(range(len(prompts)))
     for index, single in enumerate(alone):
         assert (results[index].tokens, results[index].text) == (single.tokens, single.text), index
-
-
-def test_packed_rows_add_the_best_drafts_of_all_rows_while_they_pay_for_the_whole_forward():
-    """Two rows fed one token each, expected to commit one each; row 0 offers drafts adding 0.9 then 0.5, row 1
-    one adding 0.8. Priced by the tokens over the rows: cheap tokens take every draft; where a forward costs the
-    same up to 1.5 tokens a row and then 2 a token a row more, only the best draft of both rows pays (2.9 / 1
-    against 2 / 1 with none, 3.7 / 2 with the next)."""
-    from refusion.decoding.batching import Spare, fill_packed
-
-    def spares(cost):
-        return [Spare(1.0, [0.9, 0.5], cost), Spare(1.0, [0.8], cost)]
-
-    assert fill_packed([1, 1], spares(lambda width: 1 + 0.1 * (width - 1))) == [2, 1]
-    assert fill_packed([1, 1], spares(lambda width: 1.0 if width <= 1.5 else 1 + 2 * (width - 1.5))) == [1, 0]
-    assert fill_packed([1, 1], spares(lambda width: float(width))) == [0, 0]  # in proportion: none pays
-    assert fill_packed([3, 1], [None, Spare(1.0, [0.8], lambda width: 1.0 if width <= 2.5 else 9.0)]) == [0, 1]
