@@ -36,7 +36,11 @@ differently by the width of its forward).
 
 How many chains (b) and how deep (d) adapt: the decoder counts how often candidates of each rank
 and depth were accepted and picks the (b, d) that maximises expected tokens per forward over the
-forward's cost. That cost, by tokens fed, is measured once per model (`width_cost="auto"`: on a
+forward's cost. So does whether to feed the fallback masks (the root masks and the two after each chain
+token but the last), which only give the next forward candidates where chain 0 breaks: a lean tree
+feeds masks after each chain's last token only, and where it breaks the next forward offers no candidates
+and feeds root masks alone (`Shape.choose`). On the miniature, where chains are mostly accepted whole,
+fallback masks were most of each forward's width. That cost, by tokens fed, is measured once per model (`width_cost="auto"`: on a
 GPU or a bf16 CPU tens of tokens cost little more than one; in float32 on a CPU they do not), or
 modelled as `1 + width_cost * (tokens fed - 1)`. b = 0 feeds nothing extra: a plain `ar` step.
 Seeded sampling adapts from the prior with a fixed cost model instead, so that a seed gives one text.
@@ -84,6 +88,11 @@ OPTIONS = (
            choices=("auto", "off")),
     Option("width_cost", "auto", "lossless: cost of one more fed token relative to a one-token forward; auto "
            "measures the model once", float, 0.0, 1.0, auto=True),
+    Option("fallback_masks", "auto", "lossless: the masks that give the next forward its candidates where the "
+           "likeliest chain breaks (after the text and after each chain token but the last); auto feeds them only "
+           "where they pay for their width (where chains are mostly accepted whole, the next forward drafts anew "
+           "instead), on = always (with a fixed number of branches, always: every forward offers candidates)", str,
+           choices=("auto", "on")),
 )
 
 TABLE_DRAFT = 4
@@ -119,20 +128,25 @@ def validate_options(options: dict, max_new_tokens: int) -> None:
 INNER_GROUP = 2  # masks after a chain token that is not the chain's last: a placeholder and one candidate
 
 
-def tree_width(pending: int, branches: int, depth: int) -> int:
-    """Tokens one forward feeds: pending, root masks, chain tokens, and masks after each chain token."""
+def tree_width(pending: int, branches: int, depth: int, lean: bool = False) -> int:
+    """Tokens one forward feeds: pending, root masks, chain tokens, and masks after each chain token (a lean tree:
+    after the likeliest chain's last token only, and after the other candidates)."""
     if branches == 0:
         return pending
     group = depth + 1
     inner = min(INNER_GROUP, group)
+    if lean:
+        return pending + depth + group + (branches - 1) * (1 + group)
     return pending + group + (depth + group + (depth - 1) * inner) + (branches - 1) * (1 + group)
 
 
 class Shape:
     """How many chains and how deep, from how often candidates were accepted (decayed counts; deterministic)."""
 
-    def __init__(self, branches, depth, max_branches, max_depth, cost: Callable[[int], float] | None):
+    def __init__(self, branches, depth, max_branches, max_depth, cost: Callable[[int], float] | None,
+                 lean: bool = True):
         self.branches, self.depth = branches, depth
+        self.lean = lean  # lean trees may be chosen
         self.max_branches, self.max_depth, self.cost = max_branches, max_depth, cost
         rank_prior = [PRIOR_RANK[min(i, len(PRIOR_RANK) - 1)] for i in range(max_branches)]
         self.rank_hits = [PRIOR_WEIGHT * p for p in rank_prior]
@@ -143,7 +157,7 @@ class Shape:
         self.exploring = 0  # steps left of an exploration: one to feed masks, one to verify their candidates
         self.whole_chains = 0  # chains accepted whole in a row: what is beyond them is never judged
         self.probing = 0  # steps left of a deeper probe: one to feed the deeper masks, one to verify the chain
-        self._tree_costs: dict[tuple[int, int], float] = {}  # (b, d) -> cost of its forward, under `_costs_of`
+        self._tree_costs: dict[tuple, float] = {}  # (b, d, lean) -> cost of its forward, under `_costs_of`
         self._costs_of: Callable | None = None
 
     def update(self, branches: int, depth: int, rank: int | None, deeper: int) -> None:
@@ -171,34 +185,46 @@ class Shape:
             n = min(len(hits), len(own_hits))
             own_hits[:n], own_trials[:n] = hits[:n], trials[:n]
 
-    def choose(self, reach: int, explore: bool = True) -> tuple[int, int]:
-        """(branches, depth) for the next forward; chains no deeper than `reach`.
+    def choose(self, reach: int, explore: bool = True) -> tuple[int, int, bool]:
+        """(branches, depth, lean) for the next forward; chains no deeper than `reach`.
+
+        A lean tree feeds no fallback masks (`tree_width`): where the likeliest chain breaks, or no candidate is
+        right, the next forward has no candidates and feeds root masks alone (`_cold_cost`), committing one token.
+        Over that cycle a lean tree commits E + lack tokens for C(lean) + lack * C(cold), `lack` being the chance
+        the next forward goes without. On a miniature whose chains are mostly accepted whole, fallback masks were
+        most of every forward's width.
 
         `explore=False` never offers candidates only to see whether they pay: in a batch, one row's
         tree widens every row's share of the forward."""
         most_depth = max(1, min(self.max_depth, reach))
         if self.cost is None:  # fixed by the caller
-            return self.branches, min(self.depth, most_depth)
+            return self.branches, min(self.depth, most_depth), False
         sums = self._sums()
         branch_choices = [self.branches] if self.branches != "auto" else range(self.max_branches + 1)
         depth_choices = [min(self.depth, most_depth)] if self.depth != "auto" else range(1, most_depth + 1)
         # A plain step competes only when the number of branches is the decoder's to choose.
-        best, shape = ((1.0 / self.cost(1) / (1 + PLAIN_MARGIN), (0, 1)) if self.branches == "auto"
-                       else (float("-inf"), (self.branches, 1)))
+        best, shape = ((1.0 / self.cost(1) / (1 + PLAIN_MARGIN), (0, 1, False)) if self.branches == "auto"
+                       else (float("-inf"), (self.branches, 1, False)))
         if self.branches == "auto" and self.plain_steps >= EXPLORE_EVERY and explore:
             self.exploring, self.plain_steps = 2, 0
         if self.exploring:  # candidates of one branch, as deep as allowed: shows whether they pay now
             self.exploring -= 1
             best, branch_choices = 0.0, [1]
-        first_right, rank_sums, chain_sums = sums
+        first_right, rank_sums, chain_sums, whole_chains = sums
         for b in branch_choices:
             if not b:
                 continue
             offered = 1 + rank_sums[b]  # `_expected`, inlined: every step prices every shape
             for d in depth_choices:
-                gain = (offered + first_right * chain_sums[d]) / self._tree_cost(b, d)
+                expected = offered + first_right * chain_sums[d]
+                gain = expected / self._tree_cost(b, d, False)
                 if gain > best:
-                    best, shape = gain, (b, d)
+                    best, shape = gain, (b, d, False)
+                if self.lean:
+                    lack = max(0.0, 1.0 - first_right * whole_chains[d] - (rank_sums[b] - first_right))
+                    gain = (expected + lack) / (self._tree_cost(b, d, True) + lack * self._cold_cost(d))
+                    if gain > best:
+                        best, shape = gain, (b, d, True)
         self.plain_steps = self.plain_steps + 1 if shape[0] == 0 else 0
         # A depth is judged only when offered: after a few early misses it would never be offered again,
         # however well the chains before it do. Whole chains in a row earn one probe a token deeper.
@@ -206,39 +232,51 @@ class Shape:
             self.probing, self.whole_chains = 2, 0
         if self.probing and shape[0]:
             self.probing -= 1
-            shape = (shape[0], min(shape[1] + 1, most_depth))
+            shape = (shape[0], min(shape[1] + 1, most_depth), shape[2])
         return shape
 
-    def _tree_cost(self, branches: int, depth: int) -> float:
+    def _tree_cost(self, branches: int, depth: int, lean: bool) -> float:
         """The cost of a forward offering `branches` x `depth` after one pending token (remembered: every step prices
         every shape)."""
         if self._costs_of is not self.cost:
             self._tree_costs, self._costs_of = {}, self.cost
-        shape = (branches, depth)
+        shape = (branches, depth, lean)
         if shape not in self._tree_costs:
-            self._tree_costs[shape] = self.cost(tree_width(1, branches, depth))
+            self._tree_costs[shape] = self.cost(tree_width(1, branches, depth, lean))
         return self._tree_costs[shape]
+
+    def _cold_cost(self, depth: int) -> float:
+        """The cost of a forward with no candidates to offer: the pending token and the root masks for a chain of
+        `depth`."""
+        if self._costs_of is not self.cost:
+            self._tree_costs, self._costs_of = {}, self.cost
+        key = ("cold", depth)
+        if key not in self._tree_costs:
+            self._tree_costs[key] = self.cost(1 + depth + 1)
+        return self._tree_costs[key]
 
     def expected(self, branches: int, depth: int) -> float:
         """Tokens a forward offering `branches` x `depth` is expected to commit (the AR token included)."""
         return self._expected(self._sums(), branches, depth)
 
-    def _sums(self) -> tuple[float, list[float], list[float]]:
+    def _sums(self) -> tuple[float, list[float], list[float], list[float]]:
         """(chance the likeliest candidate is right, [b]: candidates of the first b ranks expected right, [d]: chain
-        tokens after the first expected right in a chain of d, given the first is)."""
+        tokens after the first expected right in a chain of d, given the first is, [d]: the chance a chain of d is
+        right whole, given its first token is)."""
         ranks = [h / t for h, t in zip(self.rank_hits, self.rank_trials)]
         depths = [h / t for h, t in zip(self.depth_hits, self.depth_trials)]
         for i in range(2, len(depths)):  # a depth never tried is taken to do as well as the one before it
             if self.depth_trials[i] == PRIOR_WEIGHT:
                 depths[i] = depths[i - 1]
-        chain_sums = [0.0, 0.0] + list(itertools.accumulate(itertools.accumulate(depths[1:], operator.mul)))
-        return ranks[0], [0.0] + list(itertools.accumulate(ranks)), chain_sums
+        products = list(itertools.accumulate(depths[1:], operator.mul))
+        chain_sums = [0.0, 0.0] + list(itertools.accumulate(products))
+        return ranks[0], [0.0] + list(itertools.accumulate(ranks)), chain_sums, [1.0, 1.0] + products
 
     @staticmethod
     def _expected(sums, branches, depth) -> float:
         if not branches:
             return 1.0
-        first_right, rank_sums, chain_sums = sums
+        first_right, rank_sums, chain_sums, _ = sums
         return 1 + rank_sums[branches] + first_right * chain_sums[depth]
 
 
@@ -271,7 +309,7 @@ class LosslessRow:
     def __init__(self, runner: ModelRunner, prompt: list[int], *, max_new_tokens: int, eos_token_ids: set[int],
                  mask_token_id: int, branches: int | str = "auto", depth: int | str = "auto", max_branches: int = 8,
                  max_depth: int = 10, lookup: int | str = "auto", draft_table: str = "auto",
-                 width_cost: float | str = "auto",
+                 width_cost: float | str = "auto", fallback_masks: str = "auto",
                  temperature: float = 0.0,
                  generator: torch.Generator | None = None, emit: EventCallback = lambda event: None,
                  should_stop: Callable[[], bool] = lambda: False):
@@ -287,7 +325,8 @@ class LosslessRow:
         if temperature > 0 and lookup not in ("auto", 0):
             raise RefusionError("lookup drafts are verified greedily: with temperature > 0 use lookup=0 or auto (none)")
         self.settings = {"branches": branches, "depth": depth, "max_branches": max_branches, "max_depth": max_depth,
-                         "lookup": lookup, "draft_table": draft_table, "width_cost": width_cost}
+                         "lookup": lookup, "draft_table": draft_table, "width_cost": width_cost,
+                         "fallback_masks": fallback_masks}
         self.lookup_most = 0 if temperature > 0 else max_depth if lookup == "auto" else lookup
         self.lookup_adaptive = lookup == "auto"
         self.ngrams = NgramIndex(prompt) if self.lookup_most else None
@@ -298,7 +337,8 @@ class LosslessRow:
         priced = self.adaptive or self.lookup_most and self.lookup_adaptive or self.table is not None
         self.forward_cost = ForwardCost(runner, width_cost) if priced else None
         self.priced: dict[int, Callable[[int], float]] = {}
-        self.shape = Shape(branches, depth, max_branches, max_depth, self.forward_cost if self.adaptive else None)
+        self.shape = Shape(branches, depth, max_branches, max_depth, self.forward_cost if self.adaptive else None,
+                           lean=fallback_masks == "auto" and branches == "auto")  # fixed: candidates every forward
         # What this model's candidates achieved earlier with the same settings is the best prior.
         self.stats_key = (temperature == 0, *sorted((key, str(value)) for key, value in self.settings.items()))
         if self.adaptive and not self.seeded:
@@ -319,7 +359,8 @@ class LosslessRow:
         # A chain of d and its masks reach T+2d+1: fed only as far as the token budget reaches.
         reach = (remaining - 1) // 2
         # Seeded rows explore whatever the batch: their trees (and so their draws) must not depend on it.
-        wanted_b, wanted_d = self.shape.choose(reach, explore=rows == 1 or self.seeded) if reach >= 1 else (0, 1)
+        wanted_b, wanted_d, lean = (self.shape.choose(reach, explore=rows == 1 or self.seeded) if reach >= 1
+                                    else (0, 1, False))
         candidates = self.candidates
         b = min(wanted_b, len(candidates.first))  # what this forward can offer
         d = min(wanted_d, 1 + len(candidates.chain))
@@ -327,12 +368,13 @@ class LosslessRow:
         self.feed_masks = wanted_b > 0  # masks give the next forward its candidates
         g = wanted_d + 1  # masks per group: a placeholder where the AR token goes, then the next chain
         forward = Forward(self.pending, self.position + len(self.pending) - 1, self.mask_token_id)
-        if self.feed_masks:
+        lean = lean and b > 0  # without candidates the root masks are what drafts the next forward
+        if self.feed_masks and not lean:
             forward.root_group(g)
         chains = [[candidates.first[0]] + candidates.chain[: d - 1]] if b else []
         chains += [[token] for token in candidates.first[1:b]]
         for chain in chains:
-            forward.chain(chain, g if self.feed_masks else 0)
+            forward.chain(chain, g if self.feed_masks else 0, inner=not lean)
         self.spare = None
         if rows == 1:
             self.lookups = self._lookup_drafts(remaining, b, d, forward.offset, cost)
@@ -343,7 +385,7 @@ class LosslessRow:
             self.spare = self._spare(spare, b, d, cost) if spare else None  # adaptive drafts are priced: cost is set
         for draft in self.lookups:
             forward.chain(draft.tokens, 0)  # no masks after it: where it wins, the next forward drafts from root masks
-        self.forward, self.chains, self.depth = forward, chains, d if b else 0
+        self.forward, self.chains, self.depth, self.lean = forward, chains, d if b else 0, lean
         return self._feed()
 
     def _feed(self) -> Feed:
@@ -414,7 +456,7 @@ class LosslessRow:
             # candidates. So a mask chain's accepted tokens count that much more, what those add on average.
             offered_masks = self.lookups and self.feed_masks  # without lookup chains every chain carries them
             carried = self.shape.expected(self.wanted_b, self.wanted_d) - 1 if offered_masks else 0.0
-            token_after, path, rank, agreed = _walk_greedy(rows, chains + drafts, len(chains), carried)
+            token_after, path, rank, agreed = _walk_greedy(rows, chains + drafts, len(chains), carried, self.lean)
             mask_rank = next((j for j in range(len(chains)) if agreed[j]), None)  # their first tokens differ
             mask_agreed = agreed[mask_rank] if mask_rank is not None else 0
             for i, draft in enumerate(self.lookups):
@@ -539,7 +581,8 @@ class Forward:
     def root_group(self, size: int) -> None:
         self._group(("root",), self.last + 1, size, [(0, len(self.segments[0][0]))])
 
-    def chain(self, tokens: list[int], group: int) -> None:
+    def chain(self, tokens: list[int], group: int, inner: bool = True) -> None:
+        """The chain's tokens, and `group` masks after its last (with `inner`, a few after each of the others too)."""
         j = self.chains
         self.chains += 1
         pending = (0, len(self.segments[0][0]))
@@ -550,7 +593,7 @@ class Forward:
             self.read.append(start + i)
             self.read_keys.append(("ar", ("chain", j, i)))
         if group:
-            for i in range(len(tokens)):
+            for i in range(0 if inner else len(tokens) - 1, len(tokens)):
                 size = group if i == len(tokens) - 1 else min(INNER_GROUP, group)
                 self._group(("chain", j, i), self.last + i + 2, size, [pending, (segment, i + 1)])
 
@@ -564,24 +607,25 @@ class Forward:
         return segment_visibility([(len(ids), sees) for ids, _, sees in self.segments])
 
 
-def _walk_greedy(rows, chains, masked: int = 0, carried: float = 0.0):
+def _walk_greedy(rows, chains, masked: int = 0, carried: float = 0.0, lean: bool = False):
     """Follow the AR argmax down every chain: (the AR token after the longest agreeing chain, that chain's accepted
     path, its index or None, and how many tokens of each chain agreed). On a tie the earlier chain wins.
 
     The root masks and the first `masked` chains have masks after them, which draft the next forward: committing
-    through them (or through no chain) is worth `carried` more tokens than committing through a chain without.
+    through them (or through no chain) is worth `carried` more tokens than committing through a chain without. A
+    lean tree has masks only after each masked chain's last token: only a chain accepted whole carries them.
     Any agreeing chain gives `ar`'s text: the choice decides only how much of it this forward and the next commit."""
     keys = [("ar", "root")] + [("ar", ("chain", j, i)) for j, chain in enumerate(chains) for i in range(len(chain))]
     picks = dict(zip(keys, greedy(torch.stack([rows[key] for key in keys])).tolist()))  # one host sync
     token = after = picks[("ar", "root")]
-    agreed, best, best_worth = [], None, carried
+    agreed, best, best_worth = [], None, 0.0 if lean else carried
     for j, chain in enumerate(chains):
         length, following = 0, token
         while length < len(chain) and chain[length] == following:
             following = picks[("ar", ("chain", j, length))]
             length += 1
         agreed.append(length)
-        worth = length + (carried if j < masked else 0.0)
+        worth = length + (carried if j < masked and (not lean or length == len(chain)) else 0.0)
         if length and worth > best_worth:
             best, best_worth, after = j, worth, following
     return after, list(range(agreed[best])) if best is not None else [], best, agreed

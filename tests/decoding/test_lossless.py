@@ -129,7 +129,8 @@ def test_chains_accepted_whole_earn_a_deeper_probe_past_a_stale_estimate(monkeyp
 
     def depths():
         oracle._refusion_lossless_stats = EveryKey(stale)
-        result = run(oracle, max_new_tokens=150, branches="auto", depth="auto", width_cost=0.05, lookup=0)
+        result = run(oracle, max_new_tokens=150, branches="auto", depth="auto", width_cost=0.05, lookup=0,
+                     fallback_masks="on")
         assert result.tokens == text
         return [event["depth"] for event in result.trace if event["event"] == "commit"]
 
@@ -139,6 +140,45 @@ def test_chains_accepted_whole_earn_a_deeper_probe_past_a_stale_estimate(monkeyp
     assert "4, 4, 4, 4" in str(probed)  # each probe accepted whole: the estimate rises until 4 is the choice
     monkeypatch.setattr(lossless, "PROBE_AFTER", 10**9)
     assert max(depths()) == 3  # without probes the stale estimate rules for good
+
+
+def shape_with(first_right: float, next_right: float, per_token: float) -> lossless.Shape:
+    """One candidate at most, chains of two at most; the candidate right `first_right` of the time and the chain's
+    second token `next_right` given the first; a forward costing 1 + per_token a token fed past the first."""
+    shape = lossless.Shape("auto", "auto", 1, 2, lambda width: 1 + per_token * (width - 1))
+    shape.rank_hits, shape.rank_trials = [4 * first_right], [4.0]
+    shape.depth_hits[1], shape.depth_trials[1] = 4 * next_right, 4.0
+    return shape
+
+
+def test_fallback_masks_are_fed_only_where_they_pay_for_their_width():
+    """Chains of 2: fed with fallback masks, 11 tokens (the pending one, 3 root masks, the chain, 2 masks after its
+    first token and 3 after its last); lean, 6 (no root masks, none after the first token); a forward without
+    candidates, 4 (the pending token and 3 root masks). Chains right 0.9 x 0.9 of the time, 0.1 a token: lean commits
+    (2.71 + 0.19) tokens for (1.5 + 0.19 * 1.3), 1.66 a unit against 2.71 / 2.0 = 1.36 with the masks (and 1.41 for
+    a lean chain of one). At 0.01 a token and candidates right 0.3 x 0.3 of the time: with the masks 1.39 / 1.10 =
+    1.26 against (1.39 + 0.91) / (1.05 + 0.91 * 1.03) = 1.16 lean (and 1.24 with masks for a chain of one)."""
+    assert lossless.tree_width(1, 1, 2) == 11 and lossless.tree_width(1, 1, 2, lean=True) == 6
+    assert shape_with(0.9, 0.9, per_token=0.1).choose(reach=2) == (1, 2, True)
+    assert shape_with(0.3, 0.3, per_token=0.01).choose(reach=2) == (1, 2, False)
+
+
+def test_where_chains_are_accepted_whole_forwards_feed_no_fallback_masks():
+    """Every draft right: once the decoder has seen enough chains accepted whole (the prior says a quarter of the
+    candidates are right), a forward with candidates feeds no root masks (the pending token comes right before the
+    chain), and the decode feeds fewer tokens in all than with fallback masks always fed; the text is the same."""
+    text = [11 + i % 8 for i in range(120)]
+    fed = {}
+    for setting in ("on", "auto"):
+        oracle = PositionOracle(text, mask_conf=[0.9] * 120, ar_conf=[0.9] * 120)
+        result = run(oracle, max_new_tokens=120, branches="auto", depth="auto", width_cost=0.05, lookup=0,
+                     fallback_masks=setting)
+        assert result.tokens == text
+        fed[setting] = [call.input_ids[0] for call in oracle.calls]
+    assert all(ids[1] == M for ids in fed["on"][1:-2] if len(ids) > 1)  # root masks, as the old trees
+    lean = [ids for ids in fed["auto"][1:] if len(ids) > 1 and ids[1] != M]
+    assert len(lean) >= len(fed["auto"]) // 2
+    assert sum(map(len, fed["auto"])) < sum(map(len, fed["on"]))
 
 
 def test_what_one_setting_learnt_is_not_the_prior_of_another():
