@@ -36,13 +36,14 @@ differently by the width of its forward).
 
 How many chains (b) and how deep (d) adapt: the decoder counts how often candidates of each rank
 and depth were accepted and picks the (b, d) that maximises expected tokens per forward over the
-forward's cost. So does whether to feed the fallback masks (the root masks and the two after each chain
-token but the last), which only give the next forward candidates where chain 0 breaks: a lean tree
-feeds masks after each chain's last token only, and where it breaks the next forward offers no candidates
-and feeds root masks alone (`Shape.choose`). On the miniature, where chains are mostly accepted whole,
-fallback masks were most of each forward's width. That cost, by tokens fed, is measured once per model (`width_cost="auto"`: on a
+forward's cost. That cost, by tokens fed, is measured once per model (`width_cost="auto"`: on a
 GPU or a bf16 CPU tens of tokens cost little more than one; in float32 on a CPU they do not), or
 modelled as `1 + width_cost * (tokens fed - 1)`. b = 0 feeds nothing extra: a plain `ar` step.
+So is whether to feed the fallback masks (the root masks and the two after each chain token but the
+last), which only give the next forward candidates where chain 0 breaks: a lean tree feeds masks after
+each chain's last token only, and where it breaks the next forward offers no candidates and feeds root
+masks alone (`Shape.choose`). On the miniature, where chains are mostly accepted whole, fallback masks
+were most of each forward's width.
 Seeded sampling adapts from the prior with a fixed cost model instead, so that a seed gives one text.
 
 A decode is a `LosslessRow` of a `refusion.decoding.batching.Batch`: alone, the batch has one row;
