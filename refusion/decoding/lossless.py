@@ -158,7 +158,7 @@ class Shape:
         self.exploring = 0  # steps left of an exploration: one to feed masks, one to verify their candidates
         self.whole_chains = 0  # chains accepted whole in a row: what is beyond them is never judged
         self.probing = 0  # steps left of a deeper probe: one to feed the deeper masks, one to verify the chain
-        self._tree_costs: dict[tuple, float] = {}  # (b, d, lean) -> cost of its forward, under `_costs_of`
+        self._tree_costs: tuple = ()  # `_costs`, priced by `_costs_of`
         self._costs_of: Callable | None = None
 
     def update(self, branches: int, depth: int, rank: int | None, deeper: int) -> None:
@@ -190,7 +190,7 @@ class Shape:
         """(branches, depth, lean) for the next forward; chains no deeper than `reach`.
 
         A lean tree feeds no fallback masks (`tree_width`): where the likeliest chain breaks, or no candidate is
-        right, the next forward has no candidates and feeds root masks alone (`_cold_cost`), committing one token.
+        right, the next forward has no candidates and feeds root masks alone (`_costs`), committing one token.
         Over that cycle a lean tree commits E + lack tokens for C(lean) + lack * C(cold), `lack` being the chance
         the next forward goes without. On a miniature whose chains are mostly accepted whole, fallback masks were
         most of every forward's width.
@@ -212,18 +212,19 @@ class Shape:
             self.exploring -= 1
             best, branch_choices = 0.0, [1]
         first_right, rank_sums, chain_sums, whole_chains = sums
+        insured, lean, cold = self._costs()
         for b in branch_choices:
             if not b:
                 continue
             offered = 1 + rank_sums[b]  # `_expected`, inlined: every step prices every shape
             for d in depth_choices:
                 expected = offered + first_right * chain_sums[d]
-                gain = expected / self._tree_cost(b, d, False)
+                gain = expected / insured[b][d]
                 if gain > best:
                     best, shape = gain, (b, d, False)
                 if self.lean:
                     lack = max(0.0, 1.0 - first_right * whole_chains[d] - (rank_sums[b] - first_right))
-                    gain = (expected + lack) / (self._tree_cost(b, d, True) + lack * self._cold_cost(d))
+                    gain = (expected + lack) / (lean[b][d] + lack * cold[d])
                     if gain > best:
                         best, shape = gain, (b, d, True)
         self.plain_steps = self.plain_steps + 1 if shape[0] == 0 else 0
@@ -236,25 +237,16 @@ class Shape:
             shape = (shape[0], min(shape[1] + 1, most_depth), shape[2])
         return shape
 
-    def _tree_cost(self, branches: int, depth: int, lean: bool) -> float:
-        """The cost of a forward offering `branches` x `depth` after one pending token (remembered: every step prices
-        every shape)."""
+    def _costs(self) -> tuple[list[list[float]], list[list[float]], list[float]]:
+        """The cost of a forward offering b x d after one pending token, [b][d], with fallback masks and lean; and
+        [d] of a forward with no candidates (the pending token and the root masks for a chain of d). Remembered
+        for the cost function they were priced by: every step prices every shape."""
         if self._costs_of is not self.cost:
-            self._tree_costs, self._costs_of = {}, self.cost
-        shape = (branches, depth, lean)
-        if shape not in self._tree_costs:
-            self._tree_costs[shape] = self.cost(tree_width(1, branches, depth, lean))
-        return self._tree_costs[shape]
-
-    def _cold_cost(self, depth: int) -> float:
-        """The cost of a forward with no candidates to offer: the pending token and the root masks for a chain of
-        `depth`."""
-        if self._costs_of is not self.cost:
-            self._tree_costs, self._costs_of = {}, self.cost
-        key = ("cold", depth)
-        if key not in self._tree_costs:
-            self._tree_costs[key] = self.cost(1 + depth + 1)
-        return self._tree_costs[key]
+            branches, depths = range(self.max_branches + 1), range(self.max_depth + 1)
+            self._tree_costs = tuple([[self.cost(tree_width(1, b, d, lean)) for d in depths] for b in branches]
+                                     for lean in (False, True)) + ([self.cost(d + 2) for d in depths],)
+            self._costs_of = self.cost
+        return self._tree_costs
 
     def expected(self, branches: int, depth: int) -> float:
         """Tokens a forward offering `branches` x `depth` is expected to commit (the AR token included)."""
