@@ -91,12 +91,9 @@ def main() -> None:
     for setting, rounds in settings.items():
         ratios = [r["ar batch 16"]["tokens_per_second"] / r["ar batch 1"]["tokens_per_second"] for r in rounds]
         lines.append(f"\n{setting}: ar batch 16 / batch 1, by round: " + ", ".join(f"{x:.2f}x" for x in ratios))
-    report = "\n".join(lines)
-    print(report)
-    if args.output:
-        from refusion.files import write_text
+    from turns import report
 
-        write_text(args.output, report + "\n")
+    report(lines, args.output)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,7 @@ the table), and the prompts whose text equals `ar`'s (bf16, greedy: every one mu
 """
 
 import argparse
-from collections import defaultdict
 from pathlib import Path
-
-import time
 
 import torch
 
@@ -20,9 +17,9 @@ import refusion
 from refusion.bench import builtin_prompts
 from refusion.decoding import lossless
 from refusion.decoding.draft_table import DraftTable
-from refusion.files import write_text
 from refusion.hardware import keep_freed_memory, set_threads
 from refusion.prompting import encode_prompt
+from turns import report, take_turns
 
 
 def main() -> None:
@@ -51,38 +48,22 @@ def main() -> None:
     for setting in settings:  # warm-up: kernels built, costs measured, outside the timing
         decode(setting, prompts[0], 8)
     lossless.forget(model)
-    seconds, tokens, forwards, texts = defaultdict(float), defaultdict(int), defaultdict(int), defaultdict(list)
-    accepted = defaultdict(lambda: defaultdict(int))
-    for index, ids in enumerate(prompts):
-        for setting in settings:
-            started = time.perf_counter()
-            result = decode(setting, ids, args.max_new_tokens)
-            seconds[setting] += time.perf_counter() - started
-            tokens[setting] += len(result.tokens)
-            forwards[setting] += result.forward_passes
-            texts[setting].append(result.tokens)
-            for key in ("drafts_accepted", "table_accepted"):
-                accepted[setting][key] += result.counters.get(key, 0)
-        print(f"prompt {index + 1}/{len(prompts)}", flush=True)
+    totals = take_turns(prompts, settings, lambda setting, ids: decode(setting, ids, args.max_new_tokens))
     lines = [f"python3 benchmarks/draft_tables.py --model {args.model} --tables {args.tables} --threads {args.threads} "
              f"--max-new-tokens {args.max_new_tokens} --limit {args.limit}  (bf16, {len(prompts)} built-in prompts, "
              f"torch {torch.__version__})",
              "| setting | table contexts | tokens/s | vs ar | tokens/forward | drafts accepted/forward (table) "
              "| text identical to ar |", "|---|---|---|---|---|---|---|"]
-    speed = {setting: tokens[setting] / seconds[setting] for setting in settings}
-    for setting in settings:
+    for setting, total in totals.items():
         table = tables.get(setting)
         size = "-" if setting == "ar" else (f"{len(table):,}" if table is not None else "none")
-        drafts = "-" if setting == "ar" else (f"{accepted[setting]['drafts_accepted'] / forwards[setting]:.2f} "
-                                              f"({accepted[setting]['table_accepted'] / forwards[setting]:.2f})")
-        same = sum(a == b for a, b in zip(texts[setting], texts["ar"]))
-        lines.append(f"| {'ar' if setting == 'ar' else 'lossless, ' + setting} | {size} | {speed[setting]:.2f} | "
-                     f"{speed[setting] / speed['ar']:.2f}x | {tokens[setting] / forwards[setting]:.2f} | {drafts} | "
-                     f"{same}/{len(prompts)} |")
-    report = "\n".join(lines)
-    print(report)
-    if args.output:
-        write_text(args.output, report + "\n")
+        drafts = "-" if setting == "ar" else (f"{total.counters['drafts_accepted'] / total.forwards:.2f} "
+                                              f"({total.counters['table_accepted'] / total.forwards:.2f})")
+        speed = total.tokens_per_second
+        lines.append(f"| {'ar' if setting == 'ar' else 'lossless, ' + setting} | {size} | {speed:.2f} | "
+                     f"{speed / totals['ar'].tokens_per_second:.2f}x | {total.tokens / total.forwards:.2f} | {drafts} | "
+                     f"{total.identical(totals['ar'])}/{len(prompts)} |")
+    report(lines, args.output)
 
 
 if __name__ == "__main__":

@@ -9,17 +9,15 @@ Per setting: tokens/s and its ratio to `ar` under the same kernels, and the prom
 """
 
 import argparse
-import time
-from collections import defaultdict
 
 import torch
 
 import refusion
 from refusion.bench import builtin_prompts
-from refusion.files import write_text
 from refusion.hardware import set_threads
 from refusion.invariant_kernels import use
 from refusion.prompting import encode_prompt
+from turns import report, take_turns
 
 SETTINGS = [("ar", "native"), ("lossless", "native"), ("ar", "invariant"), ("lossless", "invariant")]
 
@@ -39,30 +37,24 @@ def main() -> None:
         use(model, kernels)
         for decoder in ("ar", "lossless"):
             refusion.generate(model, tokenizer, prompts[0], decoder=decoder, max_new_tokens=8)
-    tokens, seconds, texts = defaultdict(int), defaultdict(float), defaultdict(list)
-    for index, ids in enumerate(prompts):
-        for decoder, kernels in SETTINGS:
-            use(model, kernels)
-            started = time.perf_counter()
-            result = refusion.generate(model, tokenizer, ids, decoder=decoder, max_new_tokens=args.max_new_tokens)
-            seconds[decoder, kernels] += time.perf_counter() - started
-            tokens[decoder, kernels] += len(result.tokens)
-            texts[decoder, kernels].append(result.tokens)
-        print(f"prompt {index + 1}/{len(prompts)}", flush=True)
+
+    def decode(setting, ids):
+        decoder, kernels = setting
+        use(model, kernels)
+        return refusion.generate(model, tokenizer, ids, decoder=decoder, max_new_tokens=args.max_new_tokens)
+
+    totals = take_turns(prompts, SETTINGS, decode)
     lines = [f"python3 benchmarks/kernel_cost.py --model {args.model} --threads {args.threads} --max-new-tokens "
              f"{args.max_new_tokens} --limit {args.limit}  (bf16, {len(prompts)} built-in prompts, torch {torch.__version__})",
              "| decoder | kernels | tokens/s | vs ar, same kernels | vs ar, native | text identical to ar, same kernels |",
              "|---|---|---|---|---|---|"]
-    speed = {setting: tokens[setting] / seconds[setting] for setting in SETTINGS}
+    speed = {setting: total.tokens_per_second for setting, total in totals.items()}
     for decoder, kernels in SETTINGS:
-        same = sum(a == b for a, b in zip(texts[decoder, kernels], texts["ar", kernels]))
+        same = totals[decoder, kernels].identical(totals["ar", kernels])
         lines.append(f"| {decoder} | {kernels} | {speed[decoder, kernels]:.2f} | "
                      f"{speed[decoder, kernels] / speed['ar', kernels]:.2f}x | "
                      f"{speed[decoder, kernels] / speed['ar', 'native']:.2f}x | {same}/{len(prompts)} |")
-    report = "\n".join(lines)
-    print(report)
-    if args.output:
-        write_text(args.output, report + "\n")
+    report(lines, args.output)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ import refusion
 from refusion import invariant_kernels
 from refusion.bench import builtin_prompts
 from refusion.decoding import runner as runners
-from refusion.files import write_text
 from refusion.hardware import keep_freed_memory, set_threads
 from refusion.prompting import encode_prompt
+from turns import report
 
 
 def main() -> None:
@@ -75,10 +75,7 @@ def main() -> None:
                      f"{1000 * statistics.median(s[2] for s in seen):.1f} |")
     same = all(texts[decoder, "padded"] == texts[decoder, "packed"] for decoder in ("ar", "lossless"))
     lines.append(f"every text the same either way: {same}")
-    report = "\n".join(lines)
-    print(report)
-    if args.output:
-        write_text(args.output, report + "\n")
+    report(lines, args.output)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ import torch
 import refusion
 from refusion.bench import builtin_prompts
 from refusion.decoding import plan_infill
-from refusion.files import write_text
 from refusion.hardware import resolve_dtype, set_threads
 from refusion.prompting import encode_prompt
+from turns import report
 
 committed, seen = Counter(), Counter()
 
@@ -60,10 +60,7 @@ def main() -> None:
         prior = plan_infill.RIDE_PRIORS.get(situation, 1.0)
         lines.append(f"| {situation} | {seen[situation]} | {committed[situation]} | "
                      f"{committed[situation] / seen[situation]:.2f} | {prior} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.output:
-        write_text(args.output, text + "\n")
+    report(lines, args.output)
 
 
 if __name__ == "__main__":
