@@ -147,7 +147,7 @@ class Shape:
     def __init__(self, branches, depth, max_branches, max_depth, cost: Callable[[int], float] | None,
                  lean: bool = True):
         self.branches, self.depth = branches, depth
-        self.lean = lean  # lean trees may be chosen
+        self.lean = lean and branches == "auto"  # lean trees may be chosen; fixed branches: candidates every forward
         self.max_branches, self.max_depth, self.cost = max_branches, max_depth, cost
         rank_prior = [PRIOR_RANK[min(i, len(PRIOR_RANK) - 1)] for i in range(max_branches)]
         self.rank_hits = [PRIOR_WEIGHT * p for p in rank_prior]
@@ -244,7 +244,7 @@ class Shape:
         if self._costs_of is not self.cost:
             branches, depths = range(self.max_branches + 1), range(self.max_depth + 1)
             self._tree_costs = tuple([[self.cost(tree_width(1, b, d, lean)) for d in depths] for b in branches]
-                                     for lean in (False, True)) + ([self.cost(d + 2) for d in depths],)
+                                     for lean in (False, True)) + ([self.cost(1 + (d + 1)) for d in depths],)
             self._costs_of = self.cost
         return self._tree_costs
 
@@ -331,7 +331,7 @@ class LosslessRow:
         self.forward_cost = ForwardCost(runner, width_cost) if priced else None
         self.priced: dict[int, Callable[[int], float]] = {}
         self.shape = Shape(branches, depth, max_branches, max_depth, self.forward_cost if self.adaptive else None,
-                           lean=fallback_masks == "auto" and branches == "auto")  # fixed: candidates every forward
+                           lean=fallback_masks == "auto")
         # What this model's candidates achieved earlier with the same settings is the best prior.
         self.stats_key = (temperature == 0, *sorted((key, str(value)) for key, value in self.settings.items()))
         if self.adaptive and not self.seeded:
