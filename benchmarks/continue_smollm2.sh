@@ -5,9 +5,11 @@
 # checkpoints and of the result, one JSON line each in $OUT/probe.jsonl.
 #   bash benchmarks/continue_smollm2.sh                     400 steps of batch 8, bf16 mixed precision, one core
 #   STEPS=900 OUT=runs/drafts-900 bash benchmarks/continue_smollm2.sh
+#   ANSWERS="answers everyday-answers" DATA=runs/drafts-everyday OUT=runs/drafts-everyday/out bash benchmarks/continue_smollm2.sh
 # The recipe: 80% of the examples in the prefix layout that lossless decoding sees (a clean prefix, then masks),
 # with only the first 8 masks kept (the drafts it reads); 20% in the paper's layout, which the `refusion` decoder reads.
-# Knobs: STEPS, BATCH, LR, PREFIX (share), HORIZON (masks kept), THREADS, DATA and OUT (directories).
+# Knobs: STEPS, BATCH, LR, PREFIX (share), HORIZON (masks kept), THREADS, DATA and OUT (directories), ANSWERS (which
+# files of benchmarks/smollm2/data to train on, without .jsonl.gz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-1}
@@ -19,12 +21,14 @@ PREFIX=${PREFIX:-0.8}
 HORIZON=${HORIZON:-8}
 DATA=${DATA:-runs/drafts}
 OUT=${OUT:-runs/drafts/out}
+ANSWERS=${ANSWERS:-answers}
 mkdir -p "$DATA"
 
-# The shipped model's self-distilled answers; every 128th finished one held out (as benchmarks/full_vs_lora.sh).
-python3 - "$DATA" <<'PY'
+# The self-distilled answers; every 128th finished one held out (as benchmarks/full_vs_lora.sh).
+python3 - "$DATA" $ANSWERS <<'PY'
 import gzip, json, sys
-rows = [r for r in map(json.loads, gzip.open("benchmarks/smollm2/data/answers.jsonl.gz", "rt")) if r["finished"]]
+rows = [r for name in sys.argv[2:] for r in map(json.loads, gzip.open(f"benchmarks/smollm2/data/{name}.jsonl.gz", "rt"))
+        if r["finished"]]
 for name, keep in (("train", lambda i: i % 128), ("heldout", lambda i: not i % 128)):
     with open(f"{sys.argv[1]}/{name}.jsonl", "w") as f:
         f.writelines(json.dumps({"query": r["query"], "response": r["response"]}) + "\n" for i, r in enumerate(rows) if keep(i))
