@@ -57,8 +57,7 @@ def invariant_attention(module, query, key, value, attention_mask, scaling=None,
     adds drafts, a batch its other rows) and every one of its tokens must round alike; a long one, where that
     would cost several times PyTorch's attention, is cached apart (`caches_apart`). Inside `packed`, each
     segment's queries attend to that segment's keys alone."""
-    if _NATIVE_NOW.get():  # the cache's float64 entries (`cache_entries`) hold the model's values exactly
-        key, value = key.to(query.dtype), value.to(query.dtype)
+    if _NATIVE_NOW.get():
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     batch, heads, queries, dim = query.shape
@@ -137,13 +136,6 @@ def _bias(hidden: torch.Tensor, heads: tuple[int, int, int], device) -> torch.Te
     bias = torch.zeros(hidden.shape, dtype=torch.float64, device=device).masked_fill_(
         hidden, torch.finfo(torch.float64).min)
     return bias[:, :, None].expand(batch, kv_heads, groups, queries, keys).reshape(batch * kv_heads, -1, keys)
-
-
-def cache_entries(model) -> torch.dtype | None:
-    """The dtype a cache filled by this model keeps its entries in (`kv_cache.entries_as`): float64 under the
-    invariant attention, which would otherwise convert every cached key and value at every layer of every
-    forward (at 16 rows about a tenth of `ar`'s time on this project's CPU); None (the model's own) else."""
-    return torch.float64 if _attends_invariantly(model) else None
 
 
 def caches_apart(model, prefix_tokens: int) -> bool:

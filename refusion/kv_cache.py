@@ -7,15 +7,10 @@ slicing or reordering along S keeps every cached entry exact.
 
 Each layer holds its entries in a buffer with room to grow (`GrowingLayer`): appending writes after the
 last entry and truncating moves where the entries end, where transformers' own layer copies every cached
-entry of every row at every append. Inside `entries_as(dtype)` new buffers hold their entries in that dtype
-(float64 for the invariant attention, which sums in it: converted once as they are appended, not by every
-layer at every forward).
+entry of every row at every append.
 """
 
 from __future__ import annotations
-
-import contextlib
-import contextvars
 
 import torch
 from transformers import DynamicCache
@@ -24,24 +19,12 @@ from transformers.cache_utils import DynamicLayer
 # One entry per layer: (keys, values), each [B, H, S, D].
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]
 
-_ENTRIES_DTYPE = contextvars.ContextVar("refusion_cache_entries_dtype", default=None)
-
-
-@contextlib.contextmanager
-def entries_as(dtype: torch.dtype | None):
-    """Buffers a cache makes inside keep their entries in `dtype` (None: as the model computes them)."""
-    token = _ENTRIES_DTYPE.set(dtype)
-    try:
-        yield
-    finally:
-        _ENTRIES_DTYPE.reset(token)
-
 
 class GrowingLayer(DynamicLayer):
     """A DynamicLayer whose `keys`/`values` are the first entries of buffers with room to grow: an append writes
     into the room (the buffers grow by half when full), a crop leaves a shorter view of the same buffers. Keys or
     values replaced by other tensors (a gather, a batch row added) are copied into new buffers at the next
-    append. New buffers take the dtype `entries_as` names, else that of the entries they hold."""
+    append."""
 
     ROOM = 64  # entries of room at least, beyond what an append needs, when buffers are made
     _buffers = None
@@ -59,10 +42,9 @@ class GrowingLayer(DynamicLayer):
         if buffers is None or not (_heads_view(self.keys, buffers[0]) and _heads_view(self.values, buffers[1])) \
                 or buffers[0].shape[2] < needed:
             room = needed + max(self.ROOM, needed // 2)
-            dtype = _ENTRIES_DTYPE.get() or (self.keys.dtype if length else key_states.dtype)
             buffers = []
             for old, new in ((self.keys, key_states), (self.values, value_states)):
-                buffer = new.new_empty(new.shape[0], new.shape[1], room, new.shape[3], dtype=dtype)
+                buffer = new.new_empty(new.shape[0], new.shape[1], room, new.shape[3])
                 if length:
                     buffer[:, :, :length] = old
                 buffers.append(buffer)

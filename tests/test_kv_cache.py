@@ -76,21 +76,3 @@ def test_a_segment_taken_before_a_truncation_keeps_its_entries_when_others_are_a
     kv_cache.truncate(cache, 5)
     kv_cache.append(cache, [(torch.zeros(1, 1, 4, 1), torch.zeros(1, 1, 4, 1))] * 2)
     assert [keys[0, 0, :, 0].tolist() for keys, _ in taken] == [[6.0, 7.0, 8.0]] * 2
-
-
-def test_a_cache_begun_inside_entries_as_keeps_that_dtype_through_appends_gathers_and_new_rows():
-    """Entries computed in bf16 are kept in float64 from the first append on (inside or not), exactly."""
-    with kv_cache.entries_as(torch.float64):
-        cache = kv_cache.new_cache()
-        cache.update(torch.full((2, 1, 3, 1), 1.5, dtype=torch.bfloat16), torch.full((2, 1, 3, 1), 2.5,
-                                                                                      dtype=torch.bfloat16), 0)
-    kv_cache.append(cache, [(torch.full((2, 1, 70, 1), 3.0, dtype=torch.bfloat16),) * 2])  # regrows: still float64
-    kv_cache.keep_tail_columns(cache, 2, torch.tensor([[0, 1], [1, 1]]))
-    kv_cache.append(cache, [(torch.full((2, 1, 1, 1), 4.0, dtype=torch.bfloat16),) * 2])
-    kv_cache.add_rows(cache, kv_cache.new_cache(), 2)
-    keys, values = kv_cache.layer_tensors(cache)[0]
-    assert keys.dtype == values.dtype == torch.float64
-    assert keys[:2, 0, :, 0].tolist() == [[1.5, 1.5, 1.5, 3.0, 4.0], [1.5, 1.5, 3.0, 3.0, 4.0]]
-    plain = kv_cache.new_cache()
-    plain.update(torch.ones(1, 1, 2, 1, dtype=torch.bfloat16), torch.ones(1, 1, 2, 1, dtype=torch.bfloat16), 0)
-    assert kv_cache.layer_tensors(plain)[0][0].dtype == torch.bfloat16  # outside: the entries' own dtype

@@ -78,14 +78,11 @@ class ModelRunner:
     device: torch.device = field(init=False)
     dtype: torch.dtype = field(init=False)
     cache_keyword: str = field(init=False)
-    cache_entries: torch.dtype | None = field(init=False)
-    """The dtype of the entries of caches this runner's forwards fill (`invariant_kernels.cache_entries`)."""
 
     def __post_init__(self):
         self.device = model_device(self.model)
         invariant_kernels.ensure(self.model)  # a token's logits the same whatever else its forward feeds
         self.cache_keyword = cache_keyword(self.model)
-        self.cache_entries = invariant_kernels.cache_entries(self.model)
         try:
             self.dtype = next(self.model.parameters()).dtype
         except (AttributeError, StopIteration, TypeError):
@@ -106,15 +103,14 @@ class ModelRunner:
             # CPU the LM head over that slice made the whole forward several times slower than over
             # the gathered copy that indices give.
             logits_to_keep = torch.arange(new - logits_to_keep, new, device=self.device)
-        with kv_cache.entries_as(self.cache_entries):
-            output = self.model(
-                input_ids=input_ids.to(self.device),
-                position_ids=position_ids.to(self.device),
-                use_cache=True,
-                attention_mask=attention_mask,
-                logits_to_keep=logits_to_keep,
-                **{self.cache_keyword: cache},
-            )
+        output = self.model(
+            input_ids=input_ids.to(self.device),
+            position_ids=position_ids.to(self.device),
+            use_cache=True,
+            attention_mask=attention_mask,
+            logits_to_keep=logits_to_keep,
+            **{self.cache_keyword: cache},
+        )
         logits = output.logits
         if self.suppress_token_id is not None:
             logits[..., self.suppress_token_id] = torch.finfo(logits.dtype).min
@@ -190,8 +186,7 @@ def width_costs(model, rows: int = 1, measure: bool = True) -> dict[int, float] 
     cache = kv_cache.new_cache()
     keyword = cache_keyword(model)
     context = torch.zeros(rows, CALIBRATION_CONTEXT, dtype=torch.long, device=device)
-    with kv_cache.entries_as(invariant_kernels.cache_entries(model)):  # the entries a decoder's cache keeps
-        model(input_ids=context, use_cache=True, logits_to_keep=1, **{keyword: cache})
+    model(input_ids=context, use_cache=True, logits_to_keep=1, **{keyword: cache})
     widths = CALIBRATION_WIDTHS if rows == 1 else BATCH_CALIBRATION_WIDTHS
     fastest = dict.fromkeys(widths, float("inf"))
     for _ in range(CALIBRATION_ROUNDS if rows == 1 else BATCH_CALIBRATION_ROUNDS):
@@ -228,9 +223,8 @@ def build_kernels(model, most: int) -> None:
     device = model_device(model)
     keyword = cache_keyword(model)
     cache = kv_cache.new_cache()
-    with kv_cache.entries_as(invariant_kernels.cache_entries(model)):  # the entries a decoder's cache keeps
-        model(input_ids=torch.zeros(1, 4, dtype=torch.long, device=device), use_cache=True, logits_to_keep=1,
-              **{keyword: cache})
+    model(input_ids=torch.zeros(1, 4, dtype=torch.long, device=device), use_cache=True, logits_to_keep=1,
+          **{keyword: cache})
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     most = min(most, positions - 4) if isinstance(positions, int) else most  # no forward past what the model knows
     for width in range(1, most + 1):

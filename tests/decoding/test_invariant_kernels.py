@@ -122,27 +122,6 @@ def test_a_token_gets_the_logits_it_gets_alone_at_every_width_gap_and_batch_row(
     assert widths_that_part("invariant") == []
 
 
-def test_caches_keep_float64_entries_under_the_invariant_attention_and_give_the_logits_bf16_entries_give():
-    """The entries are the model's bf16 keys and values held exactly: every logit the same, bit for bit, also
-    for a forward under PyTorch's attention (a long prompt's, `ModelRunner.alone`)."""
-    model = shipped_shaped_model("invariant", attention_scale=30.0)
-    runner = ModelRunner(model)
-    assert runner.cache_entries == torch.float64
-    ids = sequence(24)
-    logits = {}
-    for entries in (torch.float64, None):
-        runner.cache_entries = entries
-        cache = kv_cache.new_cache()
-        first = runner.alone(ids[:, :12], torch.arange(12)[None], cache, logits_to_keep=1)
-        rest = runner(ids[:, 12:], torch.arange(12, 24)[None], cache, logits_to_keep=12)
-        logits[entries] = (first, rest, kv_cache.layer_tensors(cache)[0][0])
-    assert logits[torch.float64][2].dtype == torch.float64 and logits[None][2].dtype == torch.bfloat16
-    assert torch.equal(logits[torch.float64][2], logits[None][2].double())
-    assert torch.equal(logits[torch.float64][0], logits[None][0])
-    assert torch.equal(logits[torch.float64][1], logits[None][1])
-    assert ModelRunner(shipped_shaped_model("native")).cache_entries is None
-
-
 def test_invariant_attention_matches_sdpa_up_to_rounding_and_never_yields_nan():
     torch.manual_seed(0)
     module = torch.nn.Module().eval()
