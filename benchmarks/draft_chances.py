@@ -3,9 +3,9 @@
 Decodes the prompts with `ar` (greedy), then walks each text: at every position, the draft the
 lossless decoder would take from the text so far (`NgramIndex`) and from the model's draft table,
 and whether its first token is the text's next one, and each later one given the ones before were.
-These are `refusion.decoding.lookup`'s PRIOR_CHANCE and TABLE_PRIOR_CHANCE, which price drafts in a
-batch before the counts take over. Skip the prompts a batch bench runs on (the first 16) to keep
-the priors from being fitted to them.
+What a draft's first token is worth where nothing else is fed beside it, as in a batch of 16 rows
+(`benchmarks/batch_pricing.py` at `e7ef966` priced batch rows' drafts by these chances: more tokens
+a forward, fewer tokens/s; BENCHMARKS.md). --skip leaves out the prompts a batch bench runs on.
 
     python3 benchmarks/draft_chances.py --skip 16 --output benchmarks/bench/draft-chances.txt
 """

@@ -8,8 +8,7 @@ it adds to a forward, so it pays where the mask head's drafts are weak and the t
 
 `NgramIndex` finds the draft in constant time per committed token. `LookupGain` learns, per match
 length, how many tokens a lookup draft adds beyond what the mask-head chains accepted in the same
-forward, and offers one only where that is worth its width. `DraftChance` learns how often a draft's
-tokens agree with the AR head at all, which prices drafts in a batch. Knows nothing about models.
+forward, and offers one only where that is worth its width. Knows nothing about models.
 """
 
 from __future__ import annotations
@@ -19,14 +18,7 @@ from typing import Callable
 LONGEST_MATCH = 3  # n-grams tried, longest first
 PRIOR_GAIN = {1: 0.3, 2: 1.0, 3: 1.5}  # tokens a draft adds beyond the mask chains, by match length, before any seen
 TABLE_PRIOR_GAIN = {1: 0.1, 2: 0.2, 3: 0.2, 4: 0.4}  # the same for draft-table chains (`draft_table.py`)
-# Chance that a draft's first token is right, and each later one given the one before was, by match length, rounded
-# from the shipped model's `ar` texts on the 24 built-in bench prompts a batch bench does not run (`python3
-# benchmarks/draft_chances.py --skip 16`, benchmarks/bench/draft-chances.txt). The counts take over within tens
-# of drafts.
-PRIOR_CHANCE = {1: (0.2, 0.55), 2: (0.5, 0.6), 3: (0.65, 0.75)}
-TABLE_PRIOR_CHANCE = {1: (0.15, 0.4), 2: (0.25, 0.45), 3: (0.35, 0.45), 4: (0.45, 0.5)}
 PRIOR_WEIGHT, DECAY = 4.0, 0.95
-CHANCE_DECAY = 0.99  # the chances are shared by a batch's rows, each adding its drafts every step: a longer memory
 EXPLORE_EVERY = 16  # after this many matches passed over, offer one anyway: how much they add may have changed
 
 
@@ -93,28 +85,3 @@ class LookupGain:
     def update(self, match: int, added: int) -> None:
         self.gain[match] = DECAY * self.gain[match] + added
         self.trials[match] = DECAY * self.trials[match] + 1
-
-
-class DraftChance:
-    """How often a draft's tokens agree with the AR head, per match length: its first token, and each later one
-    given the one before did (decayed counts). In a batch a draft is priced by what each of its tokens adds to the
-    rows' progress, whatever the mask chains do: there a row rarely feeds any."""
-
-    def __init__(self, priors: dict[int, tuple[float, float]] = PRIOR_CHANCE):
-        self.hits = {n: [PRIOR_WEIGHT * first, PRIOR_WEIGHT * later] for n, (first, later) in priors.items()}
-        self.trials = {n: [PRIOR_WEIGHT, PRIOR_WEIGHT] for n in priors}
-
-    def along(self, match: int, length: int) -> list[float]:
-        """[i]: the chance that tokens 0 .. i of a draft of `length` tokens from a match of `match` are all right,
-        which is what its token i is expected to add."""
-        (first, later), (first_trials, later_trials) = self.hits[match], self.trials[match]
-        chance, step = first / first_trials, later / later_trials
-        return [chance * step ** i for i in range(length)]
-
-    def update(self, match: int, offered: int, agreed: int) -> None:
-        """A draft of `offered` tokens from a match of `match` was verified; its first `agreed` agreed."""
-        hits, trials = self.hits[match], self.trials[match]
-        for i in range(min(offered, agreed + 1)):  # token i is judged where the ones before it agreed
-            kind = min(i, 1)
-            hits[kind] = CHANCE_DECAY * hits[kind] + (i < agreed)
-            trials[kind] = CHANCE_DECAY * trials[kind] + 1

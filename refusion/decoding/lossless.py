@@ -68,7 +68,7 @@ from ..errors import RefusionError
 from .batching import Batch, Feed, Spare
 from .generation import EventCallback
 from .draft_table import DraftTable
-from .lookup import TABLE_PRIOR_CHANCE, TABLE_PRIOR_GAIN, DraftChance, LookupGain, NgramIndex
+from .lookup import TABLE_PRIOR_GAIN, LookupGain, NgramIndex
 from .options import Option
 from .runner import DecodeOutput, ForwardCost, ModelRunner
 from .sampling import draw, greedy, tempered, verify_candidates
@@ -327,7 +327,6 @@ class LosslessRow:
         self.table: DraftTable | None = (getattr(runner.model, "_refusion_draft_table", None)
                                          if draft_table == "auto" and temperature == 0 else None)
         self.table_most, self.table_gain = min(TABLE_DRAFT, max_depth), LookupGain(TABLE_PRIOR_GAIN)
-        self.chances = _draft_chances(runner.model)
         priced = self.adaptive or self.lookup_most and self.lookup_adaptive or self.table is not None
         self.forward_cost = ForwardCost(runner, width_cost) if priced else None
         self.priced: dict[int, Callable[[int], float]] = {}
@@ -419,14 +418,14 @@ class LosslessRow:
         return drafts
 
     def _spare(self, drafts: list["LookupDraft"], b: int, d: int, cost) -> Spare | None:
-        """In a batch: what these drafts could add, best first; `fill` adds them in that order. A draft's token adds
-        the chance that it and the draft's tokens before it are right (`DraftChance`); a draft starting with the
-        token an earlier one starts with adds nothing there and is left out."""
-        drafts = [draft for i, draft in enumerate(drafts) if all(draft.tokens[0] != other.tokens[0]
-                                                                  for other in drafts[:i])]
+        """In a batch: what these drafts could add, best first; `fill` adds them in that order. A draft's tokens are
+        taken to be accepted one after another with a constant chance q, q / (1 - q) being what drafts of its source
+        and match added on average: its i-th token adds q^i."""
         gains = []
         for j, draft in enumerate(drafts):
-            gains += [(chance, j) for chance in self.chances[draft.source].along(draft.match, len(draft.tokens))]
+            mean = max(draft.gain.mean(draft.match), 0.0)
+            chance = mean / (1 + mean)
+            gains += [(chance ** (i + 1), j) for i in range(len(draft.tokens))]
         gains.sort(key=lambda gain: -gain[0])  # stable, and decreasing along each draft: every prefix keeps order
         self.spare_drafts, self.spare_order = drafts, [j for _, j in gains]
         return Spare(self.shape.expected(b, d), [gain for gain, _ in gains], cost)
@@ -455,7 +454,6 @@ class LosslessRow:
             mask_agreed = agreed[mask_rank] if mask_rank is not None else 0
             for i, draft in enumerate(self.lookups):
                 draft.gain.update(draft.match, max(0.0, agreed[len(chains) + i] - mask_agreed - carried))
-                self.chances[draft.source].update(draft.match, len(draft.tokens), agreed[len(chains) + i])
                 accepted = len(path) if rank == len(chains) + i else 0
                 if draft.source == "table":
                     self.table_offered += len(draft.tokens)
@@ -676,20 +674,6 @@ def prepare(runner: ModelRunner, options: dict, rows: int = 1) -> None:
 def forget(model) -> None:
     """Drop the acceptance counts earlier generations left on the model: the next ones start from the prior."""
     model.__dict__.pop("_refusion_lossless_stats", None)
-    model.__dict__.pop("_refusion_draft_chances", None)
-
-
-def _draft_chances(model) -> dict[str, DraftChance]:
-    """How often lookup and table drafts agree with this model's AR head, by source: one record per model, which
-    every row (of a batch, and of the generations after it) adds its drafts to."""
-    chances = getattr(model, "_refusion_draft_chances", None)
-    if chances is None:
-        chances = {"lookup": DraftChance(), "table": DraftChance(TABLE_PRIOR_CHANCE)}
-        try:
-            model._refusion_draft_chances = chances
-        except AttributeError:
-            pass  # a model object that takes no attributes: each generation starts from the prior
-    return chances
 
 
 def _remember(model, key: tuple, shape: Shape) -> None:

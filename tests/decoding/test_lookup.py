@@ -1,8 +1,6 @@
 """Lookup drafts: what the n-gram index proposes, and when a draft is judged worth its width."""
 
-import pytest
-
-from refusion.decoding.lookup import EXPLORE_EVERY, DraftChance, LookupGain, NgramIndex
+from refusion.decoding.lookup import EXPLORE_EVERY, LookupGain, NgramIndex
 
 
 def test_the_longest_latest_match_gives_the_draft():
@@ -36,18 +34,3 @@ def test_a_draft_passed_over_long_enough_is_offered_once_to_see_whether_it_pays_
     offered = [gain.pays(1, 4, expected=1.0, width=1, cost=dear) for _ in range(2 * EXPLORE_EVERY)]
     assert offered.count(True) == 2 and offered[EXPLORE_EVERY - 1]
     assert not any(LookupGain().pays(1, 4, 1.0, 1, dear, explore=False) for _ in range(2 * EXPLORE_EVERY))
-
-
-def test_a_drafts_tokens_are_worth_the_chance_that_they_and_the_ones_before_them_are_right():
-    chance = DraftChance({2: (0.5, 0.8)})
-    assert chance.along(2, 3) == pytest.approx([0.5, 0.4, 0.32])
-    # A draft of three tokens whose first two agreed: its first token right, then (later tokens) one right and one
-    # wrong, each judgement decaying the counts before it by 0.99; the prior weighs 4 judgements.
-    chance.update(2, offered=3, agreed=2)
-    first = (0.99 * 2 + 1) / (0.99 * 4 + 1)
-    later = (0.99 * (0.99 * 3.2 + 1) + 0) / (0.99 * (0.99 * 4 + 1) + 1)
-    assert chance.along(2, 2) == pytest.approx([first, first * later])
-    # Where the first token is wrong, nothing after it is judged.
-    before = chance.along(2, 2)
-    chance.update(2, offered=2, agreed=0)
-    assert chance.along(2, 1)[0] < before[0] and chance.along(2, 2)[1] / chance.along(2, 1)[0] == pytest.approx(later)

@@ -275,9 +275,9 @@ def test_a_long_prompt_does_not_make_a_lookup_draft_look_cheap():
 def test_in_a_batch_drafts_widen_the_forward_only_where_they_pay_for_every_row(second, widened):
     """Rows of a batch are fed side by side at the widest row's width: a wider forward costs every row, and its
     tokens are every row's progress. At width_cost 0.1 two rows' forward of one token each is worth 2 / 1.1 = 1.82
-    tokens per unit of cost. The draft 6 7 5 (a one-token match: its first token right with a chance of 0.2 on
-    prior) widens it to two tokens each only where both rows have it: (2 + 2 x 0.2) / 1.3 = 1.85, against
-    (2 + 0.2) / 1.3 = 1.69 where one row has it."""
+    tokens per unit of cost. The draft 6 7 5 (a one-token match: 0.3 tokens on prior, its first token worth 0.23)
+    widens it to two tokens each only where both rows have it: (2 + 2 x 0.23) / 1.3 = 1.90, against
+    (2 + 0.23) / 1.3 = 1.72 where one row has it."""
     ar = [5, 6, 7, 9, 10, 11]  # the prompt is 5 6 7: after 5, the draft 6 7 5; after 8 9 10 5, none
     oracle = PositionOracle([0] * 6, mask_conf=[0.9] * 6, ar_conf=[0.9] * 6, ar_token=ar)
     results = refusion.generate(oracle, Tokenizer(), [PROMPT, second], decoder="lossless", branches=0, depth=2,
