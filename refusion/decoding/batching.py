@@ -40,7 +40,7 @@ import torch
 
 from .. import invariant_kernels, kv_cache
 from ..attention import rows_mask
-from .runner import ModelRunner, cache_prefix
+from .runner import ModelRunner, cache_prefixes
 
 COMPACT_WASTE = 64
 """Re-pack the cache when its width exceeds the longest row's own entries by this many columns."""
@@ -133,27 +133,41 @@ class Batch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def add(self, row) -> None:
-        """Take a row in. Before the first step its whole prompt rides along that step (as it would alone);
-        into a running batch, its prompt but the last token is cached by a forward of its own, so that
-        the running rows' steps never carry a long prompt's width; so is a long prompt before the first step,
-        where the invariant kernels would feed it in float64 (`invariant_kernels.caches_apart`)."""
+    def add(self, *rows) -> None:
+        """Take rows in. Before the first step each one's whole prompt rides along that step (as it would alone);
+        into a running batch, their prompts but the last token are cached by a forward of their own (one for all of
+        them: `cache_prefixes`), so that the running rows' steps never carry a long prompt's width; so is a long
+        prompt before the first step, where the invariant kernels would feed it in float64
+        (`invariant_kernels.caches_apart`)."""
         if not self.rows:
             self._empty()
-        prefix = row.pending[:-1]
+        riding = [not self.started and not invariant_kernels.caches_apart(self.runner.model, len(row.pending) - 1)
+                  for row in rows]
+        apart = [row for row, rides in zip(rows, riding) if not rides]
+        caches = iter(cache_prefixes(self.runner, [row.pending[:-1] for row in apart], [row.position for row in apart]))
+        for row, rides in zip(rows, riding):
+            if rides:
+                self._ride(row)
+            else:
+                self._add_cached(row, next(caches))
+
+    def _ride(self, row) -> None:
+        """A row whose whole prompt the first step feeds."""
         columns = self.padding.shape[1]
-        if not self.started and not invariant_kernels.caches_apart(self.runner.model, len(prefix)):
-            if columns:  # a long prompt was cached apart: this row has none of its entries
-                kv_cache.add_rows(self.cache, kv_cache.new_cache(), len(self.rows))
-            self.rows.append(row)
-            self.padding = torch.cat([self.padding, torch.ones(1, columns, dtype=torch.bool)])
-            return
-        cache = cache_prefix(self.runner, prefix, row.position)
+        if columns:  # a long prompt was cached apart: this row has none of its entries
+            kv_cache.add_rows(self.cache, kv_cache.new_cache(), len(self.rows))
+        self.rows.append(row)
+        self.padding = torch.cat([self.padding, torch.ones(1, columns, dtype=torch.bool)])
+
+    def _add_cached(self, row, cache) -> None:
+        """A row whose prompt but its last token `cache` holds (one row)."""
+        prefix = len(row.pending) - 1
         row.forwards += bool(prefix)
-        row.pending, row.position = row.pending[-1:], row.position + len(prefix)
-        width = max(columns, len(prefix))
+        row.pending, row.position = row.pending[-1:], row.position + prefix
+        columns = self.padding.shape[1]
+        width = max(columns, prefix)
         padding = torch.cat([torch.ones(len(self.rows), width - columns, dtype=torch.bool), self.padding], 1)
-        its_padding = torch.arange(width) < width - len(prefix)
+        its_padding = torch.arange(width) < width - prefix
         kv_cache.add_rows(self.cache, cache, len(self.rows))
         self.padding = torch.cat([padding, its_padding[None]])
         self.rows.append(row)

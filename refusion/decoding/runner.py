@@ -9,6 +9,7 @@ and `logits_to_keep`; it returns `.logits` and updates the cache it was given. K
 from __future__ import annotations
 
 import inspect
+import itertools
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -138,6 +139,32 @@ def cache_prefix(runner: ModelRunner, prefix: list[int], position: int):
         call = runner.alone if invariant_kernels.caches_apart(runner.model, len(prefix)) else runner
         call(torch.tensor([prefix]), torch.arange(position, position + len(prefix))[None], cache, logits_to_keep=1)
     return cache
+
+
+def cache_prefixes(runner: ModelRunner, prefixes: list[list[int]], positions: list[int]) -> list:
+    """`cache_prefix` for several prompts at once: one one-row cache each, holding the entries it gets alone. Under
+    the invariant attention the short ones share one forward, laid end to end (`invariant_kernels.packed`: each
+    attends to itself alone, so its entries are bitwise those of a forward of its own); a long one is cached apart
+    as `cache_prefix` does, and so is every one of a model whose kernels do not pack."""
+    shared = [i for i, prefix in enumerate(prefixes)
+              if prefix and not invariant_kernels.caches_apart(runner.model, len(prefix))]
+    if len(shared) < 2 or not invariant_kernels.packs(runner.model):
+        return [cache_prefix(runner, prefix, position) for prefix, position in zip(prefixes, positions)]
+    lengths = [len(prefixes[i]) for i in shared]
+    bounds = list(itertools.accumulate(lengths, initial=0))
+    ids = torch.tensor([[token for i in shared for token in prefixes[i]]])
+    fed_positions = torch.tensor([[p for i in shared for p in range(positions[i], positions[i] + len(prefixes[i]))]])
+    visible = torch.block_diag(*(torch.ones(n, n, dtype=torch.bool).tril() for n in lengths))
+    mask = rows_mask(torch.zeros(1, 0, dtype=torch.bool), visible[None], runner.dtype, runner.device)
+    packed = kv_cache.new_cache()
+    with invariant_kernels.packed(list(zip(bounds, bounds[1:]))):
+        runner(ids, fed_positions, packed, mask, logits_to_keep=1)
+    caches = {}
+    for i, start, length in zip(shared, bounds, lengths):
+        caches[i] = kv_cache.new_cache()
+        kv_cache.append(caches[i], kv_cache.segment(packed, start, length))
+    return [caches[i] if i in caches else cache_prefix(runner, prefix, position)
+            for i, (prefix, position) in enumerate(zip(prefixes, positions))]
 
 
 def first_cache(runner: ModelRunner, prompt: list[int]):

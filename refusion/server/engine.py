@@ -200,34 +200,48 @@ class Engine:
                     return
                 arrivals = list(self._arrivals)
                 self._arrivals.clear()
-            for ticket in arrivals:
-                self._join(ticket)
+            self._join(arrivals)
             if self._batch is not None and len(self._batch):
                 self._step_batch()
             if self._lockstep is not None and len(self._lockstep):
                 self._step_lockstep()
             self.running = len(self._open)
 
-    def _join(self, ticket: Ticket) -> None:
-        job = ticket.job
-        if job.cancelled.is_set():
-            self.counters.cancelled_decoding += 1
-            self._end(ticket, None)
+    def _join(self, tickets: list[Ticket]) -> None:
+        """Open the arrivals' decodes; batch rows join together, their prompts cached by one forward (`Batch.add`)."""
+        joining = []
+        for ticket in tickets:
+            job = ticket.job
+            if job.cancelled.is_set():
+                self.counters.cancelled_decoding += 1
+                self._end(ticket, None)
+                continue
+            try:
+                if self._runner is None:
+                    self._runner = ModelRunner(self.model,
+                                               suppress_token_id=getattr(self.model.config, "mask_token_id", None))
+                    self._batch, self._lockstep = Batch(self._runner), Lockstep(self._runner)
+                opened = open_row(self.model, self.tokenizer, self._runner, job.prompt_ids, on_event=job.listener,
+                                  on_text=job.on_text, should_stop=job.cancelled.is_set, **job.options)
+                if opened.state is not None:
+                    joining.append((ticket, opened))
+                else:  # runs up to its first model call now
+                    self._open[id(self._lockstep.add(opened.decode))] = (ticket, opened)
+            except Exception as error:
+                self.counters.failed += 1
+                self._end(ticket, error=error)
+        if not joining:
             return
         try:
-            if self._runner is None:
-                self._runner = ModelRunner(self.model, suppress_token_id=getattr(self.model.config, "mask_token_id", None))
-                self._batch, self._lockstep = Batch(self._runner), Lockstep(self._runner)
-            opened = open_row(self.model, self.tokenizer, self._runner, job.prompt_ids, on_event=job.listener,
-                              on_text=job.on_text, should_stop=job.cancelled.is_set, **job.options)
-            if opened.state is not None:
-                self._batch.add(opened.state)
-                self._open[id(opened.state)] = (ticket, opened)
-            else:  # runs up to its first model call now
-                self._open[id(self._lockstep.add(opened.decode))] = (ticket, opened)
-        except Exception as error:
-            self.counters.failed += 1
-            self._end(ticket, error=error)
+            self._batch.add(*(opened.state for _, opened in joining))
+        except Exception as error:  # no row was added: the forward caching their prompts failed
+            log.error("caching joining prompts failed", exc_info=error)
+            for ticket, _ in joining:
+                self.counters.failed += 1
+                self._end(ticket, error=error)
+            return
+        for ticket, opened in joining:
+            self._open[id(opened.state)] = (ticket, opened)
 
     def _step_batch(self) -> None:
         size = len(self._batch)

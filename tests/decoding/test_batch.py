@@ -308,8 +308,7 @@ def test_rows_that_join_a_running_batch_get_what_they_get_alone(decoder, tokeniz
     joins = {0: [0, 1], 2: [2], 3: [3, 4]}  # step -> rows that join before it
     step = 0
     while len(batch) or any(later > step for later in joins):
-        for index in joins.get(step, []):
-            batch.add(opened[index].state)
+        batch.add(*(opened[index].state for index in joins.get(step, [])))  # rows arriving together join together
         for state in batch.step() if len(batch) else []:
             index = next(i for i, row in enumerate(opened) if row.state is state)
             results[index] = opened[index].result()

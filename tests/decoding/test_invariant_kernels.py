@@ -291,6 +291,37 @@ def test_a_long_prompt_joining_a_running_batch_is_cached_apart_and_writes_its_te
     assert max(float64_rows) < len(long) - 1  # the long prompt never went through float64 attention
 
 
+@pytest.mark.parametrize("decoder", ["ar", "lossless"])
+def test_rows_joining_a_running_batch_together_have_their_prompts_cached_by_one_forward(decoder, monkeypatch):
+    """The server's continuous batching: requests that arrive during a step join before the next one. Their prompts
+    but the last token are cached by one forward, laid end to end (a long one apart), and each row still writes the
+    text it writes alone."""
+    from refusion.decoding.batching import Batch
+    from refusion.decoding.dispatch import open_row
+
+    monkeypatch.setattr(invariant_kernels, "LONG_PREFIX", 30)
+    model, tokenizer = bf16_stand_in(crowded=True)
+    long, short = long_and_short(tokenizer)
+    prompts = [short] + [tokenizer(text, return_tensors="pt").input_ids[0] for text in ("abc", "1, 2, 3, 4, 5, 6")]
+    prompts += [long, tokenizer("x", return_tensors="pt").input_ids[0]]  # cached apart; nothing to cache
+    alone = [refusion.generate(model, tokenizer, prompt, decoder=decoder, max_new_tokens=16).tokens
+             for prompt in prompts]
+    runner = ModelRunner(model, suppress_token_id=model.config.mask_token_id)
+    opened = [open_row(model, tokenizer, runner, prompt, decoder=decoder, max_new_tokens=16) for prompt in prompts]
+    batch = Batch(runner)
+    batch.add(opened[0].state)
+    batch.step()
+    fed = []
+    forward = ModelRunner.__call__
+    monkeypatch.setattr(ModelRunner, "__call__",
+                        lambda self, ids, *rest, **named: fed.append(tuple(ids.shape)) or forward(self, ids, *rest, **named))
+    batch.add(*(row.state for row in opened[1:]))
+    assert fed == [(1, len(prompts[1]) - 1 + len(prompts[2]) - 1), (1, len(long) - 1)]
+    while len(batch):
+        batch.step()
+    assert [row.result().tokens for row in opened] == alone
+
+
 @pytest.mark.parametrize("decoder", ["refusion", "mdm", "fast-dllm"])
 def test_a_long_prompt_is_cached_apart_by_the_other_decoders_too_and_batch_rows_still_write_their_text(
         decoder, monkeypatch):
