@@ -167,23 +167,27 @@ def move_columns(cache: DynamicCache, source: int, target: int, count: int) -> N
     truncate(cache, target + count)
 
 
-def add_rows(cache: DynamicCache, other: DynamicCache, rows: int) -> None:
-    """Append the batch row of `other` (empty or not) to the `rows` rows of `cache` (with entries or none yet),
-    the shorter one left-padded with zero entries."""
-    started = any(layer.is_initialized for layer in other.layers)
-    if started and not any(layer.is_initialized for layer in cache.layers):  # its rows: zero entries each
-        for index, layer in enumerate(other.layers):
+def add_rows(cache: DynamicCache, others: list[DynamicCache], rows: int) -> None:
+    """Append the batch rows of `others` (one-row caches, empty or not) to the `rows` rows of `cache` (with entries or
+    none yet), every row left-padded with zero entries to the longest: one copy of the cache for all of them."""
+    reference = next((other for other in others if _started(other)), None)
+    if reference is not None and not _started(cache):  # its rows: zero entries each
+        for index, layer in enumerate(reference.layers):
             heads, dim = layer.keys.shape[1], layer.keys.shape[3]
             cache.update(layer.keys.new_zeros(rows, heads, 0, dim), layer.values.new_zeros(rows, heads, 0, dim), index)
     for index, layer in enumerate(cache.layers):
         keys, values = layer.keys, layer.values
-        if started:
-            new_keys, new_values = other.layers[index].keys, other.layers[index].values
-        else:  # nothing cached for it yet: a row of padding
-            new_keys, new_values = keys.new_zeros(1, keys.shape[1], 0, keys.shape[3]), values.new_zeros(1, values.shape[1], 0, values.shape[3])
-        width = max(keys.shape[2], new_keys.shape[2])
-        layer.keys = torch.cat([_left_pad(keys, width), _left_pad(new_keys, width)], dim=0)
-        layer.values = torch.cat([_left_pad(values, width), _left_pad(new_values, width)], dim=0)
+        added = [(other.layers[index].keys, other.layers[index].values) if _started(other)  # else a row of padding
+                 else (keys.new_zeros(1, keys.shape[1], 0, keys.shape[3]),
+                       values.new_zeros(1, values.shape[1], 0, values.shape[3])) for other in others]
+        width = max([keys.shape[2]] + [new_keys.shape[2] for new_keys, _ in added])
+        layer.keys = torch.cat([_left_pad(keys, width)] + [_left_pad(new_keys, width) for new_keys, _ in added], dim=0)
+        layer.values = torch.cat([_left_pad(values, width)] + [_left_pad(new_values, width) for _, new_values in added],
+                                 dim=0)
+
+
+def _started(cache: DynamicCache) -> bool:
+    return any(layer.is_initialized for layer in cache.layers)
 
 
 def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:

@@ -143,34 +143,34 @@ class Batch:
             self._empty()
         riding = [not self.started and not invariant_kernels.caches_apart(self.runner.model, len(row.pending) - 1)
                   for row in rows]
+        for row in (row for row, rides in zip(rows, riding) if rides):
+            self._ride(row)
         apart = [row for row, rides in zip(rows, riding) if not rides]
-        caches = iter(cache_prefixes(self.runner, [row.pending[:-1] for row in apart], [row.position for row in apart]))
-        for row, rides in zip(rows, riding):
-            if rides:
-                self._ride(row)
-            else:
-                self._add_cached(row, next(caches))
+        if apart:
+            self._add_cached(apart, cache_prefixes(self.runner, [row.pending[:-1] for row in apart],
+                                                   [row.position for row in apart]))
 
     def _ride(self, row) -> None:
         """A row whose whole prompt the first step feeds."""
         columns = self.padding.shape[1]
         if columns:  # a long prompt was cached apart: this row has none of its entries
-            kv_cache.add_rows(self.cache, kv_cache.new_cache(), len(self.rows))
+            kv_cache.add_rows(self.cache, [kv_cache.new_cache()], len(self.rows))
         self.rows.append(row)
         self.padding = torch.cat([self.padding, torch.ones(1, columns, dtype=torch.bool)])
 
-    def _add_cached(self, row, cache) -> None:
-        """A row whose prompt but its last token `cache` holds (one row)."""
-        prefix = len(row.pending) - 1
-        row.forwards += bool(prefix)
-        row.pending, row.position = row.pending[-1:], row.position + prefix
+    def _add_cached(self, rows: list, caches: list) -> None:
+        """Rows whose prompts but the last token `caches` hold (one row each), added in one copy of the cache."""
+        prefixes = [len(row.pending) - 1 for row in rows]
+        for row, prefix in zip(rows, prefixes):
+            row.forwards += bool(prefix)
+            row.pending, row.position = row.pending[-1:], row.position + prefix
         columns = self.padding.shape[1]
-        width = max(columns, prefix)
+        width = max([columns] + prefixes)
         padding = torch.cat([torch.ones(len(self.rows), width - columns, dtype=torch.bool), self.padding], 1)
-        its_padding = torch.arange(width) < width - prefix
-        kv_cache.add_rows(self.cache, cache, len(self.rows))
-        self.padding = torch.cat([padding, its_padding[None]])
-        self.rows.append(row)
+        theirs = torch.arange(width)[None] < width - torch.tensor(prefixes)[:, None]
+        kv_cache.add_rows(self.cache, caches, len(self.rows))
+        self.padding = torch.cat([padding, theirs])
+        self.rows.extend(rows)
 
     def step(self) -> list:
         """One forward for every row; returns the rows that finished (they have left the batch)."""
