@@ -139,16 +139,17 @@ class Batch:
         them: `cache_prefixes`), so that the running rows' steps never carry a long prompt's width; so is a long
         prompt before the first step, where the invariant kernels would feed it in float64
         (`invariant_kernels.caches_apart`)."""
+        riding = [not (self.started and self.rows)
+                  and not invariant_kernels.caches_apart(self.runner.model, len(row.pending) - 1) for row in rows]
+        apart = [row for row, rides in zip(rows, riding) if not rides]
+        # Their caches first: a forward that fails leaves the batch as it was.
+        caches = cache_prefixes(self.runner, [row.pending[:-1] for row in apart], [row.position for row in apart])
         if not self.rows:
             self._empty()
-        riding = [not self.started and not invariant_kernels.caches_apart(self.runner.model, len(row.pending) - 1)
-                  for row in rows]
         for row in (row for row, rides in zip(rows, riding) if rides):
             self._ride(row)
-        apart = [row for row, rides in zip(rows, riding) if not rides]
         if apart:
-            self._add_cached(apart, cache_prefixes(self.runner, [row.pending[:-1] for row in apart],
-                                                   [row.position for row in apart]))
+            self._add_cached(apart, caches)
 
     def _ride(self, row) -> None:
         """A row whose whole prompt the first step feeds."""

@@ -230,15 +230,20 @@ class Engine:
             except Exception as error:
                 self.counters.failed += 1
                 self._end(ticket, error=error)
-        if not joining:
-            return
         try:
-            self._batch.add(*(opened.state for _, opened in joining))
-        except Exception as error:  # no row was added: the forward caching their prompts failed
-            log.error("caching joining prompts failed", exc_info=error)
-            for ticket, _ in joining:
-                self.counters.failed += 1
-                self._end(ticket, error=error)
+            if joining:
+                self._batch.add(*(opened.state for _, opened in joining))
+        except Exception:  # the batch is as it was: each one again alone, so that only a row that fails alone fails
+            for ticket, opened in joining:
+                try:
+                    self._batch.add(opened.state)
+                except Exception as error:
+                    if not isinstance(error, RefusionError):
+                        log.error("caching a joining prompt failed", exc_info=error)
+                    self.counters.failed += 1
+                    self._end(ticket, error=error)
+                else:
+                    self._open[id(opened.state)] = (ticket, opened)
             return
         for ticket, opened in joining:
             self._open[id(opened.state)] = (ticket, opened)

@@ -316,3 +316,34 @@ def test_rows_that_join_a_running_batch_get_what_they_get_alone(decoder, tokeniz
     assert sorted(results) == list(range(len(prompts)))
     for index, single in enumerate(alone):
         assert (results[index].tokens, results[index].text) == (single.tokens, single.text), index
+
+
+def test_rows_whose_joining_forward_fails_leave_the_batch_as_it_was(tokenizer, monkeypatch):
+    """The server retries rows one by one when their shared joining forward fails: the failed join must have changed
+    nothing, so that the rows can join again and every row still gets what it gets alone."""
+    from refusion.decoding import batching
+    from refusion.decoding.dispatch import open_row
+    from refusion.decoding.runner import ModelRunner
+
+    model = tiny_model_with_mask("llama")
+    options = dict(decoder="ar", max_new_tokens=8)
+    prompts = [refusion.encode_prompt(tokenizer, text)[0] for text in TEXTS[:3]]
+    alone = [refusion.generate(model, tokenizer, prompt, **options).tokens for prompt in prompts]
+    runner = ModelRunner(model, suppress_token_id=model.config.mask_token_id)
+    opened = [open_row(model, tokenizer, runner, prompt, **options) for prompt in prompts]
+    batch = batching.Batch(runner)
+    batch.add(opened[0].state)
+    batch.step()
+
+    def failing(*args):
+        raise RuntimeError("out of memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(batching, "cache_prefixes", failing)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            batch.add(opened[1].state, opened[2].state)
+    assert len(batch) == 1
+    batch.add(opened[1].state, opened[2].state)
+    while len(batch):
+        batch.step()
+    assert [row.result().tokens for row in opened] == alone
