@@ -50,8 +50,11 @@ def add_decoder_options(parser: argparse.ArgumentParser) -> None:
                            help=option.describe())
     for name, (option, decoders) in all_options(DECODERS).items():
         metavar = "{" + ",".join(option.choices) + "}" if option.choices else name.split("_")[-1].upper()
+        described = option.describe()
+        for decoder in decoders:  # the tag names them; the API's descriptions keep their own "lossless: "
+            described = described.removeprefix(f"{decoder}: ")
         group.add_argument(f"--{option.flag}", default=None, metavar=metavar,
-                           help=f"[{', '.join(decoders)}] {option.describe()}")
+                           help=f"[{', '.join(decoders)}] {described}")
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:

@@ -85,3 +85,17 @@ def test_bad_input_is_one_line_on_stderr(model_dirs, args, message):
     assert "Traceback" not in run.stderr
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last
+
+
+def test_help_tags_each_decoder_option_with_its_decoders_once():
+    import argparse
+
+    from refusion.cli import add_decoder_options
+
+    parser = argparse.ArgumentParser(formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=100, width=1000))
+    add_decoder_options(parser)
+    lines = parser.format_help().splitlines()
+    branches = next(line for line in lines if line.strip().startswith("--branches"))
+    assert "[lossless] candidate tokens for the next position" in branches
+    threshold = next(line for line in lines if line.strip().startswith("--threshold"))
+    assert "[fast-dllm] unmask every token above" in threshold
