@@ -40,7 +40,7 @@ import torch
 
 from .. import invariant_kernels, kv_cache
 from ..attention import rows_mask
-from .runner import ModelRunner, cache_prefixes
+from .runner import ModelRunner, cache_prefixes, packed_width
 
 COMPACT_WASTE = 64
 """Re-pack the cache when its width exceeds the longest row's own entries by this many columns."""
@@ -212,13 +212,15 @@ class Batch:
         own alone (`invariant_kernels.packed`), so that no padding is fed (16 bench prompts: 671 tokens, not 912);
         then each row's kept entries become its cache row."""
         bounds = list(itertools.accumulate((len(feed.ids) for feed in feeds), initial=0))
-        ids = torch.tensor([[token for feed in feeds for token in feed.ids]])
-        positions = torch.tensor([[position for feed in feeds for position in feed.positions]])
-        visible = torch.block_diag(*(_seen(feed) for feed in feeds))
+        fed = bounds[-1]
+        filler = packed_width(fed) - fed  # a segment of its own, read by none: a few widths (`packed_width`)
+        ids = torch.tensor([[token for feed in feeds for token in feed.ids] + [0] * filler])
+        positions = torch.tensor([[position for feed in feeds for position in feed.positions] + list(range(filler))])
+        visible = torch.block_diag(*(_seen(feed) for feed in feeds), torch.ones(filler, filler, dtype=torch.bool).tril())
         nothing_cached = torch.zeros(1, 0, dtype=torch.bool)
         mask = rows_mask(nothing_cached, visible[None], self.runner.dtype, self.runner.device)
         read = [start + offset for start, feed in zip(bounds, feeds) for offset in feed.read]
-        with invariant_kernels.packed(list(zip(bounds, bounds[1:]))):
+        with invariant_kernels.packed(list(zip(bounds, bounds[1:])) + ([(fed, fed + filler)] if filler else [])):
             logits = self.runner(ids, positions, self.cache, mask,
                                  logits_to_keep=torch.tensor(read, device=self.runner.device))
         keeps = self._take(logits.expand(len(feeds), -1, -1), bounds, feeds, read)

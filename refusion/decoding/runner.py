@@ -144,27 +144,47 @@ def cache_prefix(runner: ModelRunner, prefix: list[int], position: int):
 def cache_prefixes(runner: ModelRunner, prefixes: list[list[int]], positions: list[int]) -> list:
     """`cache_prefix` for several prompts at once: one one-row cache each, holding the entries it gets alone. Under
     the invariant attention the short ones share one forward, laid end to end (`invariant_kernels.packed`: each
-    attends to itself alone, so its entries are bitwise those of a forward of its own); a long one is cached apart
-    as `cache_prefix` does, and so is every one of a model whose kernels do not pack."""
+    attends to itself alone, so its entries are bitwise those of a forward of its own) and filled up to a
+    `packed_width`; a long one is cached apart as `cache_prefix` does, and so is every one of a model whose kernels
+    do not pack."""
     shared = [i for i, prefix in enumerate(prefixes)
               if prefix and not invariant_kernels.caches_apart(runner.model, len(prefix))]
-    if len(shared) < 2 or not invariant_kernels.packs(runner.model):
+    if not shared or not invariant_kernels.packs(runner.model):
         return [cache_prefix(runner, prefix, position) for prefix, position in zip(prefixes, positions)]
     lengths = [len(prefixes[i]) for i in shared]
     bounds = list(itertools.accumulate(lengths, initial=0))
-    ids = torch.tensor([[token for i in shared for token in prefixes[i]]])
-    fed_positions = torch.tensor([[p for i in shared for p in range(positions[i], positions[i] + len(prefixes[i]))]])
-    visible = torch.block_diag(*(torch.ones(n, n, dtype=torch.bool).tril() for n in lengths))
+    ids = [token for i in shared for token in prefixes[i]]
+    fed_positions = [p for i in shared for p in range(positions[i], positions[i] + len(prefixes[i]))]
+    filler = packed_width(len(ids)) - len(ids)
+    segments = list(zip(bounds, bounds[1:])) + ([(len(ids), len(ids) + filler)] if filler else [])
+    visible = torch.block_diag(*(torch.ones(end - start, end - start, dtype=torch.bool).tril() for start, end in segments))
     mask = rows_mask(torch.zeros(1, 0, dtype=torch.bool), visible[None], runner.dtype, runner.device)
     packed = kv_cache.new_cache()
-    with invariant_kernels.packed(list(zip(bounds, bounds[1:]))):
-        runner(ids, fed_positions, packed, mask, logits_to_keep=1)
+    with invariant_kernels.packed(segments):
+        runner(torch.tensor([ids + [0] * filler]), torch.tensor([fed_positions + list(range(filler))]), packed, mask,
+               logits_to_keep=1)
     caches = {}
     for i, start, length in zip(shared, bounds, lengths):
         caches[i] = kv_cache.new_cache()
         kv_cache.append(caches[i], kv_cache.segment(packed, start, length))
     return [caches[i] if i in caches else cache_prefix(runner, prefix, position)
             for i, (prefix, position) in enumerate(zip(prefixes, positions))]
+
+
+PACKED_STEP = (512, 32, 128)
+"""Packed forwards are filled up to a multiple of 32 tokens, of 128 from 512 on."""
+
+
+def packed_width(tokens: int) -> int:
+    """The width a forward of `tokens` packed tokens is filled up to (with a segment of its own that nothing reads).
+
+    CPU kernels and the memory allocator keep what they built for every shape a process feeds: in a 10-minute soak of
+    the server, whose joins packed prompts to widths of every sum, its memory grew by 8% (benchmarks/load/soak-joins);
+    300 packs of random widths grew it by 343 MB, and by 1 MB filled (`benchmarks/packed_widths.py`). A filler of
+    at most 31 (127) tokens buys that."""
+    switch, small, large = PACKED_STEP
+    step = small if tokens < switch else large
+    return -(-tokens // step) * step
 
 
 def first_cache(runner: ModelRunner, prompt: list[int]):

@@ -347,3 +347,10 @@ def test_rows_whose_joining_forward_fails_leave_the_batch_as_it_was(tokenizer, m
     while len(batch):
         batch.step()
     assert [row.result().tokens for row in opened] == alone
+
+
+def test_packed_forwards_are_filled_up_to_a_few_widths():
+    from refusion.decoding.runner import packed_width
+
+    assert [packed_width(n) for n in (1, 32, 33, 500, 511, 512, 513, 700)] == [32, 32, 64, 512, 512, 512, 640, 768]
+    assert len({packed_width(n) for n in range(1, 4097)}) == 16 + 28  # 32 .. 512 by 32, then 640 .. 4096 by 128
