@@ -20,14 +20,10 @@ import torch
 import refusion
 from refusion.bench.prompts import builtin_prompts
 from refusion.decoding.lookup import NgramIndex
+from refusion.prompting import prompt_token_ids
 from refusion.files import write_text
 
 MOST = 4  # tokens per draft examined
-
-
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
-    return list(ids if isinstance(ids, list) else ids["input_ids"])
 
 
 def tally(prompts: list[list[int]], texts: list[list[int]], table) -> dict:
@@ -60,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = refusion.load(args.model, dtype=torch.bfloat16)
-    prompts = [prompt_ids(tokenizer, prompt) for prompt in builtin_prompts()[args.skip:]]
+    prompts = [prompt_token_ids(tokenizer, prompt) for prompt in builtin_prompts()[args.skip:]]
     generations = refusion.generate(model, tokenizer, prompts, decoder="ar", max_new_tokens=args.max_new_tokens)
     counts = tally(prompts, [list(g.tokens) for g in generations], getattr(model, "_refusion_draft_table", None))
     lines = [f"{args.model}: {len(prompts)} built-in prompts from number {args.skip + 1}, `ar` texts of at most "

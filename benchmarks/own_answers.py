@@ -6,15 +6,15 @@ to the bench's built-in prompts: the figures BENCHMARKS.md and benchmarks/draft_
 - Where both models answered the same everyday request: how many answers are alike, and how much of the base
   model's answer they share before they part (mean share of its characters).
 - Per answers file: instructions equal to a built-in bench prompt, and those sharing a run of five words with one
-  (words as in tests/test_distill.py: a template's phrasing, such as "what is the difference between").
+  (`five_word_runs`: a template's phrasing, such as "what is the difference between").
 """
 
 import gzip
 import json
 import os
-import re
 
 from refusion.bench import builtin_prompts
+from refusion.bench.prompts import five_word_runs
 
 DATA = "benchmarks/smollm2/data"
 
@@ -22,11 +22,6 @@ DATA = "benchmarks/smollm2/data"
 def records(name: str) -> list[dict]:
     with gzip.open(os.path.join(DATA, name), "rt") as lines:
         return [json.loads(line) for line in lines]
-
-
-def five_word_runs(text: str) -> set[tuple[str, ...]]:
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    return {tuple(words[i:i + 5]) for i in range(len(words) - 4)}
 
 
 def shared_prefix(a: str, b: str) -> int:

@@ -170,14 +170,14 @@ def move_columns(cache: DynamicCache, source: int, target: int, count: int) -> N
 def add_rows(cache: DynamicCache, others: list[DynamicCache], rows: int) -> None:
     """Append the batch rows of `others` (one-row caches, empty or not) to the `rows` rows of `cache` (with entries or
     none yet), every row left-padded with zero entries to the longest: one copy of the cache for all of them."""
-    reference = next((other for other in others if _started(other)), None)
-    if reference is not None and not _started(cache):  # its rows: zero entries each
+    reference = next((other for other in others if started(other)), None)
+    if reference is not None and not started(cache):  # its rows: zero entries each
         for index, layer in enumerate(reference.layers):
             heads, dim = layer.keys.shape[1], layer.keys.shape[3]
             cache.update(layer.keys.new_zeros(rows, heads, 0, dim), layer.values.new_zeros(rows, heads, 0, dim), index)
     for index, layer in enumerate(cache.layers):
         keys, values = layer.keys, layer.values
-        added = [(other.layers[index].keys, other.layers[index].values) if _started(other)  # else a row of padding
+        added = [(other.layers[index].keys, other.layers[index].values) if started(other)  # else a row of padding
                  else (keys.new_zeros(1, keys.shape[1], 0, keys.shape[3]),
                        values.new_zeros(1, values.shape[1], 0, values.shape[3])) for other in others]
         width = max([keys.shape[2]] + [new_keys.shape[2] for new_keys, _ in added])
@@ -186,8 +186,9 @@ def add_rows(cache: DynamicCache, others: list[DynamicCache], rows: int) -> None
                                  dim=0)
 
 
-def _started(cache: DynamicCache) -> bool:
-    return any(layer.is_initialized for layer in cache.layers)
+def started(cache) -> bool:
+    """Whether the cache holds any layer's entries yet (a new one has none, not even empty ones)."""
+    return any(layer.is_initialized for layer in getattr(cache, "layers", []))
 
 
 def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:

@@ -20,15 +20,9 @@ def test_a_torn_last_line_is_dropped_so_appending_resumes_on_a_clean_line(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.jsonl", "train.jsonl"]
 
 
-def five_word_runs(text: str) -> set[tuple[str, ...]]:
-    import re
-
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    return {tuple(words[i:i + 5]) for i in range(len(words) - 4)}
-
-
 def test_everyday_families_are_varied_outside_the_default_mix_and_share_no_phrase_with_the_bench_prompts():
     from refusion.bench import builtin_prompts
+    from refusion.bench.prompts import five_word_runs
     from refusion.distill.instructions import build_instructions
 
     default = build_instructions(500, seed=0)

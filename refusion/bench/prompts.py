@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ..errors import RefusionError
@@ -38,3 +39,10 @@ def read_prompts(path: str | Path) -> list[str]:
 def builtin_prompts() -> list[str]:
     """About 40 varied held-out prompts (none from the training templates or any benchmark)."""
     return read_prompts(BUILTIN)
+
+
+def five_word_runs(text: str) -> set[tuple[str, ...]]:
+    """Every run of five words in a text (lowercased letters and digits): an instruction sharing one with a bench
+    prompt shares a phrase with it (a template's, such as "what is the difference between")."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return {tuple(words[i:i + 5]) for i in range(len(words) - 4)}

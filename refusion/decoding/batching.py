@@ -32,7 +32,6 @@ the last token is fed in a forward of its own, and its cache row is added to the
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,7 +39,7 @@ import torch
 
 from .. import invariant_kernels, kv_cache
 from ..attention import rows_mask
-from .runner import ModelRunner, cache_prefixes, packed_width
+from .runner import ModelRunner, cache_prefixes, packed_forward
 
 COMPACT_WASTE = 64
 """Re-pack the cache when its width exceeds the longest row's own entries by this many columns."""
@@ -211,19 +210,9 @@ class Batch:
         """The first step of rows with nothing cached: their feeds laid end to end in one row, each attending to its
         own alone (`invariant_kernels.packed`), so that no padding is fed (16 bench prompts: 671 tokens, not 912);
         then each row's kept entries become its cache row."""
-        bounds = list(itertools.accumulate((len(feed.ids) for feed in feeds), initial=0))
-        fed = bounds[-1]
-        filler = packed_width(fed) - fed  # a segment of its own, read by none: a few widths (`packed_width`)
-        ids = torch.tensor([[token for feed in feeds for token in feed.ids] + [0] * filler])
-        positions = torch.tensor([[position for feed in feeds for position in feed.positions] + list(range(filler))])
-        visible = torch.block_diag(*(_seen(feed) for feed in feeds), torch.ones(filler, filler, dtype=torch.bool).tril())
-        nothing_cached = torch.zeros(1, 0, dtype=torch.bool)
-        mask = rows_mask(nothing_cached, visible[None], self.runner.dtype, self.runner.device)
-        read = [start + offset for start, feed in zip(bounds, feeds) for offset in feed.read]
-        with invariant_kernels.packed(list(zip(bounds, bounds[1:])) + ([(fed, fed + filler)] if filler else [])):
-            logits = self.runner(ids, positions, self.cache, mask,
-                                 logits_to_keep=torch.tensor(read, device=self.runner.device))
-        keeps = self._take(logits.expand(len(feeds), -1, -1), bounds, feeds, read)
+        logits, starts = packed_forward(self.runner, [(f.ids, f.positions, f.visible, f.read) for f in feeds], self.cache)
+        read = [start + offset for start, feed in zip(starts, feeds) for offset in feed.read]  # the logits' order
+        keeps = self._take(logits.expand(len(feeds), -1, -1), starts, feeds, read)
         most = max(len(keep) for keep in keeps)
         index = torch.tensor([keep + keep[:1] * (most - len(keep)) for keep in keeps])  # repeats: padding
         kv_cache.gather_columns(self.cache, index)

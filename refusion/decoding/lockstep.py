@@ -185,7 +185,7 @@ def decode_lockstep(runner: ModelRunner, works: list[Callable[[ModelRunner], Dec
 def batched_forward(runner: ModelRunner, calls: list[Call]) -> None:
     """Run the calls as one forward; give each its logits and append its fed tokens' KV to its own cache."""
     rows, width = len(calls), max(call.width for call in calls)
-    lengths = [kv_cache.length(call.cache) if _started(call.cache) else 0 for call in calls]
+    lengths = [kv_cache.length(call.cache) if kv_cache.started(call.cache) else 0 for call in calls]
     columns = max(lengths)
     ids = torch.zeros(rows, width, dtype=torch.long)
     positions = torch.zeros(rows, width, dtype=torch.long)
@@ -214,10 +214,6 @@ def batched_forward(runner: ModelRunner, calls: list[Call]) -> None:
     for r, (call, read) in enumerate(zip(calls, reads)):
         kv_cache.append(call.cache, [(k[r : r + 1, :, : call.width], v[r : r + 1, :, : call.width]) for k, v in fed_kv])
         call.logits = logits[r : r + 1, [where[offset] for offset in read]]
-
-
-def _started(cache) -> bool:
-    return any(layer.is_initialized for layer in getattr(cache, "layers", []))
 
 
 def _stack(caches, lengths: list[int], columns: int) -> kv_cache.LayerKV:

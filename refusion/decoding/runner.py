@@ -143,32 +143,45 @@ def cache_prefix(runner: ModelRunner, prefix: list[int], position: int):
 
 def cache_prefixes(runner: ModelRunner, prefixes: list[list[int]], positions: list[int]) -> list:
     """`cache_prefix` for several prompts at once: one one-row cache each, holding the entries it gets alone. Under
-    the invariant attention the short ones share one forward, laid end to end (`invariant_kernels.packed`: each
-    attends to itself alone, so its entries are bitwise those of a forward of its own) and filled up to a
-    `packed_width`; a long one is cached apart as `cache_prefix` does, and so is every one of a model whose kernels
-    do not pack."""
+    the invariant attention the short ones share one forward (`packed_forward`: each attends to itself alone, so
+    its entries are bitwise those of a forward of its own); a long one is cached apart as `cache_prefix` does, and
+    so is every one of a model whose kernels do not pack."""
     shared = [i for i, prefix in enumerate(prefixes)
               if prefix and not invariant_kernels.caches_apart(runner.model, len(prefix))]
     if not shared or not invariant_kernels.packs(runner.model):
         return [cache_prefix(runner, prefix, position) for prefix, position in zip(prefixes, positions)]
-    lengths = [len(prefixes[i]) for i in shared]
-    bounds = list(itertools.accumulate(lengths, initial=0))
-    ids = [token for i in shared for token in prefixes[i]]
-    fed_positions = [p for i in shared for p in range(positions[i], positions[i] + len(prefixes[i]))]
-    filler = packed_width(len(ids)) - len(ids)
-    segments = list(zip(bounds, bounds[1:])) + ([(len(ids), len(ids) + filler)] if filler else [])
-    visible = torch.block_diag(*(torch.ones(end - start, end - start, dtype=torch.bool).tril() for start, end in segments))
-    mask = rows_mask(torch.zeros(1, 0, dtype=torch.bool), visible[None], runner.dtype, runner.device)
     packed = kv_cache.new_cache()
-    with invariant_kernels.packed(segments):
-        runner(torch.tensor([ids + [0] * filler]), torch.tensor([fed_positions + list(range(filler))]), packed, mask,
-               logits_to_keep=1)
+    pieces = [(prefixes[i], list(range(positions[i], positions[i] + len(prefixes[i]))), None, []) for i in shared]
+    pieces[0][3].append(0)  # a logit nobody reads: the forward is for the cache
+    _, bounds = packed_forward(runner, pieces, packed)
     caches = {}
-    for i, start, length in zip(shared, bounds, lengths):
+    for i, start, end in zip(shared, bounds, bounds[1:]):
         caches[i] = kv_cache.new_cache()
-        kv_cache.append(caches[i], kv_cache.segment(packed, start, length))
+        kv_cache.append(caches[i], kv_cache.segment(packed, start, end - start))
     return [caches[i] if i in caches else cache_prefix(runner, prefix, position)
             for i, (prefix, position) in enumerate(zip(prefixes, positions))]
+
+
+def packed_forward(runner: ModelRunner, pieces: list[tuple[list[int], list[int], torch.Tensor | None, list[int]]],
+                   cache) -> tuple[torch.Tensor, list[int]]:
+    """One forward of sequences laid end to end in one row after an empty `cache`, each attending to itself alone
+    (`invariant_kernels.packed`), filled up to a `packed_width` by a segment nothing reads. `pieces`: (ids, their
+    positions, [n, n] which of them each sees or None for causal, the offsets in it whose logits to return).
+    Returns (logits [1, all pieces' reads in order, V], where each piece starts and the last ends)."""
+    bounds = list(itertools.accumulate((len(piece[0]) for piece in pieces), initial=0))
+    fed = bounds[-1]
+    filler = packed_width(fed) - fed
+    ids = [token for piece in pieces for token in piece[0]] + [0] * filler
+    positions = [p for piece in pieces for p in piece[1]] + list(range(filler))
+    seen = [visible if visible is not None else torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
+            for ids, _, visible, _ in pieces]
+    visible = torch.block_diag(*seen, torch.ones(filler, filler, dtype=torch.bool).tril())
+    mask = rows_mask(torch.zeros(1, 0, dtype=torch.bool), visible[None], runner.dtype, runner.device)
+    read = [start + offset for start, piece in zip(bounds, pieces) for offset in piece[3]]
+    with invariant_kernels.packed(list(zip(bounds, bounds[1:])) + ([(fed, fed + filler)] if filler else [])):
+        logits = runner(torch.tensor([ids]), torch.tensor([positions]), cache, mask,
+                        logits_to_keep=torch.tensor(read, device=runner.device))
+    return logits, bounds
 
 
 PACKED_STEP = (512, 32, 128)
